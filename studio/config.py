@@ -1,0 +1,236 @@
+"""One source of truth for settings, shared by the UI, the CLI and the training worker.
+
+Frozen dataclasses, loaded from and saved to YAML. `from_dict` rejects unknown keys, wrong
+types and out-of-range values with a ConfigError that names the key and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from studio.errors import ConfigError
+
+QUANT_MODES = ("4bit", "8bit", "bf16", "fp16", "fp32")
+PRECISIONS = ("bf16", "fp16", "fp32")
+SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
+OPTIMIZERS = ("paged_adamw_8bit", "adamw_8bit", "adamw_torch", "adamw_torch_fused", "sgd")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    ref: str = "bundled"  # "bundled", a local HF folder, a local .gguf file, or a hub id
+    quant: str = "4bit"  # how the base weights are held: 4bit NF4, 8bit int8, or 16/32-bit
+    trust_remote_code: bool = False  # run model code shipped with the checkpoint (off unless asked)
+
+    def validate(self) -> None:
+        _choice("model.quant", self.quant, QUANT_MODES)
+        if not self.ref.strip():
+            raise ConfigError("model.ref is empty.", "Use 'bundled', a local folder or a hub id.")
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    r: int = 16  # rank of the low-rank update
+    alpha: int = 32  # scaling numerator: the update is scaled by alpha / r
+    dropout: float = 0.05  # dropout on the LoRA input
+    target_modules: str = "all-linear"  # "all-linear" or comma-separated names (q_proj,v_proj)
+
+    def validate(self) -> None:
+        _positive("lora.r", self.r)
+        _positive("lora.alpha", self.alpha)
+        _between("lora.dropout", self.dropout, 0.0, 0.9)
+        if not self.target_modules.strip():
+            raise ConfigError("lora.target_modules is empty.", "Use 'all-linear' or 'q_proj,v_proj'.")
+
+    def modules(self) -> str | list[str]:
+        if self.target_modules == "all-linear":
+            return "all-linear"
+        return [m.strip() for m in self.target_modules.split(",") if m.strip()]
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    max_seq_len: int = 1024  # tokens per example; longer rows are truncated
+    micro_batch: int = 1  # examples per forward pass
+    grad_accum: int = 8  # micro batches per optimizer step
+    lr: float = 2e-4  # peak learning rate
+    scheduler: str = "cosine"
+    warmup_ratio: float = 0.03  # share of steps spent warming up the learning rate
+    epochs: float = 1.0  # passes over the training split (ignored when max_steps > 0)
+    max_steps: int = -1  # stop after this many optimizer steps; -1 means use epochs
+    gradient_checkpointing: bool = True  # recompute activations in backward to save memory
+    optimizer: str = "paged_adamw_8bit"
+    precision: str = "bf16"  # compute dtype for the forward and backward passes
+    packing: bool = True  # concatenate rows into full sequences, no padding, no cross-row attention
+    logging_steps: int = 1
+    eval_steps: int = 10  # evaluate on the eval split every N steps (0: only at the end)
+    save_steps: int = 10  # checkpoint every N steps, so a killed run loses at most N steps
+    seed: int = 42
+
+    def validate(self) -> None:
+        for key in ("max_seq_len", "micro_batch", "grad_accum", "logging_steps", "save_steps"):
+            _positive(f"train.{key}", getattr(self, key))
+        _between("train.lr", self.lr, 1e-8, 1.0)
+        _between("train.warmup_ratio", self.warmup_ratio, 0.0, 0.5)
+        _choice("train.scheduler", self.scheduler, SCHEDULERS)
+        _choice("train.optimizer", self.optimizer, OPTIMIZERS)
+        _choice("train.precision", self.precision, PRECISIONS)
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ConfigError("train.max_steps must be -1 (use epochs) or a positive number.",
+                              "Set train.max_steps: 100, or -1 and train.epochs: 1.")
+        if self.max_steps == -1 and self.epochs <= 0:
+            raise ConfigError("train.epochs must be above 0.", "Set train.epochs: 1.")
+        if self.eval_steps < 0:
+            raise ConfigError("train.eval_steps must be 0 or more.", "Set train.eval_steps: 10.")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named bundle of settings for a memory budget (presets/*.yaml)."""
+
+    name: str = "custom"
+    description: str = ""
+    memory_gb: float = 0.0  # the budget this preset is sized for (GPU VRAM, or RAM for cpu)
+    device: str = "cuda"  # "cuda" or "cpu"
+    quant: str = "4bit"
+    lora: LoraSpec = field(default_factory=LoraSpec)
+    train: TrainSpec = field(default_factory=TrainSpec)
+
+    def validate(self) -> None:
+        _choice("quant", self.quant, QUANT_MODES)
+        _choice("device", self.device, ("cuda", "cpu"))
+        self.lora.validate()
+        self.train.validate()
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything a training run needs; written to runs/<id>/spec.yaml."""
+
+    name: str = "run"
+    dataset: str = ""  # name of a prepared dataset under datasets/
+    model: ModelSpec = field(default_factory=ModelSpec)
+    lora: LoraSpec = field(default_factory=LoraSpec)
+    train: TrainSpec = field(default_factory=TrainSpec)
+    accelerate_config: str = ""  # optional accelerate config file: launch with `accelerate launch`
+    num_processes: int = 1  # >1 launches DDP through accelerate (gloo on CPU, nccl on CUDA)
+
+    def validate(self) -> None:
+        from studio.paths import check_name
+
+        check_name(self.name, "run name")
+        if not self.dataset:
+            raise ConfigError("The run has no dataset.", "Prepare one in the Data tab and choose it.")
+        _positive("num_processes", self.num_processes)
+        self.model.validate()
+        self.lora.validate()
+        self.train.validate()
+
+
+# ---------------------------------------------------------------- loading and saving
+
+
+def from_dict(cls: type, data: Any, where: str = ""):
+    """Build dataclass `cls` from a plain dict, checking keys, types and ranges."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or cls.__name__} should be a mapping, got {type(data).__name__}.",
+                          "Write it as 'key: value' lines.")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        key = f"{where}.{unknown[0]}" if where else unknown[0]
+        raise ConfigError(f"Unknown setting {key!r}.", f"Remove it; known settings: {', '.join(sorted(names))}.")
+    values = {}
+    for name, value in data.items():
+        key = f"{where}.{name}" if where else name
+        values[name] = _coerce(hints[name], value, key)
+    obj = cls(**values)
+    if hasattr(obj, "validate"):
+        obj.validate()
+    return obj
+
+
+def _coerce(hint: Any, value: Any, key: str):
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, key)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads 2e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return ",".join(value)
+    else:
+        return value
+    raise ConfigError(f"Setting {key!r} should be {hint.__name__}, got {value!r}.",
+                      f"Give {key} a {hint.__name__} value.")
+
+
+def to_dict(obj) -> dict:
+    return dataclasses.asdict(obj)
+
+
+def load_yaml(cls: type, path: str | Path):
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Config file {path} does not exist.", "Check the path.")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path.name} is not valid YAML: {exc}", "Fix the syntax (indentation, colons).") from exc
+    return from_dict(cls, data)
+
+
+def save_yaml(obj, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(to_dict(obj), sort_keys=False), encoding="utf-8")
+    return path
+
+
+def replace(obj, **changes):
+    """dataclasses.replace, then validate the result."""
+    new = dataclasses.replace(obj, **changes)
+    new.validate()
+    return new
+
+
+# ---------------------------------------------------------------- small validators
+
+
+def _positive(key: str, value) -> None:
+    if value <= 0:
+        raise ConfigError(f"Setting {key!r} must be positive, got {value!r}.", f"Set {key} to a value above 0.")
+
+
+def _between(key: str, value, low, high) -> None:
+    if not low <= value <= high:
+        raise ConfigError(f"Setting {key!r} must be between {low} and {high}, got {value!r}.",
+                          f"Set {key} inside that range.")
+
+
+def _choice(key: str, value, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"Setting {key!r} is {value!r}, which is not one of {', '.join(choices)}.",
+                          f"Pick one of: {', '.join(choices)}.")

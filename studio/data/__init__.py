@@ -1,0 +1,1 @@
+"""The data engine: read (io), detect and convert (formats), render and split (render)."""

@@ -1,0 +1,38 @@
+"""Build the Gradio app: a header with the hardware, then one tab per step of the workflow."""
+
+from __future__ import annotations
+
+import os
+
+import gradio as gr
+
+from studio.ui.shared import Shared
+from studio.ui.tabs import model as model_tab
+
+TABS = (model_tab,)  # in workflow order: later tabs read components that earlier tabs made
+
+
+def hosted_mode() -> bool:
+    """Hosted (HF Spaces) mode: on when STUDIO_HOSTED=1, or automatically inside a Space."""
+    return os.environ.get("STUDIO_HOSTED", "") == "1" or bool(os.environ.get("SPACE_ID"))
+
+
+def header() -> str:
+    from studio.models import hardware
+
+    return f"# Tuning Studio\n**Hardware:** {hardware().summary()}"
+
+
+def build_app() -> gr.Blocks:
+    shared = Shared(hosted=hosted_mode())
+    with gr.Blocks(title="Tuning Studio") as demo:
+        gr.Markdown(header(), elem_id="header")
+        for tab in TABS:
+            with gr.Tab(tab.TITLE, id=tab.__name__.rsplit(".", 1)[-1]):
+                tab.build(shared)
+    return demo
+
+
+def launch(host: str = "127.0.0.1", port: int = 7860) -> None:
+    demo = build_app()
+    demo.queue(default_concurrency_limit=4).launch(server_name=host, server_port=port, show_error=True)

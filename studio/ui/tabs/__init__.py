@@ -1,0 +1,1 @@
+"""One module per tab, each with TITLE and build(shared)."""

@@ -1,0 +1,57 @@
+"""Model panel: choose a base model and how to hold it, load it with progress, try it."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from studio.config import QUANT_MODES
+from studio.errors import StudioError
+from studio.ui.shared import Shared
+
+TITLE = "Model"
+
+
+def load(ref: str, quant: str, progress=gr.Progress()):
+    from studio.inference import cached_model
+    from studio.models import model_info
+
+    try:
+        loaded = cached_model(ref, quant, progress=lambda f, m: progress(f, desc=m))
+    except StudioError as exc:
+        raise gr.Error(str(exc)) from exc
+    info = model_info(loaded)
+    rows = "\n".join(f"| {k} | {v} |" for k, v in info.items())
+    return f"| property | value |\n|---|---|\n{rows}"
+
+
+def generate(ref: str, quant: str, prompt: str, max_new_tokens: float):
+    from studio.inference import GenerationSettings, cached_model, stream_chat
+
+    try:
+        loaded = cached_model(ref, quant)
+        text = ""
+        settings = GenerationSettings(max_new_tokens=int(max_new_tokens))
+        for piece in stream_chat(loaded.model, loaded.tokenizer, [{"role": "user", "content": prompt}], settings):
+            text += piece
+            yield text
+    except StudioError as exc:
+        raise gr.Error(str(exc)) from exc
+
+
+def build(shared: Shared) -> None:
+    from studio.models import default_model_ref
+
+    gr.Markdown("Pick the base model to fine-tune. `bundled` is SmolLM2-135M-Instruct, shipped with the studio; "
+                "a local folder, a `.gguf` file or a hub id work too. 4bit/8bit use bitsandbytes (QLoRA).")
+    with gr.Row():
+        shared.model_ref = gr.Textbox(value=default_model_ref(), label="Model", scale=3)
+        shared.quant = gr.Dropdown(list(QUANT_MODES), value="4bit", label="Quantization", scale=1)
+        load_btn = gr.Button("Load", variant="primary", scale=1)
+    info = gr.Markdown(elem_id="model-info")
+    load_btn.click(load, [shared.model_ref, shared.quant], info, api_name="load_model")
+    with gr.Accordion("Try it", open=True):
+        prompt = gr.Textbox(label="Prompt", value="What are the symptoms of type 2 diabetes?")
+        max_new = gr.Slider(1, 512, value=96, step=1, label="Max new tokens")
+        go = gr.Button("Generate")
+        answer = gr.Textbox(label="Answer", lines=6, elem_id="model-answer")
+    go.click(generate, [shared.model_ref, shared.quant, prompt, max_new], answer, api_name="generate")
