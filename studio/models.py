@@ -169,6 +169,8 @@ def _converted(gguf: Path, name: str, progress: Progress) -> Path:
     # and bitsandbytes 4/8-bit loading would refuse an "already quantized" model.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+    model.hf_quantizer = None
+    model.is_quantized = False
     model.config.name_or_path = str(out)
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
