@@ -202,7 +202,7 @@ def compute_dtype(device: str):
     """The dtype 4/8-bit layers compute in, and 16-bit modes default to on this hardware."""
     import torch
 
-    if device == "cuda":
+    if device.startswith("cuda"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.float32  # CPU: fp32 compute is the safe default; bf16 autocast is opt-in
 
@@ -260,7 +260,7 @@ def load_model(ref: str = BUNDLED, quant: str = "fp32", device: str | None = Non
     try:
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=_torch_dtype(quant, device), quantization_config=qconfig,
-            device_map={"": device} if (qconfig is not None or device == "cuda") else None,
+            device_map={"": device} if (qconfig is not None or device.startswith("cuda")) else None,
             trust_remote_code=trust_remote_code, attn_implementation="sdpa", low_cpu_mem_usage=True)
     except torch.cuda.OutOfMemoryError as exc:
         raise ModelError(f"Out of GPU memory while loading {ref} in {quant}.",

@@ -1,0 +1,90 @@
+"""The run folder's files and their schema. Plain JSON, no torch: the UI and the CLI read them.
+
+runs/<id>/
+  spec.yaml       the RunSpec (what to train)
+  status.json     {state, pid, heartbeat, step, total_steps, started, finished, message, ...}
+  events.jsonl    one JSON object a line: {"type": "log", step, epoch, loss, eval_loss, lr, grad_norm,
+                  tokens_per_sec, memory_mb, eta_sec, time} or {"type": "resume" | "stop" | ..., step, time}
+  worker.log      everything the worker printed
+  checkpoints/    checkpoint-<step>/ folders (Trainer format), the latest few kept
+  adapter/        the final PEFT adapter + README.md model card + card.json
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from studio.util import read_json, write_json_atomic
+
+STATES = ("queued", "running", "stopping", "stopped", "completed", "failed")
+ACTIVE = ("queued", "running", "stopping")
+
+
+def read_status(run_dir: Path) -> dict:
+    return read_json(Path(run_dir) / "status.json", default={}) or {}
+
+
+def write_status(run_dir: Path, **changes) -> dict:
+    """Merge `changes` into status.json (atomically) and return the result."""
+    status = read_status(run_dir)
+    status.update(changes)
+    write_json_atomic(Path(run_dir) / "status.json", status)
+    return status
+
+
+def append_event(run_dir: Path, event: dict) -> None:
+    event = {"time": round(time.time(), 3), **event}
+    with open(Path(run_dir) / "events.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(event) + "\n")
+
+
+def read_events(run_dir: Path) -> list[dict]:
+    """All events; a half-written last line (a worker killed mid-write) is skipped."""
+    path = Path(run_dir) / "events.jsonl"
+    if not path.is_file():
+        return []
+    events = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            continue
+    return events
+
+
+def rewind_events(run_dir: Path, step: int) -> int:
+    """Before resuming from checkpoint `step`: move later log events (which will be redone) to
+    events.discarded.jsonl, so events.jsonl stays one continuous curve and nothing is deleted."""
+    events = read_events(run_dir)
+    keep = [e for e in events if e.get("step", 0) <= step or e.get("type") != "log"]
+    dropped = [e for e in events if e not in keep]
+    if dropped:
+        with open(Path(run_dir) / "events.discarded.jsonl", "a", encoding="utf-8") as f:
+            f.writelines(json.dumps(e) + "\n" for e in dropped)
+    tmp = Path(run_dir) / ".events.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(e) + "\n" for e in keep), encoding="utf-8")
+    tmp.replace(Path(run_dir) / "events.jsonl")
+    return len(dropped)
+
+
+def log_tail(run_dir: Path, lines: int = 30) -> str:
+    path = Path(run_dir) / "worker.log"
+    if not path.is_file():
+        return ""
+    with open(path, "rb") as f:
+        f.seek(0, 2)
+        f.seek(max(0, f.tell() - 64_000))  # the last 64 kB is plenty for 30 lines
+        text = f.read().decode("utf-8", errors="replace")
+    # progress bars rewrite one line with \r: keep only the last state of each line
+    return "\n".join(line.rsplit("\r", 1)[-1] for line in text.splitlines()[-lines:])
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint (one whose trainer_state.json was written last)."""
+    found = []
+    for path in (Path(run_dir) / "checkpoints").glob("checkpoint-*"):
+        if (path / "trainer_state.json").is_file() and path.name.split("-")[-1].isdigit():
+            found.append((int(path.name.split("-")[-1]), path))
+    return max(found)[1] if found else None

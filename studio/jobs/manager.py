@@ -1,0 +1,222 @@
+"""Start, stop, resume, list and delete training runs. No torch import: the UI calls this.
+
+The manager keeps no state of its own: everything is in runs/<id>/ on disk, so an app restart
+loses nothing and simply "reattaches" by reading the folders (pid + heartbeat say who is alive).
+One run trains at a time (per machine); the others wait in the queue, oldest first.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from studio import paths
+from studio.config import RunSpec, save_yaml
+from studio.errors import RunError
+from studio.jobs.events import ACTIVE, append_event, latest_checkpoint, log_tail, read_events, read_status, write_status
+from studio.jobs.worker import HEARTBEAT_SEC, STOP_FILE
+
+DEAD_AFTER_SEC = HEARTBEAT_SEC * 12  # no heartbeat for a minute: the worker is hung or gone
+_children: dict[str, subprocess.Popen] = {}  # workers this process started, reaped on refresh
+
+
+def run_dir(run_id: str) -> Path:
+    paths.check_name(run_id, "run name")
+    path = paths.runs_dir() / run_id
+    if not (path / "spec.yaml").is_file():
+        raise RunError(f"There is no run named {run_id!r}.",
+                       "Pick one from the runs list (python -m studio runs list).")
+    return path
+
+
+def create(spec: RunSpec) -> Path:
+    """Write runs/<name>/ for a new run and queue it. An existing name is never overwritten."""
+    spec.validate()
+    path = paths.runs_dir() / spec.name
+    if path.exists():
+        raise RunError(f"A run named {spec.name!r} already exists.", "Choose another run name, or delete the old run.")
+    if not (paths.datasets_dir() / spec.dataset / "meta.json").is_file():
+        raise RunError(f"The dataset {spec.dataset!r} does not exist.",
+                       "Prepare it in the Data tab (or `python -m studio data prepare`) first.")
+    path.mkdir(parents=True)
+    save_yaml(spec, path / "spec.yaml")
+    write_status(path, state="queued", created=time.time(), step=0, total_steps=None, message="Waiting to start.")
+    return path
+
+
+def start(spec: RunSpec) -> Path:
+    path = create(spec)
+    schedule()
+    return path
+
+
+def worker_command(spec: RunSpec, path: Path) -> list[str]:
+    """Plain python for one device; `accelerate launch` (DDP, or FSDP/DeepSpeed from a config) beyond."""
+    worker = ["-m", "studio.jobs.worker", str(path)]
+    if spec.num_processes <= 1 and not spec.accelerate_config:
+        return [sys.executable, *worker]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch"]
+    if spec.accelerate_config:
+        cmd += ["--config_file", spec.accelerate_config]
+    else:
+        cmd += ["--num_processes", str(spec.num_processes), "--num_machines", "1", "--mixed_precision", "no",
+                "--dynamo_backend", "no"]
+        if not _has_cuda_devices():
+            cmd += ["--cpu"]
+        cmd += ["--multi_gpu"] if _has_cuda_devices() else []
+    return cmd + worker
+
+
+def _has_cuda_devices() -> bool:
+    if not shutil.which("nvidia-smi"):
+        return False
+    return subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0
+
+
+def _launch(path: Path) -> None:
+    from studio.config import load_yaml
+
+    spec = load_yaml(RunSpec, path / "spec.yaml")
+    (path / STOP_FILE).unlink(missing_ok=True)
+    log = open(path / "worker.log", "a", encoding="utf-8")
+    log.write(f"\n=== worker started {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n")
+    log.flush()
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.Popen(worker_command(spec, path), stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True, env=env, cwd=root)
+    _children[path.name] = proc
+    write_status(path, state="running", pid=proc.pid, heartbeat=time.time(), launched=time.time(),
+                 message="Starting the worker...")
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def refresh() -> None:
+    """Reap finished children, and mark workers that died without saying so as failed."""
+    for run_id, proc in list(_children.items()):
+        if proc.poll() is not None:
+            del _children[run_id]
+    for path in sorted(paths.runs_dir().iterdir()):
+        status = read_status(path)
+        if status.get("state") not in ("running", "stopping"):
+            continue
+        stale = time.time() - status.get("heartbeat", 0) > DEAD_AFTER_SEC
+        if _alive(status.get("pid")) and not stale:
+            continue
+        if stale and _alive(status.get("pid")):
+            _kill_group(status["pid"])
+        checkpoint = latest_checkpoint(path)
+        resume = f"Press Resume to continue from {checkpoint.name}." if checkpoint else "Press Resume to start again."
+        write_status(path, state="failed", finished=time.time(),
+                     message="The worker process died without finishing (killed, out of memory, or crashed). "
+                             + resume, fix=resume, log_tail=log_tail(path, 15))
+
+
+def schedule() -> str | None:
+    """Start the oldest queued run when nothing is training. Returns the run started, if any."""
+    refresh()
+    runs = [(read_status(p), p) for p in paths.runs_dir().iterdir() if (p / "spec.yaml").is_file()]
+    if any(s.get("state") in ("running", "stopping") for s, _ in runs):
+        return None
+    queued = sorted((s.get("queued_at", s.get("created", 0)), p) for s, p in runs if s.get("state") == "queued")
+    if not queued:
+        return None
+    _launch(queued[0][1])
+    return queued[0][1].name
+
+
+def stop(run_id: str) -> str:
+    """First call: graceful (checkpoint, then exit). Second call: kill the worker now."""
+    path = run_dir(run_id)
+    status = read_status(path)
+    state = status.get("state")
+    if state == "queued":
+        write_status(path, state="stopped", message="Removed from the queue before it started.")
+        return "stopped"
+    if state not in ("running", "stopping"):
+        raise RunError(f"Run {run_id!r} is {state}, not running.", "Only a running or queued run can be stopped.")
+    if (path / STOP_FILE).exists():
+        _kill_group(status.get("pid"))
+        append_event(path, {"type": "killed", "step": status.get("step", 0)})
+        write_status(path, state="stopped", finished=time.time(),
+                     message="Killed on a second Stop; Resume continues from the last checkpoint.")
+        schedule()
+        return "killed"
+    (path / STOP_FILE).touch()
+    return "stopping"
+
+
+def _kill_group(pid: int | None) -> None:
+    if not pid:
+        return
+    try:
+        os.killpg(os.getpgid(pid), signal.SIGKILL)  # the worker and, under accelerate, all its ranks
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def resume(run_id: str) -> str:
+    path = run_dir(run_id)
+    state = read_status(path).get("state")
+    if state in ACTIVE:
+        raise RunError(f"Run {run_id!r} is already {state}.", "Wait for it, or stop it first.")
+    if state == "completed":
+        raise RunError(f"Run {run_id!r} has completed.", "Start a new run to train further.")
+    write_status(path, state="queued", queued_at=time.time(), message="Waiting to resume.", fix=None)
+    schedule()
+    return read_status(path).get("state", "queued")
+
+
+def delete(run_id: str) -> None:
+    path = run_dir(run_id)
+    state = read_status(path).get("state")
+    if state in ("running", "stopping"):
+        raise RunError(f"Run {run_id!r} is {state}.", "Stop it first, then delete it.")
+    shutil.rmtree(path)
+
+
+def summary(path: Path) -> dict:
+    status = read_status(path)
+    logs = [e for e in read_events(path) if e.get("type") == "log" and "loss" in e]
+    return {"run": path.name, "state": status.get("state", "?"), "step": status.get("step", 0),
+            "total_steps": status.get("total_steps"), "loss": logs[-1]["loss"] if logs else None,
+            "eta_sec": status.get("eta_sec"), "message": status.get("message", ""),
+            "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(status.get("created", 0)))}
+
+
+def list_runs() -> list[dict]:
+    refresh()
+    runs = [p for p in paths.runs_dir().iterdir() if (p / "spec.yaml").is_file()]
+    return [summary(p) for p in sorted(runs, key=lambda p: read_status(p).get("created", 0), reverse=True)]
+
+
+def wait(run_id: str, timeout: float = 3600, poll: float = 1.0) -> dict:
+    """Block until the run leaves the active states (used by the CLI and tests)."""
+    path = run_dir(run_id)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        refresh()
+        status = read_status(path)
+        if status.get("state") not in ACTIVE:
+            return status
+        if status.get("state") == "queued":
+            schedule()
+        time.sleep(poll)
+    raise RunError(f"Run {run_id!r} did not finish in {timeout:.0f} s.",
+                   "Check its log with `python -m studio runs show`.")

@@ -1,0 +1,309 @@
+"""The one training recipe: `python -m studio.jobs.worker RUN_DIR`. The only code that trains.
+
+Life cycle, in order: setup (read the spec, load data and model, attach LoRA), train (TRL's
+SFTTrainer; a callback writes events.jsonl and status.json, and watches for a stop request),
+save (the adapter, its model card), cleanup (final status, start the next queued run).
+Run under `accelerate launch` the same code trains with DDP; only rank 0 writes to the run folder.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+from studio.config import RunSpec, load_yaml, to_dict
+from studio.errors import RunError, StudioError
+from studio.jobs.events import append_event, latest_checkpoint, read_status, rewind_events
+from studio.util import write_json_atomic
+
+HEARTBEAT_SEC = 5  # how often a live worker touches status.json; the manager calls it dead after 12x this
+STOP_FILE = "stop.request"  # the manager creates it to ask for a graceful stop (checkpoint, then exit)
+
+
+class Status:
+    """status.json, owned by the worker while it runs (thread-safe: the heartbeat thread writes too)."""
+
+    def __init__(self, run_dir: Path, enabled: bool):
+        self.path = run_dir / "status.json"
+        self.enabled = enabled
+        self.data = read_status(run_dir)
+        self.lock = threading.Lock()
+
+    def update(self, **changes) -> None:
+        if not self.enabled:
+            return
+        with self.lock:
+            self.data.update(changes, heartbeat=time.time())
+            write_json_atomic(self.path, self.data)
+
+    def beat_forever(self) -> None:
+        while True:
+            time.sleep(HEARTBEAT_SEC)
+            self.update()
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def _device() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return "cpu"
+
+
+# ---------------------------------------------------------------- setup
+
+
+def load_data(spec: RunSpec, tokenizer):
+    from studio.data.render import tokenizer_fingerprint
+    from studio.data.store import load_prepared
+
+    prepared = load_prepared(spec.dataset)
+    if prepared.meta.get("tokenizer_fingerprint") != tokenizer_fingerprint(tokenizer):
+        raise RunError(f"Dataset {spec.dataset!r} was prepared for another tokenizer "
+                       f"({prepared.meta.get('model_ref')}), not for {spec.model.ref}.",
+                       f"Prepare the data again with model {spec.model.ref} in the Data tab.")
+    columns = ["input_ids", "assistant_masks"]
+    train = prepared.train.select_columns(columns)
+    evaluation = prepared.eval.select_columns(columns) if prepared.eval is not None and len(prepared.eval) else None
+    return prepared, train, evaluation
+
+
+def build_model(spec: RunSpec):
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    from studio.models import load_model
+
+    loaded = load_model(spec.model.ref, spec.model.quant, device=_device(),
+                        trust_remote_code=spec.model.trust_remote_code)
+    model = loaded.model
+    model.config.use_cache = False  # the KV cache is useless in training and breaks checkpointing
+    if spec.model.quant in ("4bit", "8bit"):
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=spec.train.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False})
+    lora = LoraConfig(r=spec.lora.r, lora_alpha=spec.lora.alpha, lora_dropout=spec.lora.dropout,
+                      target_modules=spec.lora.modules(), task_type="CAUSAL_LM")
+    return get_peft_model(model, lora), loaded
+
+
+def training_args(spec: RunSpec, run_dir: Path, has_eval: bool, foreground: bool):
+    import torch
+    from trl import SFTConfig
+
+    t = spec.train
+    optimizer = t.optimizer
+    if not torch.cuda.is_available() and optimizer in ("paged_adamw_8bit", "adamw_8bit", "adamw_torch_fused"):
+        optimizer = "adamw_torch"  # paged / 8-bit optimizers need CUDA; plain AdamW is exact on CPU
+    evaluate = has_eval and t.eval_steps > 0
+    return SFTConfig(
+        output_dir=str(run_dir / "checkpoints"),
+        per_device_train_batch_size=t.micro_batch, per_device_eval_batch_size=t.micro_batch,
+        gradient_accumulation_steps=t.grad_accum, learning_rate=t.lr, lr_scheduler_type=t.scheduler,
+        warmup_ratio=t.warmup_ratio, num_train_epochs=t.epochs, max_steps=t.max_steps,
+        gradient_checkpointing=t.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False}, optim=optimizer,
+        bf16=t.precision == "bf16", fp16=t.precision == "fp16" and torch.cuda.is_available(),
+        logging_steps=t.logging_steps, logging_first_step=True,
+        eval_strategy="steps" if evaluate else "no", eval_steps=t.eval_steps if evaluate else None,
+        save_strategy="steps", save_steps=t.save_steps, save_total_limit=3,  # keep the latest 3
+        seed=t.seed, report_to=[], disable_tqdm=not foreground,
+        max_length=t.max_seq_len, packing=t.packing, packing_strategy="bfd",
+        include_num_input_tokens_seen="all" if t.packing else "non_padding",
+        dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
+        ddp_find_unused_parameters=False, save_only_model=False,
+    )
+
+
+# ---------------------------------------------------------------- the callback
+
+
+def make_callback(run_dir: Path, status: Status, is_main: bool):
+    import torch
+    from transformers import TrainerCallback
+
+    from studio.util import rss_mb
+
+    class StudioCallback(TrainerCallback):
+        """Writes events.jsonl and status.json, and turns a stop request into checkpoint + exit."""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.t0, self.step0, self.tokens0 = time.time(), state.global_step, state.num_input_tokens_seen
+            status.update(state="running", step=state.global_step, total_steps=state.max_steps)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            status.update(step=state.global_step)
+            if _stop_requested(run_dir):
+                status.update(state="stopping", message="Saving a checkpoint, then stopping.")
+                control.should_save = True
+                control.should_training_stop = True
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not is_main or not logs:
+                return
+            elapsed = max(time.time() - self.t0, 1e-6)
+            done = state.global_step - self.step0
+            tokens = logs.get("num_input_tokens_seen", state.num_input_tokens_seen) - self.tokens0
+            memory = (torch.cuda.max_memory_allocated() / 2**20) if torch.cuda.is_available() else rss_mb()
+            event = {"type": "log", "step": state.global_step, "epoch": round(state.epoch or 0, 4),
+                     "loss": logs.get("loss"), "eval_loss": logs.get("eval_loss"),
+                     "lr": logs.get("learning_rate"), "grad_norm": logs.get("grad_norm"),
+                     "tokens_per_sec": round(tokens / elapsed, 1), "memory_mb": round(memory, 1),
+                     "eta_sec": round((state.max_steps - state.global_step) * elapsed / done, 1) if done else None}
+            append_event(run_dir, {k: v for k, v in event.items() if v is not None})
+            status.update(step=state.global_step, total_steps=state.max_steps,
+                          eta_sec=event["eta_sec"], tokens_per_sec=event["tokens_per_sec"])
+
+    return StudioCallback()
+
+
+def _stop_requested(run_dir: Path) -> bool:
+    """True when the manager asked to stop; under DDP all ranks agree, so they stop on the same step."""
+    import torch.distributed as dist
+
+    wanted = (run_dir / STOP_FILE).exists()
+    if dist.is_available() and dist.is_initialized():
+        import torch
+
+        flag = torch.tensor([1.0 if wanted else 0.0])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        wanted = bool(flag.item())
+    return wanted
+
+
+# ---------------------------------------------------------------- save
+
+
+def save_adapter(trainer, spec: RunSpec, run_dir: Path, prepared, metrics: dict, seconds: float) -> Path:
+    out = run_dir / "adapter"
+    trainer.model.save_pretrained(out, safe_serialization=True)
+    trainer.processing_class.save_pretrained(out)
+    from studio.models import resolve
+
+    card = {"run_id": run_dir.name, "base_model": spec.model.ref, "base_model_path": resolve(spec.model.ref),
+            "quant": spec.model.quant, "dataset": spec.dataset,
+            "dataset_sha256": prepared.meta.get("source_sha256"), "lora": to_dict(spec.lora),
+            "train": to_dict(spec.train), "metrics": metrics, "train_seconds": round(seconds, 1),
+            "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+    write_json_atomic(out / "card.json", card)
+    (out / "README.md").write_text(model_card(card), encoding="utf-8")
+    return out
+
+
+def model_card(card: dict) -> str:
+    metrics = "\n".join(f"| {k} | {v} |" for k, v in card["metrics"].items())
+    return f"""---
+library_name: peft
+base_model: {card['base_model']}
+tags: [lora, tuning-studio]
+---
+# LoRA adapter `{card['run_id']}`
+
+Trained with Tuning Studio on dataset `{card['dataset']}` (source sha256 `{card['dataset_sha256']}`).
+
+- Base model: `{card['base_model']}` held in {card['quant']}
+- LoRA: r={card['lora']['r']}, alpha={card['lora']['alpha']}, dropout={card['lora']['dropout']},
+  targets {card['lora']['target_modules']}
+- Training: {card['train']}
+- Time: {card['train_seconds']} s, finished {card['created']}
+
+| metric | value |
+|---|---|
+{metrics}
+
+Load it with `PeftModel.from_pretrained(base, "<this folder>")`.
+"""
+
+
+# ---------------------------------------------------------------- the recipe
+
+
+def train(run_dir: Path, foreground: bool = False) -> str:
+    """Run the recipe in this process; returns the final state (completed / stopped)."""
+    from trl import SFTTrainer
+
+    is_main = _rank() == 0
+    status = Status(run_dir, enabled=is_main)
+    spec = load_yaml(RunSpec, run_dir / "spec.yaml")
+    status.update(state="running", pid=os.getpid(), started=status.data.get("started") or time.time(),
+                  message="Loading the model and data...", finished=None)
+    if is_main:
+        threading.Thread(target=status.beat_forever, daemon=True).start()
+    start = time.time()
+    model, loaded = build_model(spec)
+    prepared, train_ds, eval_ds = load_data(spec, loaded.tokenizer)
+    trainer = SFTTrainer(model=model, args=training_args(spec, run_dir, eval_ds is not None, foreground),
+                         train_dataset=train_ds, eval_dataset=eval_ds, processing_class=loaded.tokenizer,
+                         callbacks=[make_callback(run_dir, status, is_main)])
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is not None and is_main:
+        step = int(checkpoint.name.split("-")[-1])
+        rewind_events(run_dir, step)
+        append_event(run_dir, {"type": "resume", "step": step})
+    status.update(message=f"Resuming from {checkpoint.name}." if checkpoint else "Training.")
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    if (run_dir / STOP_FILE).exists():
+        if is_main:
+            (run_dir / STOP_FILE).unlink(missing_ok=True)
+            append_event(run_dir, {"type": "stop", "step": trainer.state.global_step})
+            status.update(state="stopped", finished=time.time(),
+                          message=f"Stopped at step {trainer.state.global_step}; press Resume to continue.")
+        return "stopped"
+    metrics = {"train_loss": round(result.training_loss, 4), "steps": trainer.state.global_step}
+    if eval_ds is not None:
+        metrics["eval_loss"] = round(trainer.evaluate()["eval_loss"], 4)
+        append_event(run_dir, {"type": "log", "step": trainer.state.global_step, "eval_loss": metrics["eval_loss"]})
+    if is_main:
+        save_adapter(trainer, spec, run_dir, prepared, metrics, time.time() - start)
+        status.update(state="completed", finished=time.time(), step=trainer.state.global_step,
+                      metrics=metrics, message="Done: the adapter is in the Chat tab.")
+    return "completed"
+
+
+def explain_failure(exc: BaseException) -> tuple[str, str]:
+    """(message, fix) a person can act on."""
+    import torch
+
+    if isinstance(exc, StudioError):
+        return exc.message, exc.fix
+    if isinstance(exc, torch.cuda.OutOfMemoryError) or isinstance(exc, MemoryError):
+        return ("Out of memory.", "Pick a smaller preset (Presets tab shows what fits), or lower max_seq_len, "
+                "micro_batch or LoRA rank, or use 4bit.")
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        return ("The disk is full: a checkpoint could not be written. Earlier checkpoints are intact.",
+                "Free disk space (delete old runs or exports), then press Resume.")
+    return f"The worker crashed: {type(exc).__name__}: {exc}", "See the log below; fix the cause, then press Resume."
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m studio.jobs.worker RUN_DIR", file=sys.stderr)
+        return 2
+    run_dir = Path(argv[0]).resolve()
+    try:
+        train(run_dir)
+        code = 0
+    except BaseException as exc:  # noqa: BLE001 - every failure must land in status.json
+        traceback.print_exc()
+        message, fix = explain_failure(exc)
+        if _rank() == 0:
+            Status(run_dir, enabled=True).update(state="failed", finished=time.time(), message=message, fix=fix)
+        code = 1
+    if _rank() == 0:
+        from studio.jobs import manager
+
+        manager.schedule()  # one job at a time: start the next queued run, if any
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
