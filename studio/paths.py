@@ -53,7 +53,7 @@ def check_name(name: str, what: str = "name") -> str:
     if not isinstance(name, str) or not _NAME_RE.match(name) or ".." in name:
         raise ConfigError(
             f"The {what} {name!r} is not allowed.",
-            f"Use 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit "
-            f"(no '/', no '..'), e.g. 'medical-r16'.",
+            "Use 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit "
+            "(no '/', no '..'), e.g. 'medical-r16'.",
         )
     return name
