@@ -1,15 +1,24 @@
-"""Streamed chat generation through the model's chat template.
+"""Streamed chat generation: one loaded base model, many named LoRA adapters swapped in milliseconds.
 
-(The multi-adapter engine of the Chat playground builds on `stream_chat`.)
+- `stream_chat(model, tokenizer, messages, settings)`: stream one answer from any model.
+- `Engine(ref, quant)`: loads a base once (the shared loader), attaches any number of adapters
+  with PEFT `load_adapter`, switches with `set_adapter`, answers as the base with adapters
+  disabled, and compares two of them side by side in one batched pass (PEFT mixed-adapter
+  batches). Every generation runs under the engine's lock, so a request never sees another
+  request's adapter. `get_engine(ref, quant)` shares engines within a process.
 """
 
 from __future__ import annotations
 
+import queue
 import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from pathlib import Path
 
-from studio.errors import ConfigError
+from studio.errors import AdapterError, ConfigError
 
 MAX_PROMPT_CHARS = 32_000  # longer prompts are refused: they would only be truncated by the context
 
@@ -111,3 +120,279 @@ def cached_model(ref: str, quant: str, progress=None):
                 _cache.pop(next(iter(_cache)))
             _cache[key] = load_model(ref, quant, progress=progress or (lambda f, m: None))
         return _cache[key]
+
+
+# ---------------------------------------------------------------- one base, many adapters
+
+BASE_LABEL = "base"  # how the UI and CLI name "no adapter" (adapter=None in the API)
+STREAM_TIMEOUT_S = 600  # a generation step slower than this means the worker thread died
+MAX_ENGINES = 2  # engines (each a loaded base) kept per process; older ones are dropped
+
+
+class _RowsStreamer:
+    """A `generate` streamer for a batch of rows: yields a tuple of each row's text so far.
+
+    (transformers' TextIteratorStreamer only takes batch size 1.) The first `put` is the prompt.
+    """
+
+    def __init__(self, tokenizer, rows: int):
+        self.tokenizer = tokenizer
+        self.tokens: list[list[int]] = [[] for _ in range(rows)]
+        self.done = [False] * rows
+        self.queue: queue.Queue = queue.Queue()
+        self.seen_prompt = False
+        self.ended = False
+        self.eos = tokenizer.eos_token_id
+
+    def put(self, value) -> None:
+        if not self.seen_prompt:
+            self.seen_prompt = True
+            return
+        for row, token in enumerate(value.view(-1).tolist()):
+            if self.done[row]:
+                continue
+            if token == self.eos:
+                self.done[row] = True  # after eos, generate pads a finished row: nothing more to show
+            else:
+                self.tokens[row].append(token)
+        # A trailing U+FFFD is half of a multi-byte character: show it once the rest arrives.
+        self.queue.put(tuple(self.text(row).rstrip("\ufffd") for row in range(len(self.tokens))))
+
+    def text(self, row: int) -> str:
+        return self.tokenizer.decode(self.tokens[row], skip_special_tokens=True)
+
+    def end(self) -> None:
+        if not self.ended:
+            self.ended = True
+            self.queue.put(None)
+
+    def __iter__(self) -> Iterator[tuple[str, ...]]:
+        while (item := self.queue.get(timeout=STREAM_TIMEOUT_S)) is not None:
+            yield item
+        yield tuple(self.text(row) for row in range(len(self.tokens)))  # complete, nothing held back
+
+
+def _cancel_criteria(event: threading.Event):
+    """Stop generating as soon as the reader goes away (a closed tab, a Stop button)."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class Cancelled(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.full((input_ids.shape[0],), event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([Cancelled()])
+
+
+class Engine:
+    """One loaded base model and the named LoRA adapters attached to it."""
+
+    def __init__(self, ref: str = "bundled", quant: str = "fp32", device: str | None = None,
+                 progress: Callable[[float, str], None] | None = None):
+        from studio.models import load_model
+
+        self.loaded = load_model(ref, quant, device, progress=progress or (lambda f, m: None))
+        self.ref, self.quant = ref, quant
+        self.tokenizer = self.loaded.tokenizer
+        self.model = self.loaded.model  # becomes a PeftModel when the first adapter is attached
+        self.lock = threading.RLock()  # held for set_adapter + generate, and by `use`
+        self._peft_names: dict[str, str] = {}  # registry name or path -> PEFT adapter name
+        self.load_ms: dict[str, float] = {}
+        self.swap_ms: list[float] = []  # every set_adapter call, in milliseconds
+
+    # ------------------------------------------------ adapters
+
+    @property
+    def adapters(self) -> list[str]:
+        """Names of the adapters attached to this base, in load order."""
+        return list(self._peft_names)
+
+    def load_adapter(self, name: str, path: str | Path | None = None) -> float:
+        """Attach an adapter (a registry name, or any name with `path`); returns the load time in ms.
+
+        The adapter is checked against this base first (safetensors only, shapes, target layers), so a
+        refused adapter leaves the loaded model untouched. Loading an attached name again costs 0 ms.
+        """
+        if name in self._peft_names:
+            return 0.0
+        folder = Path(path) if path is not None else self._locate(name)
+        from studio.adapters import validate_adapter
+
+        with self.lock:
+            validate_adapter(folder, self.loaded)
+            start = time.perf_counter()
+            peft_name = f"adapter_{len(self.load_ms)}"  # PEFT names become module keys: no '.' or ':'
+            self._attach(folder, peft_name)
+            elapsed = (time.perf_counter() - start) * 1000
+            self._peft_names[name] = peft_name
+            self.load_ms[name] = elapsed
+        return elapsed
+
+    def _locate(self, name: str) -> Path:
+        if Path(name).is_dir():
+            return Path(name)
+        from studio.adapters import get_adapter
+
+        return get_adapter(name).path
+
+    def _attach(self, folder: Path, peft_name: str) -> None:
+        from peft import PeftModel
+
+        try:
+            if isinstance(self.model, PeftModel):
+                self.model.load_adapter(str(folder), adapter_name=peft_name, is_trainable=False)
+            else:
+                self.model = PeftModel.from_pretrained(self.model, str(folder), adapter_name=peft_name,
+                                                       is_trainable=False)
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+            if isinstance(self.model, PeftModel) and peft_name in self.model.peft_config:
+                self.model.delete_adapter(peft_name)
+            raise AdapterError(f"PEFT could not load the adapter in {folder}: {exc}",
+                               "Check that it was saved by PEFT for this base model.") from exc
+        self.model.eval()
+
+    def unload_adapter(self, name: str) -> None:
+        """Detach an adapter (e.g. after it was deleted from disk)."""
+        with self.lock:
+            peft_name = self._peft_names.pop(name, None)
+            if peft_name is not None:
+                self.model.delete_adapter(peft_name)
+                self.load_ms.pop(name, None)
+
+    def _peft_name(self, adapter: str) -> str:
+        if adapter not in self._peft_names:
+            self.load_adapter(adapter)
+        return self._peft_names[adapter]
+
+    @contextmanager
+    def use(self, adapter: str | None):
+        """Hold the lock with `adapter` active (None: the base, adapters disabled) while the body runs."""
+        with self.lock:
+            if adapter is None:
+                if hasattr(self.model, "disable_adapter"):
+                    with self.model.disable_adapter():
+                        yield self.model
+                else:
+                    yield self.model
+                return
+            peft_name = self._peft_name(adapter)
+            start = time.perf_counter()
+            self.model.set_adapter(peft_name, inference_mode=True)
+            self.swap_ms.append((time.perf_counter() - start) * 1000)
+            yield self.model
+
+    def stats(self) -> dict:
+        swaps = self.swap_ms
+        return {"ref": self.ref, "quant": self.quant, "adapters": self.adapters,
+                "load_ms": {k: round(v, 1) for k, v in self.load_ms.items()},
+                "last_swap_ms": round(swaps[-1], 3) if swaps else None,
+                "mean_swap_ms": round(sum(swaps) / len(swaps), 3) if swaps else None, "swaps": len(swaps)}
+
+    # ------------------------------------------------ generation
+
+    def answer(self, messages: list[dict], settings: GenerationSettings = GenerationSettings(),
+               adapter: str | None = None, stats: dict | None = None) -> Iterator[str]:
+        """Stream the answer of the base (adapter None) or of one adapter, piece by piece.
+
+        `stats`, when given, is filled with tokens, seconds, tokens_per_s and swap_ms at the end.
+        """
+        settings.validate()
+        check_messages(messages)
+        if adapter is not None:
+            self._peft_name(adapter)  # load (and validate) before anything is generated
+        input_ids = encode_chat(self.tokenizer, messages)
+
+        def work(streamer, cancel, record) -> None:
+            with self.use(adapter):
+                record["swap_ms"] = self.swap_ms[-1] if adapter is not None else 0.0
+                self._generate(input_ids, settings, streamer, cancel)
+
+        shown = ""
+        for (text,) in self._stream(work, 1, stats):
+            if text.startswith(shown) and len(text) > len(shown):
+                yield text[len(shown):]
+                shown = text
+
+    def compare(self, messages: list[dict], settings: GenerationSettings = GenerationSettings(),
+                left: str | None = None, right: str | None = None,
+                stats: dict | None = None) -> Iterator[tuple[str, str]]:
+        """Stream two answers to the same prompt at the same time: (left text so far, right text so far).
+
+        Both rows run in one batched `generate` with PEFT mixed adapters ("__base__" = adapters off),
+        so they share the prompt, the seed and every step.
+        """
+        settings.validate()
+        check_messages(messages)
+        names = [self._peft_name(a) if a is not None else "__base__" for a in (left, right)]
+        input_ids = encode_chat(self.tokenizer, messages).repeat(2, 1)
+
+        def work(streamer, cancel, record) -> None:
+            with self.lock:
+                extra = {"adapter_names": names} if self._peft_names else {}
+                self._generate(input_ids, settings, streamer, cancel, **extra)
+
+        yield from self._stream(work, 2, stats)
+
+    def _generate(self, input_ids, settings: GenerationSettings, streamer, cancel, **extra) -> None:
+        import torch
+
+        input_ids = input_ids.to(self.model.device)
+        torch.manual_seed(settings.seed)
+        with torch.inference_mode():
+            self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), streamer=streamer,
+                                stopping_criteria=_cancel_criteria(cancel),
+                                **generate_kwargs(self.tokenizer, settings), **extra)
+
+    def _stream(self, work, rows: int, stats: dict | None) -> Iterator[tuple[str, ...]]:
+        """Run `work` in a thread and yield what its streamer produces; stop it if the reader leaves."""
+        streamer = _RowsStreamer(self.tokenizer, rows)
+        cancel = threading.Event()
+        record: dict = {}
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                work(streamer, cancel, record)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the reader's thread below
+                errors.append(exc)
+            finally:
+                streamer.end()
+
+        start = time.perf_counter()
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        try:
+            yield from streamer
+        finally:
+            cancel.set()
+        thread.join()
+        if errors:
+            raise errors[0]
+        if stats is not None:
+            seconds = time.perf_counter() - start
+            tokens = sum(len(t) for t in streamer.tokens)
+            stats.update(record, tokens=tokens, seconds=round(seconds, 3),
+                         tokens_per_s=round(tokens / seconds, 1) if seconds else None)
+
+
+_engines: dict[tuple[str, str], Engine] = {}
+_engines_lock = threading.Lock()
+
+
+def get_engine(ref: str = "bundled", quant: str = "fp32", progress=None) -> Engine:
+    """The process-wide engine for (ref, quant), loaded on first use (at most MAX_ENGINES kept)."""
+    key = (ref, quant)
+    with _engines_lock:
+        if key not in _engines:
+            if len(_engines) >= MAX_ENGINES:
+                _engines.pop(next(iter(_engines)))
+            _engines[key] = Engine(ref, quant, progress=progress)
+        return _engines[key]
+
+
+def forget_adapter(name: str) -> None:
+    """Detach `name` from every loaded engine (it was deleted or replaced on disk)."""
+    with _engines_lock:
+        engines = list(_engines.values())
+    for engine in engines:
+        engine.unload_adapter(name)
