@@ -13,6 +13,7 @@ adapter's tensor shapes and target modules with the base it is meant for.
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 import zipfile
@@ -36,6 +37,7 @@ MAX_ADAPTER_BYTES = 4 * 2**30
 MAX_ZIP_MEMBERS = 100  # an adapter zip holds a handful of files; thousands mean something else
 MAX_COMPRESSION_RATIO = 200  # safetensors barely compress; a 200x ratio is a zip bomb's signature
 METRICS_HEADING = "## Metrics"
+_TABLE_RE = re.compile(r"^\| metric \| value \|\n\|---\|---\|\n(?:\|.*\|(?:\n|$))*", re.MULTILINE)
 
 
 @dataclass
@@ -303,12 +305,12 @@ def update_card(path: str | Path, metrics: dict) -> dict:
     write_json_atomic(path / CARD_FILE, card)
     readme = path / README_FILE
     text = readme.read_text(encoding="utf-8") if readme.is_file() else card_markdown(path.name, card)
-    head, found, tail = text.partition(METRICS_HEADING)
-    rest = ""
-    if found:
-        after = tail.split("\n## ", 1)
-        rest = "\n## " + after[1] if len(after) == 2 else ""
-    readme.write_text(head.rstrip() + "\n\n" + _metrics_section(card["metrics"]) + rest, encoding="utf-8")
+    table = _metrics_section(card["metrics"]).split("\n\n", 1)[1]
+    if _TABLE_RE.search(text):  # the card's metrics table, wherever the card put it: rewrite it in place
+        text = _TABLE_RE.sub(lambda m: table, text, count=1)
+    else:
+        text = text.rstrip() + "\n\n" + _metrics_section(card["metrics"])
+    readme.write_text(text, encoding="utf-8")
     return card
 
 
