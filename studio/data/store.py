@@ -1,0 +1,412 @@
+"""Inspect a dataset file, prepare it for a model, and keep prepared datasets by name.
+
+`inspect` reads a file lazily, detects its format, converts every row and lists the problems
+(row number and reason); with a tokenizer it also counts tokens. `prepare` does the same, then
+renders every conversation through the model's chat template, masks what is not trained, removes
+exact duplicates, splits train/eval with a seed, and saves under `datasets/<name>/`:
+train.parquet, eval.parquet (absent when the eval split is 0), problems.jsonl and meta.json.
+An existing name is never overwritten unless `overwrite=True`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import lru_cache
+from itertools import chain, islice
+from pathlib import Path
+
+from studio import paths
+from studio.data import formats, io, render
+from studio.errors import ConfigError, DataError
+from studio.util import file_sha256, read_json, write_json_atomic
+
+Progress = Callable[[float, str], None]  # (fraction 0..1, message)
+BATCH = 1000  # conversations rendered and tokenized per batch (one batched tokenizer call)
+PREVIEW_ROWS = 50  # normalized rows kept for the preview table
+MAX_PROBLEMS_SHOWN = 1000  # problems kept in memory for display; all of them are counted
+
+
+def _no_progress(fraction: float, message: str) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class Problem:
+    row: int  # the line number for .jsonl/.txt, else the 1-based record number
+    reason: str
+    kind: str = "invalid"  # invalid | duplicate | too_long
+
+    def as_dict(self) -> dict:
+        return {"row": self.row, "kind": self.kind, "reason": self.reason}
+
+
+@dataclass
+class Inspection:
+    path: str
+    detection: formats.Detection
+    format: str  # the format used: detected, or forced by the user
+    mapping: dict
+    rows_in: int = 0
+    rows_ok: int = 0
+    rows_invalid: int = 0
+    duplicates: int = 0
+    too_long: int = 0  # rows whose trained tokens all lie beyond max_len
+    problems: list[Problem] = field(default_factory=list)
+    preview: list[tuple[int, list[dict]]] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)  # tokens per kept row (with a tokenizer)
+    token_stats: dict | None = None
+    template_warning: str = ""
+    seconds: float = 0.0
+
+    def add_problem(self, problem: Problem) -> None:
+        if len(self.problems) < MAX_PROBLEMS_SHOWN:
+            self.problems.append(problem)
+
+    def summary(self) -> dict:
+        return {"file": self.path, "format": self.format, "evidence": self.detection.evidence,
+                "mapping": self.mapping, "rows_in": self.rows_in, "rows_ok": self.rows_ok,
+                "rows_invalid": self.rows_invalid, "duplicates": self.duplicates, "too_long": self.too_long,
+                "token_stats": self.token_stats, "seconds": round(self.seconds, 2)}
+
+
+@dataclass
+class Prepared:
+    train: object  # datasets.Dataset
+    eval: object | None  # datasets.Dataset, or None when the eval split was 0
+    meta: dict
+    path: Path
+
+
+@lru_cache(maxsize=4)
+def tokenizer_for(model_ref: str):
+    """The tokenizer of a model reference (cached: the Data tab asks for it on every click)."""
+    from studio.models import load_tokenizer
+
+    return load_tokenizer(model_ref)
+
+
+# ---------------------------------------------------------------- reading and converting
+
+
+def _choose(path, fmt: str | None, mapping: dict | None) -> tuple[formats.Detection, str, dict, Iterator]:
+    """Detect on the first rows; return the detection, the format and mapping to use, and all rows."""
+    records = io.iter_records(path)
+    head = list(islice(records, formats.SAMPLE_ROWS))
+    if not head:
+        raise DataError(f"{Path(path).name} holds no records.", "Choose a file with at least one example.")
+    good = [r for _, r in head if isinstance(r, dict)]
+    if not good:
+        reasons = "; ".join(r.reason for _, r in head[:3])
+        raise DataError(f"None of the first {len(head)} rows of {Path(path).name} can be read: {reasons}.",
+                        "Check the file type and encoding (JSON Lines need one JSON object per line).")
+    detection = formats.detect(good)
+    fmt = fmt or detection.format
+    if fmt not in formats.FORMATS:
+        raise DataError(f"Unknown format {fmt!r}.", f"Use one of: {', '.join(formats.FORMATS)}.")
+    if mapping:
+        mapping = {k: v for k, v in mapping.items() if v}
+    else:
+        mapping = dict(detection.mapping) if fmt == detection.format else {}
+    if fmt == "mapped" and not (mapping.get("prompt") and mapping.get("response")):
+        raise DataError(f"{Path(path).name} needs a column mapping. {detection.evidence}",
+                        "Choose the prompt and response columns (CLI: --map prompt=COL,response=COL).")
+    return detection, fmt, mapping, chain(head, records)
+
+
+def _conversations(rows: Iterator, fmt: str, mapping: dict, cot_style: str, report: Inspection):
+    """Yield (row, messages) for valid rows; count and list the rest (never dropped silently)."""
+    seen: dict[bytes, int] = {}
+    for row, record in rows:
+        report.rows_in += 1
+        if isinstance(record, io.BadRecord):
+            problem = Problem(row, record.reason)
+        else:
+            try:
+                messages = formats.to_messages(record, fmt, mapping, cot_style)
+            except formats.RowError as exc:
+                problem = Problem(row, exc.reason)
+            else:
+                key = hashlib.blake2b(json.dumps(messages, sort_keys=True).encode(), digest_size=16).digest()
+                if key in seen:
+                    report.duplicates += 1
+                    report.add_problem(Problem(row, f"exact duplicate of row {seen[key]} (removed)", "duplicate"))
+                    continue
+                seen[key] = row
+                yield row, messages
+                continue
+        report.rows_invalid += 1
+        report.add_problem(problem)
+
+
+def _batches(items: Iterator, size: int = BATCH) -> Iterator[list]:
+    while batch := list(islice(items, size)):
+        yield batch
+
+
+def _render(tokenizer, fmt: str, conversations: list[list[dict]], max_len: int, train_on_all: bool):
+    if fmt == "text":
+        return render.render_plain_batch(tokenizer, [c[0]["content"] for c in conversations], max_len)
+    return render.render_batch(tokenizer, conversations, max_len, train_on_all)
+
+
+def _scan(path, fmt, mapping, cot_style, tokenizer, max_len, train_on_all,
+          progress: Progress) -> tuple[Inspection, Iterator[list]]:
+    """The shared engine of inspect and prepare: the report (filled in while iterating) and the
+    batches of kept rows, each a list of (row, messages, Rendered | None)."""
+    detection, fmt, mapping, rows = _choose(path, fmt, mapping)
+    report = Inspection(str(path), detection, fmt, mapping,
+                        template_warning=render.template_warning(tokenizer) if tokenizer is not None else "")
+    conversations = _conversations(rows, fmt, mapping, cot_style, report)
+    return report, _scan_batches(report, conversations, tokenizer, max_len, train_on_all, progress)
+
+
+def _scan_batches(report: Inspection, conversations: Iterator, tokenizer, max_len: int, train_on_all: bool,
+                  progress: Progress) -> Iterator[list]:
+    start = time.time()
+    expected = io.estimate_rows(report.path)
+    for batch in _batches(conversations):
+        rendered = (_render(tokenizer, report.format, [m for _, m in batch], max_len, train_on_all)
+                    if tokenizer is not None else [None] * len(batch))
+        kept = []
+        for (row, messages), item in zip(batch, rendered, strict=True):
+            if item is not None and not any(item.assistant_masks):
+                report.too_long += 1
+                report.add_problem(Problem(row, f"no trained token within max_len={max_len} (the row has "
+                                                f"{item.length} tokens); raise the max length", "too_long"))
+                continue
+            if item is not None:
+                report.lengths.append(item.length)
+            if len(report.preview) < PREVIEW_ROWS:
+                report.preview.append((row, messages))
+            kept.append((row, messages, item))
+        report.rows_ok += len(kept)
+        progress(min(0.9, report.rows_in / expected) if expected else 0.5, f"{report.rows_in:,} rows read")
+        yield kept
+    if tokenizer is not None:
+        report.token_stats = render.token_stats(report.lengths, max_len)
+    report.seconds += time.time() - start
+
+
+def inspect(path, fmt: str | None = None, mapping: dict | None = None, cot_style: str = "think",
+            tokenizer=None, max_len: int = 1024, train_on_all: bool = False,
+            progress: Progress = _no_progress) -> Inspection:
+    """Detect, convert and check every row (and count tokens when a tokenizer is given)."""
+    report, batches = _scan(path, fmt, mapping, cot_style, tokenizer, max_len, train_on_all, progress)
+    for _ in batches:
+        pass
+    return report
+
+
+def conversation_at(path, row: int, fmt: str | None = None, mapping: dict | None = None,
+                    cot_style: str = "think") -> list[dict]:
+    """The normalized conversation of one row (as numbered in the problems list); DataError if invalid."""
+    _, fmt, mapping, rows = _choose(path, fmt, mapping)
+    for number, record in rows:
+        if number == row:
+            if isinstance(record, io.BadRecord):
+                raise DataError(f"Row {row} cannot be read: {record.reason}.", "Choose another row.")
+            try:
+                return formats.to_messages(record, fmt, mapping, cot_style)
+            except formats.RowError as exc:
+                raise DataError(f"Row {row} is invalid: {exc.reason}.", "Choose another row, or fix it.") from exc
+    raise DataError(f"There is no row {row} in {Path(path).name}.", "Choose a row number from the preview.")
+
+
+# ---------------------------------------------------------------- preparing and the store
+
+
+def _target(name: str, overwrite: bool) -> Path:
+    try:
+        paths.check_name(name, "dataset name")
+    except ConfigError as exc:
+        raise DataError(exc.message, exc.fix) from exc
+    target = paths.datasets_dir() / name
+    if target.exists() and not overwrite:
+        raise DataError(f"A dataset named {name!r} already exists.",
+                        "Choose another name, or overwrite it (CLI: --overwrite; app: tick 'Overwrite').")
+    return target
+
+
+def _write_all(tmp: Path, batches: Iterator[list]) -> None:
+    """Pass 1: every kept row into all.parquet."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([("input_ids", pa.list_(pa.int32())), ("assistant_masks", pa.list_(pa.int8())),
+                        ("messages", pa.string()), ("row", pa.int64())])
+    with pq.ParquetWriter(tmp / "all.parquet", schema) as writer:
+        for kept in batches:
+            if kept:
+                writer.write_table(pa.table({
+                    "input_ids": [r.input_ids for _, _, r in kept],
+                    "assistant_masks": [r.assistant_masks for _, _, r in kept],
+                    "messages": [json.dumps(m, ensure_ascii=False) for _, m, _ in kept],
+                    "row": [row for row, _, _ in kept]}, schema=schema))
+
+
+def _split_files(tmp: Path, n: int, eval_split: float, seed: int) -> tuple[int, int]:
+    """Pass 2: all.parquet -> train.parquet and eval.parquet, by a seeded split of row indices."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    _, eval_idx = render.split_indices(n, eval_split, seed)
+    is_eval = np.zeros(n, dtype=bool)
+    is_eval[eval_idx] = True
+    source = pq.ParquetFile(tmp / "all.parquet")
+    writers = {"train": pq.ParquetWriter(tmp / "train.parquet", source.schema_arrow)}
+    if eval_idx:
+        writers["eval"] = pq.ParquetWriter(tmp / "eval.parquet", source.schema_arrow)
+    offset = 0
+    for batch in source.iter_batches(batch_size=BATCH):
+        flags = pa.array(is_eval[offset:offset + batch.num_rows])
+        offset += batch.num_rows
+        writers["train"].write_batch(batch.filter(pc.invert(flags)))
+        if eval_idx:
+            writers["eval"].write_batch(batch.filter(flags))
+    for writer in writers.values():
+        writer.close()
+    (tmp / "all.parquet").unlink()
+    return n - len(eval_idx), len(eval_idx)
+
+
+def prepare(path, model_ref: str, name: str, max_len: int = 1024, eval_split: float = 0.1,
+            fmt: str | None = None, mapping: dict | None = None, cot_style: str = "think",
+            train_on_all: bool = False, seed: int = 42, overwrite: bool = False,
+            progress: Progress | None = None) -> Path:
+    """Convert, render, mask, dedupe, split and save a dataset as datasets/<name>/; returns the folder."""
+    progress = progress or _no_progress
+    _check_settings(max_len, eval_split, cot_style)
+    target = _target(name, overwrite)
+    progress(0.0, f"Loading the tokenizer of {model_ref}...")
+    tokenizer = tokenizer_for(model_ref)
+    tmp = target.with_name(f".{name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        report, batches = _scan(path, fmt, mapping, cot_style, tokenizer, max_len, train_on_all, progress)
+        _write_all(tmp, batches)
+        if report.rows_ok == 0:
+            raise DataError(f"Every row of {Path(path).name} is invalid ({report.rows_in} rows): "
+                            f"{_first_reasons(report)}.", "Fix the rows, or choose another format or mapping.")
+        progress(0.92, "Splitting train/eval...")
+        n_train, n_eval = _split_files(tmp, report.rows_ok, eval_split, seed)
+        _write_problems(tmp / "problems.jsonl", report)
+        meta = _meta(name, path, model_ref, tokenizer, report, max_len, eval_split, cot_style,
+                     train_on_all, seed, n_train, n_eval)
+        write_json_atomic(tmp / "meta.json", meta)
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)  # atomic: a failed or cancelled prepare never leaves a half dataset
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    progress(1.0, f"Saved {n_train} train and {n_eval} eval rows as {name!r}.")
+    return target
+
+
+def _check_settings(max_len: int, eval_split: float, cot_style: str) -> None:
+    if not isinstance(max_len, int) or max_len < 16:  # below 16 tokens not even a template header fits
+        raise DataError(f"max_len={max_len} is too small.", "Use at least 16 tokens; 512-2048 is typical.")
+    if not 0 <= eval_split < 1:
+        raise DataError(f"eval_split={eval_split} is out of range.", "Use a fraction in [0, 1), e.g. 0.1.")
+    if cot_style not in formats.COT_STYLES:
+        raise DataError(f"Unknown chain-of-thought style {cot_style!r}.",
+                        f"Use one of: {', '.join(formats.COT_STYLES)}.")
+
+
+def _first_reasons(report: Inspection, n: int = 3) -> str:
+    return "; ".join(f"row {p.row}: {p.reason}" for p in report.problems[:n])
+
+
+def _write_problems(path: Path, report: Inspection) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for problem in report.problems:
+            f.write(json.dumps(problem.as_dict(), ensure_ascii=False) + "\n")
+
+
+def _meta(name, path, model_ref, tokenizer, report: Inspection, max_len, eval_split, cot_style,
+          train_on_all, seed, n_train, n_eval) -> dict:
+    return {
+        "name": name, "source_file": str(Path(path).resolve()), "source_sha256": _source_hash(path),
+        "format": report.format, "evidence": report.detection.evidence, "mapping": report.mapping,
+        "cot_style": cot_style, "model_ref": model_ref,
+        "tokenizer_fingerprint": render.tokenizer_fingerprint(tokenizer),
+        "template": "model" if tokenizer.chat_template else "chatml-fallback",
+        "template_warning": report.template_warning, "max_len": max_len, "train_on_all": train_on_all,
+        "eval_split": eval_split, "seed": seed,
+        "counts": {"rows_in": report.rows_in, "rows_ok": report.rows_ok, "rows_invalid": report.rows_invalid,
+                   "duplicates": report.duplicates, "too_long": report.too_long, "train": n_train,
+                   "eval": n_eval, "over_max_len": (report.token_stats or {}).get("over_max_len", 0)},
+        "token_stats": report.token_stats, "problems_file": "problems.jsonl",
+        "seconds": round(report.seconds, 2), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def _source_hash(path) -> str:
+    path = Path(path)
+    if path.is_file():
+        return file_sha256(path)
+    digest = hashlib.sha256()  # a saved `datasets` folder: hash its files in name order
+    for item in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(item.relative_to(path).as_posix().encode())
+        digest.update(file_sha256(item).encode())
+    return digest.hexdigest()
+
+
+def _folder(name: str) -> Path:
+    try:
+        paths.check_name(name, "dataset name")
+    except ConfigError as exc:
+        raise DataError(exc.message, exc.fix) from exc
+    folder = paths.datasets_dir() / name
+    if not (folder / "meta.json").is_file():
+        known = ", ".join(d["name"] for d in list_datasets()) or "none yet"
+        raise DataError(f"There is no prepared dataset named {name!r} (prepared: {known}).",
+                        "Prepare it first in the Data tab or with `python -m studio data prepare`.")
+    return folder
+
+
+def load_prepared(name: str) -> Prepared:
+    """The train (and eval) datasets.Dataset of a prepared dataset, with its meta."""
+    import datasets
+    import pyarrow.parquet as pq
+    from datasets.table import InMemoryTable
+
+    folder = _folder(name)
+
+    def load(split: str):
+        file = folder / f"{split}.parquet"
+        if not file.is_file():
+            return None
+        table = pq.read_table(file, columns=["input_ids", "assistant_masks", "messages"])
+        return datasets.Dataset(InMemoryTable(table))
+
+    return Prepared(load("train"), load("eval"), read_json(folder / "meta.json", {}), folder)
+
+
+def check_tokenizer(meta: dict, tokenizer) -> None:
+    """DataError when a prepared dataset was made for another tokenizer (other ids, other template)."""
+    fingerprint = render.tokenizer_fingerprint(tokenizer)
+    if meta.get("tokenizer_fingerprint") != fingerprint:
+        raise DataError(f"The dataset {meta.get('name')!r} was prepared for the tokenizer of "
+                        f"{meta.get('model_ref')!r}, which differs from this model's.",
+                        "Prepare the dataset again with this model selected.")
+
+
+def list_datasets() -> list[dict]:
+    """The meta of every prepared dataset, by name."""
+    metas = []
+    for folder in sorted(paths.datasets_dir().iterdir()):
+        meta = read_json(folder / "meta.json") if folder.is_dir() and not folder.name.startswith(".") else None
+        if meta:
+            metas.append(meta)
+    return metas
+
+
+def delete_dataset(name: str) -> None:
+    shutil.rmtree(_folder(name))
