@@ -1,0 +1,151 @@
+"""data inspect | prepare | list | delete: the CLI twin of the Data tab."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from studio.errors import DataError
+
+FORMAT_CHOICES = ("alpaca", "sharegpt", "openai", "prompt_completion", "reasoning", "text", "mapped")
+
+
+def add(sub) -> None:
+    p = sub.add_parser("data", help="inspect and prepare datasets")
+    dsub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+
+    p = dsub.add_parser("inspect", help="detect the format, convert every row, list problems and token counts")
+    p.add_argument("file", help=".json, .jsonl, .csv, .tsv, .parquet, .txt or a folder saved by `datasets`")
+    _format_args(p)
+    p.add_argument("--model", default=None, help="count tokens and preview with this model's tokenizer")
+    p.add_argument("--max-len", type=int, default=1024, help="max sequence length in tokens")
+    p.add_argument("--show-row", type=int, default=None, help="print this row through the chat template, "
+                                                                  "trained text in [[...]]")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=inspect)
+
+    p = dsub.add_parser("prepare", help="render, mask, dedupe, split and save a dataset by name")
+    p.add_argument("file")
+    _format_args(p)
+    p.add_argument("--model", required=True, help="the model whose tokenizer and chat template to use")
+    p.add_argument("--name", required=True, help="dataset name, saved as datasets/<name>/")
+    p.add_argument("--max-len", type=int, default=1024, help="max sequence length in tokens (longer rows are cut)")
+    p.add_argument("--eval-split", type=float, default=0.1, help="share of rows held out for evaluation")
+    p.add_argument("--seed", type=int, default=42, help="seed of the train/eval split")
+    p.add_argument("--train-on-all", action="store_true", help="train on every token, not only the answers")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset of that name")
+    p.set_defaults(func=prepare)
+
+    p = dsub.add_parser("list", help="list prepared datasets")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=list_cmd)
+
+    p = dsub.add_parser("delete", help="delete a prepared dataset")
+    p.add_argument("name")
+    p.set_defaults(func=delete)
+
+
+def _format_args(p) -> None:
+    p.add_argument("--format", default=None, choices=FORMAT_CHOICES, help="force a format instead of detecting it")
+    p.add_argument("--map", default=None, metavar="prompt=COL,response=COL[,system=COL]",
+                   help="column mapping (needed for format 'mapped')")
+    p.add_argument("--cot-style", default="think", choices=("think", "answer"),
+                   help="reasoning data: <think>chain of thought</think> then the answer, or the answer only")
+
+
+def parse_mapping(text: str | None) -> dict | None:
+    if not text:
+        return None
+    mapping = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise DataError(f"Cannot read the mapping {text!r}.", "Write it as prompt=COL,response=COL[,system=COL].")
+        mapping[key.strip()] = value.strip()
+    return mapping
+
+
+def _progress(fraction: float, message: str) -> None:
+    print(f"[{fraction:4.0%}] {message}", file=sys.stderr)
+
+
+def inspect(args) -> int:
+    from studio.data import store
+    from studio.data.render import highlight, render_conversation
+
+    tokenizer = store.tokenizer_for(args.model) if args.model else None
+    report = store.inspect(args.file, args.format, parse_mapping(args.map), args.cot_style, tokenizer,
+                           args.max_len, progress=_progress)
+    if args.json:
+        print(json.dumps({**report.summary(), "problems": [p.as_dict() for p in report.problems]},
+                         indent=2, ensure_ascii=False))
+    else:
+        _print_report(report)
+    if args.show_row is not None:
+        messages = store.conversation_at(args.file, args.show_row, args.format, parse_mapping(args.map),
+                                         args.cot_style)
+        if tokenizer is None:
+            print(json.dumps(messages, indent=2, ensure_ascii=False))
+        else:
+            ids, mask = render_conversation(tokenizer, messages, args.max_len)
+            print("".join(f"[[{t}]]" if label else t for t, label in highlight(tokenizer, ids, mask)))
+    return 0
+
+
+def _print_report(report) -> None:
+    print(f"format      {report.format}  ({report.detection.evidence})")
+    if report.mapping:
+        print(f"mapping     {report.mapping}")
+    print(f"rows        {report.rows_in} read, {report.rows_ok} ok, {report.rows_invalid} invalid, "
+          f"{report.duplicates} duplicates, {report.too_long} with no trained token within max_len")
+    if report.template_warning:
+        print(f"warning     {report.template_warning}")
+    stats = report.token_stats
+    if stats and stats.get("rows"):
+        print(f"tokens      mean {stats['mean']}, median {stats['median']}, p95 {stats['p95']}, max {stats['max']}; "
+              f"{stats['over_max_len']} rows ({stats['over_max_len_share']:.1%}) over max_len={stats['max_len']}")
+    print(f"time        {report.seconds:.2f} s")
+    for problem in report.problems[:20]:  # the first 20 here; --json lists every kept one
+        print(f"  row {problem.row}: [{problem.kind}] {problem.reason}")
+    if len(report.problems) > 20:
+        print(f"  ... {len(report.problems) - 20} more (use --json for all)")
+
+
+def prepare(args) -> int:
+    from studio.data import store
+    from studio.util import read_json
+
+    folder = store.prepare(args.file, args.model, args.name, max_len=args.max_len, eval_split=args.eval_split,
+                           fmt=args.format, mapping=parse_mapping(args.map), cot_style=args.cot_style,
+                           train_on_all=args.train_on_all, seed=args.seed, overwrite=args.overwrite,
+                           progress=_progress)
+    meta = read_json(folder / "meta.json", {})
+    counts = meta["counts"]
+    print(f"saved {folder}: {counts['train']} train, {counts['eval']} eval "
+          f"({counts['rows_invalid']} invalid, {counts['duplicates']} duplicates, {counts['too_long']} too long; "
+          f"see problems.jsonl) in {meta['seconds']} s")
+    return 0
+
+
+def list_cmd(args) -> int:
+    from studio.data import store
+
+    metas = store.list_datasets()
+    if args.json:
+        print(json.dumps(metas, indent=2, ensure_ascii=False))
+        return 0
+    for meta in metas:
+        counts = meta.get("counts", {})
+        print(f"{meta['name']:24} {meta.get('format', '?'):18} train {counts.get('train', '?'):>7} "
+              f"eval {counts.get('eval', '?'):>6}  {meta.get('model_ref', '')}")
+    if not metas:
+        print("no prepared datasets yet")
+    return 0
+
+
+def delete(args) -> int:
+    from studio.data import store
+
+    store.delete_dataset(args.name)
+    print(f"deleted dataset {args.name}")
+    return 0
