@@ -199,6 +199,7 @@ class Engine:
         self._peft_names: dict[str, str] = {}  # registry name or path -> PEFT adapter name
         self.load_ms: dict[str, float] = {}
         self.swap_ms: list[float] = []  # every set_adapter call, in milliseconds
+        self._loads = 0  # adapters attached so far: numbers each PEFT name once
 
     # ------------------------------------------------ adapters
 
@@ -221,7 +222,8 @@ class Engine:
         with self.lock:
             validate_adapter(folder, self.loaded)
             start = time.perf_counter()
-            peft_name = f"adapter_{len(self.load_ms)}"  # PEFT names become module keys: no '.' or ':'
+            self._loads += 1
+            peft_name = f"adapter_{self._loads}"  # PEFT names become module keys: no '.' or ':'
             self._attach(folder, peft_name)
             elapsed = (time.perf_counter() - start) * 1000
             self._peft_names[name] = peft_name
@@ -258,6 +260,8 @@ class Engine:
             if peft_name is not None:
                 self.model.delete_adapter(peft_name)
                 self.load_ms.pop(name, None)
+            if peft_name is not None and not self._peft_names:
+                self.model = self.model.unload()  # a PeftModel without adapters cannot generate: unwrap
 
     def _peft_name(self, adapter: str) -> str:
         if adapter not in self._peft_names:
@@ -269,7 +273,7 @@ class Engine:
         """Hold the lock with `adapter` active (None: the base, adapters disabled) while the body runs."""
         with self.lock:
             if adapter is None:
-                if hasattr(self.model, "disable_adapter"):
+                if self._peft_names:
                     with self.model.disable_adapter():
                         yield self.model
                 else:
@@ -303,6 +307,7 @@ class Engine:
         input_ids = encode_chat(self.tokenizer, messages)
 
         def work(streamer, cancel, record) -> None:
+            record["prompt_tokens"] = int(input_ids.shape[1])
             with self.use(adapter):
                 record["swap_ms"] = self.swap_ms[-1] if adapter is not None else 0.0
                 self._generate(input_ids, settings, streamer, cancel)

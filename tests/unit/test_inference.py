@@ -1,0 +1,128 @@
+"""The engine refuses bad input with a clear message and leaves the loaded model as it was."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from studio.errors import AdapterError, ConfigError
+from studio.inference import Engine, GenerationSettings, get_engine
+
+SETTINGS = GenerationSettings(max_new_tokens=6)
+ASK = [{"role": "user", "content": "Hello there"}]
+
+
+def _lora(base_dir: Path, out: Path, seed: int = 0) -> Path:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    # init_lora_weights=False: random A and B, so the adapter visibly changes the answer
+    config = LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
+    get_peft_model(model, config).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir) -> Engine:
+    return Engine(str(tiny_model_dir), "fp32")
+
+
+@pytest.fixture(scope="module")
+def loras(tmp_path_factory, tiny_model_dir, other_tiny_model_dir) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("loras")
+    good = _lora(tiny_model_dir, root / "good")
+    pickled = root / "pickled"
+    shutil.copytree(good, pickled)
+    (pickled / "adapter_model.safetensors").rename(pickled / "adapter_model.bin")
+    missing = root / "missing"
+    missing.mkdir()
+    shutil.copy(good / "adapter_config.json", missing)
+    return {"good": good, "other": _lora(other_tiny_model_dir, root / "other"), "pickled": pickled, "missing": missing}
+
+
+def _snapshot(engine: Engine) -> tuple:
+    import torch
+
+    state = {k: v.clone() for k, v in engine.model.state_dict().items()}
+    return "".join(engine.answer(ASK, SETTINGS)), engine.adapters, state, torch
+
+
+@pytest.mark.parametrize(("kind", "message"), [
+    ("other", r"trained for .*tiny-llama-96.* does not fit the loaded base .*tiny-llama\b"),
+    ("pickled", r"pickled weights \(adapter_model.bin\)"),
+    ("missing", r"no adapter_model.safetensors"),
+])
+def test_bad_adapters_are_refused_and_the_model_is_untouched(engine, loras, kind, message):
+    answer, names, state, torch = _snapshot(engine)
+    with pytest.raises(AdapterError, match=message):
+        engine.load_adapter(kind, loras[kind])
+    with pytest.raises(AdapterError, match=message):
+        list(engine.answer(ASK, SETTINGS, adapter=str(loras[kind])))
+    assert engine.adapters == names
+    after = engine.model.state_dict()
+    assert after.keys() == state.keys() and all(torch.equal(after[k], v) for k, v in state.items())
+    assert "".join(engine.answer(ASK, SETTINGS)) == answer
+
+
+@pytest.mark.parametrize(("messages", "settings", "message"), [
+    ([{"role": "user", "content": "   "}], SETTINGS, "The prompt is empty"),
+    ([], SETTINGS, "The prompt is empty"),
+    (ASK, GenerationSettings(max_new_tokens=0), "max_new_tokens=0 is out of range"),
+    (ASK, GenerationSettings(max_new_tokens=100_000), "Set max_new_tokens between 1 and 4096"),
+    (ASK, GenerationSettings(temperature=-1.0), "temperature=-1.0 is out of range"),
+])
+def test_bad_requests_get_a_clear_message(engine, loras, messages, settings, message):
+    answer, names, _, _ = _snapshot(engine)
+    with pytest.raises(ConfigError, match=message):
+        list(engine.answer(messages, settings, adapter=str(loras["good"])))
+    with pytest.raises(ConfigError, match=message):
+        list(engine.compare(messages, settings, None, str(loras["good"])))
+    assert engine.adapters == names and "".join(engine.answer(ASK, SETTINGS)) == answer
+
+
+def test_adapter_changes_the_answer_and_base_stays_the_base(engine, loras):
+    base = "".join(engine.answer(ASK, SETTINGS))
+    ms = engine.load_adapter("good", loras["good"])
+    assert ms > 0 and engine.load_adapter("good", loras["good"]) == 0.0  # attached once
+    assert "".join(engine.answer(ASK, SETTINGS, "good")) != base
+    assert "".join(engine.answer(ASK, SETTINGS, None)) == base
+    with engine.use("good") as model:  # what evaluation code does
+        assert model.active_adapter == engine._peft_names["good"]
+    engine.unload_adapter("good")
+    assert "good" not in engine.adapters
+
+
+def test_system_prompt_and_multi_turn_reach_the_model(engine):
+    from studio.inference import encode_chat
+
+    conversation = [{"role": "system", "content": "Answer in French."}, *ASK,
+                    {"role": "assistant", "content": "Bonjour !"}, {"role": "user", "content": "Encore ?"}]
+    stats: dict = {}
+    "".join(engine.answer(conversation, SETTINGS, stats=stats))
+    prompt = engine.tokenizer.decode(encode_chat(engine.tokenizer, conversation)[0])
+    assert all(m["content"] in prompt for m in conversation) and prompt.rstrip().endswith("assistant")
+    assert stats["prompt_tokens"] == len(encode_chat(engine.tokenizer, conversation)[0]) > 20
+    assert stats["tokens"] == SETTINGS.max_new_tokens and stats["tokens_per_s"] > 0
+
+
+def test_sampling_is_reproducible_by_seed(engine):
+    sampled = GenerationSettings(max_new_tokens=8, temperature=1.5, top_k=0, top_p=1.0, seed=7)
+    first = "".join(engine.answer(ASK, sampled))
+    assert "".join(engine.answer(ASK, sampled)) == first
+
+
+def test_get_engine_shares_one_engine_per_model_and_quant(tiny_model_dir):
+    assert get_engine(str(tiny_model_dir), "fp32") is get_engine(str(tiny_model_dir), "fp32")
+
+
+def test_4bit_base_takes_adapters_too(tiny_model_dir, loras):
+    engine = Engine(str(tiny_model_dir), "4bit")
+    base = "".join(engine.answer(ASK, SETTINGS))
+    engine.load_adapter("good", loras["good"])
+    assert "".join(engine.answer(ASK, SETTINGS, "good")) != base
+    assert "".join(engine.answer(ASK, SETTINGS)) == base
