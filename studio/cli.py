@@ -13,6 +13,7 @@ COMMAND_MODULES = (
     "studio.commands.model",  # hardware, model info, generate, app
     "studio.commands.data",  # data inspect|prepare|list|delete
     "studio.commands.train",  # train, runs list|show|stop|resume|delete
+    "studio.commands.chat",  # chat, adapters list|import|export|delete
 )
 
 
