@@ -191,12 +191,13 @@ def from_openai(record: dict, key: str = "messages") -> list[dict]:
         if role not in ROLES:
             raise RowError(f"message {i} has role {role!r}; use system, user or assistant")
         message = {"role": role, "content": _content(turn.get("content"), i)}
-        if "weight" in turn:
-            if turn["weight"] not in (0, 1) or isinstance(turn["weight"], bool):
-                raise RowError(f"message {i} has weight {turn['weight']!r}; it must be 0 or 1")
+        weight = turn.get("weight")  # None where absent (Parquet fills missing struct fields with null)
+        if weight is not None:
+            if weight not in (0, 1) or isinstance(weight, bool):
+                raise RowError(f"message {i} has weight {weight!r}; it must be 0 or 1")
             if role != "assistant":
                 raise RowError(f"message {i} ({role}) has a weight; only assistant turns may")
-            if turn["weight"] == 0:
+            if weight == 0:
                 message["weight"] = 0
         messages.append(message)
     return messages

@@ -81,9 +81,11 @@ def _spans_by_prefix(tokenizer, messages: list[dict]) -> list[list[int]] | None:
             continue
         before = apply_template(tokenizer, messages[:i], add_generation_prompt=True)
         upto = apply_template(tokenizer, messages[: i + 1])
-        if not (full.startswith(upto) and upto.startswith(before)):
+        content = m["content"].strip()  # templates often trim; the turn's own text is what is trained
+        start = upto.find(content, len(before))
+        if not (full.startswith(upto) and upto.startswith(before)) or start < 0:
             return None
-        spans.append([len(before), len(upto.rstrip())])
+        spans.append([start, start + len(content)])
     return spans
 
 
