@@ -1,0 +1,246 @@
+"""Data tab: a file (uploaded, or a sample) -> detected format and evidence -> preview, problems,
+chat-template view, token lengths -> Save as a named dataset for the Train and Evaluate tabs.
+
+Every action calls studio.data.store, which the CLI (`python -m studio data ...`) calls too.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from studio.errors import StudioError
+from studio.ui.shared import Shared
+
+TITLE = "Data"
+ASSETS = Path(__file__).resolve().parents[3] / "assets"
+SAMPLES = {"medical": ASSETS / "medical_demo.jsonl", "hinglish": ASSETS / "hinglish_demo.jsonl"}
+FORMAT_CHOICES = ["auto", "alpaca", "sharegpt", "openai", "prompt_completion", "reasoning", "text", "mapped"]
+PREVIEW_CHARS = 300  # characters of each turn shown in the preview table
+NONE = "(none)"  # the dropdown choice for "no column"
+_TEMPLATE_COLORS = {"trained": "#86efac"}  # trained tokens in green
+
+
+def _mapping(fmt: str, prompt: str | None, response: str | None, system: str | None) -> dict | None:
+    """The user's column mapping, only for the 'mapped' format (other formats find their columns)."""
+    if fmt != "mapped":
+        return None
+    chosen = {"prompt": prompt, "response": response, "system": system}
+    return {k: v for k, v in chosen.items() if v and v != NONE} or None
+
+
+def _tokenizer(model_ref: str | None):
+    """(tokenizer, warning): token counts are a bonus, so a model that cannot load is a warning."""
+    from studio.data.store import tokenizer_for
+    from studio.models import default_model_ref
+
+    ref = (model_ref or "").strip() or default_model_ref()
+    try:
+        return tokenizer_for(ref), ""
+    except StudioError as exc:
+        return None, f"Token counts are off: the tokenizer of {ref!r} cannot load ({exc.message})."
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= PREVIEW_CHARS else text[:PREVIEW_CHARS] + "..."
+
+
+def preview_table(preview: list[tuple[int, list[dict]]]) -> pd.DataFrame:
+    rows = []
+    for row, messages in preview:
+        first = {role: next((m["content"] for m in messages if m["role"] == role), "")
+                 for role in ("system", "user", "assistant")}
+        rows.append({"row": row, "turns": len(messages), "system": _clip(first["system"]),
+                     "user": _clip(first["user"]), "assistant": _clip(first["assistant"])})
+    return pd.DataFrame(rows, columns=["row", "turns", "system", "user", "assistant"])
+
+
+def problems_outputs(report) -> tuple[str, pd.DataFrame, str | None]:
+    """A count line, the table and a downloadable JSONL of every listed problem."""
+    counts = (f"**{report.rows_in:,} rows read: {report.rows_ok:,} ok, {report.rows_invalid:,} invalid, "
+              f"{report.duplicates:,} duplicates removed, {report.too_long:,} with no trained token within "
+              f"the max length.**")
+    table = pd.DataFrame([p.as_dict() for p in report.problems], columns=["row", "kind", "reason"])
+    if not report.problems:
+        return counts + " No problems.", table, None
+    out = Path(tempfile.mkdtemp(prefix="studio-problems-")) / "problems.jsonl"
+    out.write_text("".join(json.dumps(p.as_dict(), ensure_ascii=False) + "\n" for p in report.problems),
+                   encoding="utf-8")
+    return counts, table, str(out)
+
+
+def histogram(stats: dict | None):
+    if not stats or not stats.get("rows"):
+        return gr.BarPlot(value=pd.DataFrame({"tokens": [], "rows": []})), "No token counts (no tokenizer)."
+    edges, counts = stats["histogram"]["edges"], stats["histogram"]["counts"]
+    labels = [f"{int(a)}-{int(b)}" for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    df = pd.DataFrame({"tokens": labels, "rows": counts})
+    text = (f"Tokens per row: mean {stats['mean']}, median {stats['median']}, p95 {stats['p95']}, max {stats['max']}. "
+            f"**{stats['over_max_len']:,} rows ({stats['over_max_len_share']:.1%}) are over the max length of "
+            f"{stats['max_len']}** and will be cut.")
+    return gr.BarPlot(value=df, x="tokens", y="rows", sort=labels), text
+
+
+def template_view(path: str, row: float | None, fmt: str, mapping: dict | None, cot_style: str, model_ref: str,
+                  max_len: float, train_on_all: bool):
+    """The chosen row through the chat template, trained tokens highlighted."""
+    from studio.data import store
+    from studio.data.render import highlight, render_conversation
+
+    tokenizer, warning = _tokenizer(model_ref)
+    if not path or row is None:
+        return [], warning
+    messages = store.conversation_at(path, int(row), None if fmt == "auto" else fmt, mapping, cot_style)
+    if tokenizer is None:
+        return [(json.dumps(messages, indent=2, ensure_ascii=False), None)], warning
+    from studio.data.render import template_warning
+
+    ids, mask = render_conversation(tokenizer, messages, int(max_len), bool(train_on_all))
+    return highlight(tokenizer, ids, mask), template_warning(tokenizer) or warning
+
+
+def inspect_data(path: str, fmt: str, prompt: str, response: str, system: str, cot_style: str, model_ref: str,
+                 max_len: float, train_on_all: bool, progress=gr.Progress()):
+    """Everything the tab shows about a file; the api_name 'inspect_data' event."""
+    from studio.data import store
+
+    if not path:
+        raise gr.Error("Choose a file first: upload one, or load a sample.")
+    try:
+        tokenizer, warning = _tokenizer(model_ref)
+        mapping = _mapping(fmt, prompt, response, system)
+        report = store.inspect(path, None if fmt == "auto" else fmt, mapping, cot_style, tokenizer, int(max_len),
+                               bool(train_on_all), progress=lambda f, m: progress(f, desc=m))
+        first_row = report.preview[0][0] if report.preview else None
+        template, template_note = template_view(path, first_row, fmt, mapping, cot_style, model_ref, max_len,
+                                                train_on_all) if first_row else ([], "")
+    except StudioError as exc:
+        raise gr.Error(str(exc)) from exc
+    detection = report.detection
+    evidence = f"**Detected format: {detection.format}** ({detection.evidence})"
+    if report.format != detection.format:
+        evidence += f"\n\nUsing **{report.format}** as chosen."
+    columns = [NONE, *map(str, detection.columns)]
+    guess = detection.mapping if detection.format == "mapped" else {}
+    dropdowns = [gr.Dropdown(choices=columns, value=(chosen if chosen in columns[1:] else guess.get(part, NONE)))
+                 for part, chosen in (("prompt", prompt), ("response", response), ("system", system))]
+    counts, table, download = problems_outputs(report)
+    plot, stats_text = histogram(report.token_stats)
+    notes = "\n\n".join(n for n in (report.template_warning, template_note, warning) if n)
+    return (path, evidence, *dropdowns, preview_table(report.preview), counts, table, download, plot, stats_text,
+            first_row, template, notes)
+
+
+def show_row(path, row, fmt, prompt, response, system, cot_style, model_ref, max_len, train_on_all):
+    try:
+        return template_view(path, row, fmt, _mapping(fmt, prompt, response, system), cot_style, model_ref,
+                             max_len, train_on_all)
+    except StudioError as exc:
+        raise gr.Error(str(exc)) from exc
+
+
+def save(path, fmt, prompt, response, system, cot_style, model_ref, name, max_len, eval_split, seed, train_on_all,
+         overwrite, progress=gr.Progress()):
+    """Prepare and save the dataset by name; the api_name 'prepare_data' event."""
+    from studio.data import store
+    from studio.models import default_model_ref
+
+    if not path:
+        raise gr.Error("Choose a file first: upload one, or load a sample.")
+    try:
+        folder = store.prepare(path, (model_ref or "").strip() or default_model_ref(), (name or "").strip(),
+                               max_len=int(max_len), eval_split=float(eval_split),
+                               fmt=None if fmt == "auto" else fmt, mapping=_mapping(fmt, prompt, response, system),
+                               cot_style=cot_style, train_on_all=bool(train_on_all), seed=int(seed),
+                               overwrite=bool(overwrite), progress=lambda f, m: progress(f, desc=m))
+    except StudioError as exc:
+        raise gr.Error(str(exc)) from exc
+    meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    c = meta["counts"]
+    text = (f"Saved **{meta['name']}** in `{folder}`: {c['train']:,} train and {c['eval']:,} eval rows "
+            f"({c['rows_invalid']:,} invalid, {c['duplicates']:,} duplicates, {c['too_long']:,} too long left out; "
+            f"see problems.jsonl there).")
+    return text, gr.Dropdown(choices=dataset_names(), value=meta["name"])
+
+
+def dataset_names() -> list[str]:
+    from studio.data.store import list_datasets
+
+    return [meta["name"] for meta in list_datasets()]
+
+
+def sample_path(which: str) -> str:
+    return str(SAMPLES[which])
+
+
+def build(shared: Shared) -> None:
+    gr.Markdown("Upload a dataset (JSON, JSONL, CSV, TSV, Parquet, TXT) or load a sample. The format is detected "
+                "and every row is converted to one conversation schema, then shown through the model's chat "
+                "template with the trained tokens highlighted. Save it by name for the Train tab.")
+    with gr.Row():
+        upload = gr.File(label="Upload", file_types=[".json", ".jsonl", ".csv", ".tsv", ".parquet", ".txt"],
+                         type="filepath", elem_id="data-upload", scale=2)
+        with gr.Column(scale=1):
+            medical = gr.Button("Load medical sample", elem_id="data-sample-medical")
+            hinglish = gr.Button("Load Hinglish sample", elem_id="data-sample-hinglish")
+    path = gr.Textbox(label="File", interactive=not shared.hosted, elem_id="data-path",
+                      info="A path on the machine running the studio (filled in by upload or sample).")
+    with gr.Row():
+        fmt = gr.Dropdown(FORMAT_CHOICES, value="auto", label="Format (auto = detected)", elem_id="data-format")
+        cot_style = gr.Radio(["think", "answer"], value="think", label="Chain of thought (reasoning data)",
+                             info="think: <think>reasoning</think> then the answer; answer: the answer only",
+                             elem_id="data-cot-style")
+        inspect_btn = gr.Button("Inspect", elem_id="data-inspect")
+    evidence = gr.Markdown(elem_id="data-detected")
+    with gr.Accordion("Column mapping (format 'mapped')", open=False):
+        with gr.Row():
+            prompt = gr.Dropdown([NONE], value=NONE, label="Prompt column", elem_id="data-map-prompt")
+            response = gr.Dropdown([NONE], value=NONE, label="Response column", elem_id="data-map-response")
+            system = gr.Dropdown([NONE], value=NONE, label="System column (optional)", elem_id="data-map-system")
+    preview = gr.Dataframe(label="Normalized preview (first rows)", interactive=False, wrap=True,
+                           elem_id="data-preview")
+    counts = gr.Markdown(elem_id="data-counts")
+    with gr.Accordion("Problems (row, reason)", open=False):
+        problems = gr.Dataframe(interactive=False, wrap=True, elem_id="data-problems")
+        problems_file = gr.File(label="Download problems.jsonl", elem_id="data-problems-file")
+    with gr.Row():
+        row = gr.Number(label="Row to show through the chat template", precision=0, elem_id="data-row")
+        max_len = gr.Number(1024, label="Max length (tokens)", precision=0, minimum=16, elem_id="data-max-len")
+        train_on_all = gr.Checkbox(False, label="Train on everything (not only the answers)",
+                                   elem_id="data-train-on-all")
+    template = gr.HighlightedText(label="Chat template (trained tokens in green)", color_map=_TEMPLATE_COLORS,
+                                  show_legend=True, elem_id="data-template")
+    notes = gr.Markdown(elem_id="data-warning")
+    plot = gr.BarPlot(label="Tokens per row", x="tokens", y="rows", elem_id="data-histogram")
+    stats = gr.Markdown(elem_id="data-token-stats")
+    with gr.Row():
+        name = gr.Textbox(label="Dataset name", placeholder="e.g. hinglish-chat", elem_id="data-name")
+        eval_split = gr.Slider(0, 0.5, value=0.1, step=0.01, label="Eval split", elem_id="data-eval-split")
+        seed = gr.Number(42, label="Split seed", precision=0, elem_id="data-seed")
+        overwrite = gr.Checkbox(False, label="Overwrite if the name exists", elem_id="data-overwrite")
+        save_btn = gr.Button("Save", variant="primary", elem_id="data-save")
+    saved = gr.Markdown(elem_id="data-save-result")
+    with gr.Row():
+        shared.dataset = gr.Dropdown(dataset_names(), value=None, label="Prepared dataset (used by Train and "
+                                     "Evaluate)", allow_custom_value=True, elem_id="data-dataset")
+        refresh = gr.Button("Refresh list", elem_id="data-refresh")
+
+    model_ref = shared.model_ref if shared.model_ref is not None else gr.Textbox(visible=False)
+    settings = [fmt, prompt, response, system, cot_style, model_ref, max_len, train_on_all]
+    outputs = [path, evidence, prompt, response, system, preview, counts, problems, problems_file, plot, stats,
+               row, template, notes]
+    upload.upload(inspect_data, [upload, *settings], outputs, api_name="upload_data")
+    medical.click(lambda: sample_path("medical"), None, path, api_name="load_medical_sample").then(
+        inspect_data, [path, *settings], outputs)
+    hinglish.click(lambda: sample_path("hinglish"), None, path, api_name="load_hinglish_sample").then(
+        inspect_data, [path, *settings], outputs)
+    inspect_btn.click(inspect_data, [path, *settings], outputs, api_name="inspect_data")
+    fmt.input(inspect_data, [path, *settings], outputs)
+    row.submit(show_row, [path, row, *settings], [template, notes], api_name="preview_row")
+    save_btn.click(save, [path, fmt, prompt, response, system, cot_style, model_ref, name, max_len, eval_split, seed,
+                          train_on_all, overwrite], [saved, shared.dataset], api_name="prepare_data")
+    refresh.click(lambda: gr.Dropdown(choices=dataset_names()), None, shared.dataset, api_name="list_datasets")
