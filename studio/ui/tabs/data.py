@@ -198,9 +198,13 @@ def build(shared: Shared) -> None:
     evidence = gr.Markdown(elem_id="data-detected")
     with gr.Accordion("Column mapping (format 'mapped')", open=False):
         with gr.Row():
-            prompt = gr.Dropdown([NONE], value=NONE, label="Prompt column", elem_id="data-map-prompt")
-            response = gr.Dropdown([NONE], value=NONE, label="Response column", elem_id="data-map-response")
-            system = gr.Dropdown([NONE], value=NONE, label="System column (optional)", elem_id="data-map-system")
+            # Custom values allowed: a column name may be typed, and choices change with every file.
+            prompt = gr.Dropdown([NONE], value=NONE, label="Prompt column", allow_custom_value=True,
+                                 elem_id="data-map-prompt")
+            response = gr.Dropdown([NONE], value=NONE, label="Response column", allow_custom_value=True,
+                                   elem_id="data-map-response")
+            system = gr.Dropdown([NONE], value=NONE, label="System column (optional)", allow_custom_value=True,
+                                 elem_id="data-map-system")
     preview = gr.Dataframe(label="Normalized preview (first rows)", interactive=False, wrap=True,
                            elem_id="data-preview")
     counts = gr.Markdown(elem_id="data-counts")
@@ -235,11 +239,11 @@ def build(shared: Shared) -> None:
                row, template, notes]
     upload.upload(inspect_data, [upload, *settings], outputs, api_name="upload_data")
     medical.click(lambda: sample_path("medical"), None, path, api_name="load_medical_sample").then(
-        inspect_data, [path, *settings], outputs)
+        inspect_data, [path, *settings], outputs, api_name="inspect_medical", api_visibility="private")
     hinglish.click(lambda: sample_path("hinglish"), None, path, api_name="load_hinglish_sample").then(
-        inspect_data, [path, *settings], outputs)
+        inspect_data, [path, *settings], outputs, api_name="inspect_hinglish", api_visibility="private")
     inspect_btn.click(inspect_data, [path, *settings], outputs, api_name="inspect_data")
-    fmt.input(inspect_data, [path, *settings], outputs)
+    fmt.input(inspect_data, [path, *settings], outputs, api_name="inspect_on_format", api_visibility="private")
     row.submit(show_row, [path, row, *settings], [template, notes], api_name="preview_row")
     save_btn.click(save, [path, fmt, prompt, response, system, cot_style, model_ref, name, max_len, eval_split, seed,
                           train_on_all, overwrite], [saved, shared.dataset], api_name="prepare_data")
