@@ -124,7 +124,7 @@ def cached_model(ref: str, quant: str, progress=None):
 
 # ---------------------------------------------------------------- one base, many adapters
 
-BASE_LABEL = "base"  # how the UI and CLI name "no adapter" (adapter=None in the API)
+BASE_LABEL = "(base)"  # how the UI and CLI name "no adapter" (adapter=None); no adapter name has "("
 STREAM_TIMEOUT_S = 600  # a generation step slower than this means the worker thread died
 MAX_ENGINES = 2  # engines (each a loaded base) kept per process; older ones are dropped
 
@@ -189,6 +189,8 @@ class Engine:
 
     def __init__(self, ref: str = "bundled", quant: str = "fp32", device: str | None = None,
                  progress: Callable[[float, str], None] | None = None):
+        import peft  # noqa: F401 - imported now, so adapter load times measure loading, not the import
+
         from studio.models import load_model
 
         self.loaded = load_model(ref, quant, device, progress=progress or (lambda f, m: None))

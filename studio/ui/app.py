@@ -7,11 +7,12 @@ import os
 import gradio as gr
 
 from studio.ui.shared import Shared
+from studio.ui.tabs import chat as chat_tab
 from studio.ui.tabs import data as data_tab
 from studio.ui.tabs import model as model_tab
 from studio.ui.tabs import train as train_tab
 
-TABS = (model_tab, data_tab, train_tab)  # in workflow order: later tabs read components that earlier tabs made
+TABS = (model_tab, data_tab, train_tab, chat_tab)  # workflow order: later tabs read earlier tabs' components
 
 
 def hosted_mode() -> bool:

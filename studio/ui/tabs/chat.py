@@ -1,0 +1,378 @@
+"""Chat tab: one loaded base, many LoRA adapters; base and tuned answers side by side.
+
+The base and quantization come from the Model tab. Compare mode streams two answers at the same
+time from the same prompt and seed (one batched pass, greedy by default, so differences come from
+the weights); Chat mode is a multi-turn conversation with one adapter. The adapter registry
+(import, export as zip, delete) sits below. All work is done by studio.inference and
+studio.adapters, which the `python -m studio chat` and `adapters` commands use too.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+
+from studio.errors import StudioError
+from studio.inference import BASE_LABEL, GenerationSettings
+from studio.ui.shared import Shared
+
+TITLE = "Chat"
+ASSETS = Path(__file__).resolve().parents[3] / "assets"
+SAMPLE_FILES = ("medical_demo.jsonl", "hinglish_demo.jsonl")
+EXAMPLES_PER_SAMPLE = 3  # a few prompts from each sample: enough to try, short enough to scan
+CARD_COLUMNS = ["name", "source", "base_model", "dataset", "r", "alpha", "created", "metrics"]
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def example_prompts() -> list[str]:
+    """The first user questions of the medical and Hinglish samples (where those files exist)."""
+    prompts: list[str] = []
+    for name in SAMPLE_FILES:
+        path = ASSETS / name
+        if not path.is_file():
+            continue
+        found = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            question = _question(line)
+            if question and question not in found:
+                found.append(question)
+            if len(found) == EXAMPLES_PER_SAMPLE:
+                break
+        prompts += found
+    return prompts
+
+
+def _question(line: str) -> str | None:
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(row, dict):
+        return None
+    if isinstance(row.get("Question"), str):
+        return row["Question"]
+    users = [m.get("content") for m in row.get("messages") or [] if isinstance(m, dict) and m.get("role") == "user"]
+    return users[0] if users and isinstance(users[0], str) else None
+
+
+def adapter_choices() -> list[str]:
+    from studio.adapters import adapter_names
+
+    return adapter_names()
+
+
+def _adapter(label: str | None) -> str | None:
+    return None if not label or label == BASE_LABEL else label
+
+
+def _settings(max_new, temperature, top_p, top_k, repetition, seed) -> GenerationSettings:
+    return GenerationSettings(max_new_tokens=int(max_new), temperature=float(temperature), top_p=float(top_p),
+                              top_k=int(top_k), repetition_penalty=float(repetition), seed=int(seed))
+
+
+def _engine(ref: str, quant: str, progress=None):
+    from studio.inference import get_engine
+
+    report = (lambda f, m: progress(f, desc=m)) if progress is not None else None
+    return get_engine((ref or "bundled").strip(), quant or "fp32", progress=report)
+
+
+def _timing(engine, stats: dict, label: str) -> str:
+    s = engine.stats()
+    swap = f"{stats['swap_ms']:.2f} ms" if stats.get("swap_ms") else "none (base)"
+    return (f"<span id='swap-ms-value'>{label}: swap {swap} · {stats.get('tokens', 0)} tokens at "
+            f"{stats.get('tokens_per_s') or 0} tok/s · mean set_adapter {s['mean_swap_ms'] or 0} ms over "
+            f"{s['swaps']} swaps · adapters loaded: {', '.join(s['adapters']) or 'none'}</span>")
+
+
+def _user_turn(system: str, history: list[dict], prompt: str) -> list[dict]:
+    head = [{"role": "system", "content": system}] if system and system.strip() else []
+    turns = [{"role": m["role"], "content": _text(m["content"])} for m in history or []]
+    return head + turns + [{"role": "user", "content": prompt or ""}]
+
+
+def _text(content) -> str:
+    """Chatbot messages may hold a string or a list of {type: text, text: ...} parts."""
+    if isinstance(content, list):
+        return "".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in content)
+    return str(content)
+
+
+# ---------------------------------------------------------------- events
+
+
+def compare(ref, quant, left, right, prompt, system, max_new, temperature, top_p, top_k, repetition, seed,
+            left_history, right_history, progress=gr.Progress()):
+    """Stream left and right answers to the same prompt at once. Each prompt is asked fresh (with the
+    system prompt, without history), so both sides see exactly the same input."""
+    try:
+        settings = _settings(max_new, temperature, top_p, top_k, repetition, seed)
+        engine = _engine(ref, quant, progress)
+        messages = _user_turn(system, [], prompt)
+        stats: dict = {}
+        asked = [*(left_history or []), {"role": "user", "content": prompt}]
+        asked_right = [*(right_history or []), {"role": "user", "content": prompt}]
+        for left_text, right_text in engine.compare(messages, settings, _adapter(left), _adapter(right), stats):
+            yield (asked + [{"role": "assistant", "content": left_text}],
+                   asked_right + [{"role": "assistant", "content": right_text}], gr.skip(), "")
+    except StudioError as exc:
+        raise gr.Error(str(exc)) from exc
+    s = engine.stats()
+    timing = (f"<span id='swap-ms-value'>Both panes in one batched pass ({stats.get('tokens', 0)} tokens at "
+              f"{stats.get('tokens_per_s') or 0} tok/s) · mean set_adapter {s['mean_swap_ms'] or 0} ms over "
+              f"{s['swaps']} swaps · load ms {s['load_ms'] or 'none'}</span>")
+    yield gr.skip(), gr.skip(), timing, ""
+
+
+def chat(ref, quant, adapter, prompt, system, max_new, temperature, top_p, top_k, repetition, seed, history,
+         progress=gr.Progress()):
+    """Multi-turn chat with one adapter (or the base): the whole conversation goes through the template."""
+    try:
+        settings = _settings(max_new, temperature, top_p, top_k, repetition, seed)
+        engine = _engine(ref, quant, progress)
+        messages = _user_turn(system, history, prompt)
+        shown = [*(history or []), {"role": "user", "content": prompt}]
+        stats: dict = {}
+        text = ""
+        for piece in engine.answer(messages, settings, _adapter(adapter), stats=stats):
+            text += piece
+            yield shown + [{"role": "assistant", "content": text}], gr.skip(), ""
+    except StudioError as exc:
+        raise gr.Error(str(exc)) from exc
+    yield gr.skip(), _timing(engine, stats, adapter or BASE_LABEL), ""
+
+
+def load_adapters(ref, quant, names, progress=gr.Progress()):
+    """Attach the chosen adapters to the base now (otherwise each loads on first use)."""
+    try:
+        engine = _engine(ref, quant, progress)
+        times = {name: engine.load_adapter(name) for name in names or []}
+    except StudioError as exc:
+        raise gr.Error(str(exc)) from exc
+    rows = ", ".join(f"{n} {ms:.0f} ms" if ms else f"{n} (already loaded)" for n, ms in times.items())
+    loaded = f"Base {engine.ref} ({engine.quant}) loaded in {engine.loaded.load_seconds:.1f} s."
+    return f"{loaded} Adapters: {rows or 'none'}"
+
+
+def retry_prompt(history: list[dict]):
+    """The last question asked, and the history without that exchange (to ask it again)."""
+    history = list(history or [])
+    users = [i for i, m in enumerate(history) if m["role"] == "user"]
+    if not users:
+        raise gr.Error("Nothing to retry yet: ask something first.")
+    return _text(history[users[-1]]["content"]), history[:users[-1]]
+
+
+def retry_compare(left_history, right_history):
+    prompt, left = retry_prompt(left_history)
+    _, right = retry_prompt(right_history)
+    return prompt, left, right
+
+
+def registry_table():
+    import pandas as pd
+
+    rows = []
+    for info in _list():
+        row = info.summary()
+        metrics = {k.split(".", 1)[1]: v for k, v in row.items() if k.startswith("metrics.")}
+        rows.append({**{k: row.get(k, "") for k in CARD_COLUMNS[:-1]}, "metrics": json.dumps(metrics)})
+    return pd.DataFrame(rows, columns=CARD_COLUMNS)
+
+
+def _list():
+    from studio.adapters import list_adapters
+
+    return list_adapters()
+
+
+def _refreshed(value: str | None = None):
+    choices = adapter_choices()
+    both = [BASE_LABEL, *choices]
+    return (registry_table(), gr.Dropdown(choices=choices, value=value), gr.CheckboxGroup(choices=choices),
+            gr.Dropdown(choices=both), gr.Dropdown(choices=both), gr.Dropdown(choices=both))
+
+
+def refresh():
+    return _refreshed()
+
+
+def import_files(files, name):
+    """Import an uploaded adapter: a .zip, or adapter_config.json + adapter_model.safetensors."""
+    from studio.adapters import import_adapter
+
+    if not files:
+        raise gr.Error("Upload a .zip, or the two files adapter_config.json and adapter_model.safetensors.")
+    paths = [f if isinstance(f, str) else f.name for f in (files if isinstance(files, list) else [files])]
+    try:
+        info = import_adapter(paths, (name or "").strip())
+    except StudioError as exc:
+        raise gr.Error(str(exc)) from exc
+    gr.Info(f"Imported {info.name}.")
+    return _refreshed(info.name)
+
+
+def export(name):
+    from studio.adapters import export_zip
+
+    if not name:
+        raise gr.Error("Pick an adapter to export first.")
+    try:
+        return str(export_zip(name))
+    except StudioError as exc:
+        raise gr.Error(str(exc)) from exc
+
+
+def delete(name, confirmed):
+    from studio.adapters import delete_adapter
+    from studio.inference import forget_adapter
+
+    if not name:
+        raise gr.Error("Pick an adapter to delete first.")
+    if not confirmed:
+        raise gr.Error(f"Tick 'Yes, delete this adapter' first: deleting {name} removes its files.")
+    try:
+        delete_adapter(name)
+    except StudioError as exc:
+        raise gr.Error(str(exc)) from exc
+    forget_adapter(name)
+    gr.Info(f"Deleted {name}.")
+    return (*_refreshed(), False)
+
+
+def show_mode(mode: str):
+    return gr.Group(visible=mode == "Compare"), gr.Group(visible=mode != "Compare")
+
+
+def run_mode(mode, ref, quant, left, right, adapter, prompt, system, max_new, temperature, top_p, top_k, repetition,
+             seed, left_history, right_history, history, progress=gr.Progress()):
+    """Send / Enter / Retry: compare in Compare mode, chat in Chat mode; yields every pane."""
+    gen = (max_new, temperature, top_p, top_k, repetition, seed)
+    if mode == "Compare":
+        for lh, rh, timing, box in compare(ref, quant, left, right, prompt, system, *gen, left_history,
+                                           right_history, progress):
+            yield lh, rh, gr.skip(), timing, box
+    else:
+        for h, timing, box in chat(ref, quant, adapter, prompt, system, *gen, history, progress):
+            yield gr.skip(), gr.skip(), h, timing, box
+
+
+def retry_mode(mode, left_history, right_history, history):
+    """Take back the last exchange of the visible panes and put its question back in the prompt box."""
+    if mode == "Compare":
+        prompt, left, right = retry_compare(left_history, right_history)
+        return prompt, left, right, gr.skip()
+    prompt, single = retry_prompt(history)
+    return prompt, gr.skip(), gr.skip(), single
+
+
+# ---------------------------------------------------------------- layout
+
+
+@dataclass
+class Registry:
+    table: gr.Dataframe
+    picked: gr.Dropdown
+    upload: gr.File
+    import_name: gr.Textbox
+    import_btn: gr.Button
+    refresh_btn: gr.Button
+    export_btn: gr.Button
+    export_file: gr.File
+    confirm: gr.Checkbox
+    delete_btn: gr.Button
+
+
+def _registry_ui(names: list[str]) -> Registry:
+    with gr.Accordion("Adapters: cards, import, export, delete", open=False):
+        table = gr.Dataframe(registry_table(), label="Adapters (training runs and imported)", interactive=False,
+                             elem_id="chat-adapters")
+        with gr.Row():
+            upload = gr.File(label="Import: a .zip, or adapter_config.json + adapter_model.safetensors",
+                             file_count="multiple", file_types=[".zip", ".json", ".safetensors"], scale=3)
+            with gr.Column(scale=1):
+                import_name = gr.Textbox(label="Name for the imported adapter", elem_id="chat-import-name")
+                import_btn = gr.Button("Import", elem_id="chat-import")
+                refresh_btn = gr.Button("Refresh list", elem_id="chat-refresh")
+        with gr.Row():
+            picked = gr.Dropdown(names, value=names[0] if names else None, label="Adapter", elem_id="chat-picked")
+            export_btn = gr.Button("Export zip", elem_id="chat-export")
+            confirm = gr.Checkbox(False, label="Yes, delete this adapter", elem_id="chat-delete-confirm")
+            delete_btn = gr.Button("Delete", variant="stop", elem_id="chat-delete")
+        export_file = gr.File(label="Exported zip", elem_id="chat-export-file")
+    return Registry(table, picked, upload, import_name, import_btn, refresh_btn, export_btn, export_file, confirm,
+                    delete_btn)
+
+
+def build(shared: Shared) -> None:
+    names = adapter_choices()
+    both = [BASE_LABEL, *names]
+    gr.Markdown("Chat with the base model from the **Model** tab and its LoRA adapters. One copy of the base "
+                "stays loaded; adapters attach beside it and swap in milliseconds. **Compare** asks both sides "
+                "the same prompt with the same seed (greedy by default), streaming at the same time.")
+    with gr.Row():
+        to_load = gr.CheckboxGroup(names, label="Adapters to load", elem_id="chat-load-list", scale=4)
+        load_btn = gr.Button("Load base + adapters", elem_id="chat-load", scale=1)
+    load_info = gr.Markdown(elem_id="chat-load-info")
+    mode = gr.Radio(["Compare", "Chat"], value="Compare", label="Mode", elem_id="chat-mode")
+    with gr.Group(visible=True) as compare_group:
+        with gr.Row():
+            left = gr.Dropdown(both, value=BASE_LABEL, label="Left", elem_id="chat-left-adapter")
+            right = gr.Dropdown(both, value=names[0] if names else BASE_LABEL, label="Right",
+                                elem_id="chat-right-adapter")
+        with gr.Row():
+            left_pane = gr.Chatbot(label="Left", elem_id="chat-left", buttons=["copy", "copy_all"], height=380)
+            right_pane = gr.Chatbot(label="Right", elem_id="chat-right", buttons=["copy", "copy_all"], height=380)
+    with gr.Group(visible=False) as chat_group:
+        single_adapter = gr.Dropdown(both, value=BASE_LABEL, label="Adapter", elem_id="chat-adapter")
+        single_pane = gr.Chatbot(label="Chat", elem_id="chat-single", buttons=["copy", "copy_all"], height=420)
+    prompt = gr.Textbox(label="Prompt", lines=2, elem_id="chat-prompt", placeholder="Ask something...")
+    examples = example_prompts()
+    if examples:
+        gr.Examples([[p] for p in examples], inputs=prompt, label="Examples (medical and Hinglish samples)")
+    with gr.Row():
+        send = gr.Button("Send", variant="primary", elem_id="chat-send")
+        retry = gr.Button("Retry", elem_id="chat-retry")
+        clear = gr.Button("Clear", elem_id="chat-clear")
+    swap_ms = gr.Markdown(elem_id="chat-swap-ms")
+    with gr.Accordion("Generation settings", open=False):
+        system = gr.Textbox(label="System prompt", elem_id="chat-system")
+        with gr.Row():
+            max_new = gr.Slider(1, 1024, value=128, step=1, label="Max new tokens")
+            temperature = gr.Slider(0, 2, value=0, step=0.05, label="Temperature (0 = greedy)")
+            top_p = gr.Slider(0.05, 1, value=0.95, step=0.05, label="Top-p")
+        with gr.Row():
+            top_k = gr.Slider(0, 200, value=50, step=1, label="Top-k")
+            repetition = gr.Slider(1.0, 2.0, value=1.1, step=0.05, label="Repetition penalty")
+            seed = gr.Number(value=0, precision=0, label="Seed")
+    reg = _registry_ui(names)
+
+    gen = [max_new, temperature, top_p, top_k, repetition, seed]
+    base = [shared.model_ref, shared.quant]
+    panes = [left_pane, right_pane, single_pane, swap_ms, prompt]
+    # API entry points for gradio_client ("compare", "chat"); Send, Enter and Retry dispatch by mode.
+    api_compare = gr.Button("Compare", visible=False)
+    api_compare.click(compare, [*base, left, right, prompt, system, *gen, left_pane, right_pane],
+                      [left_pane, right_pane, swap_ms, prompt], api_name="compare")
+    api_chat = gr.Button("Chat", visible=False)
+    api_chat.click(chat, [*base, single_adapter, prompt, system, *gen, single_pane], [single_pane, swap_ms, prompt],
+                   api_name="chat")
+    run_inputs = [mode, *base, left, right, single_adapter, prompt, system, *gen, left_pane, right_pane, single_pane]
+    send.click(run_mode, run_inputs, panes, api_visibility="private")
+    prompt.submit(run_mode, run_inputs, panes, api_visibility="private")
+    retry.click(retry_mode, [mode, left_pane, right_pane, single_pane], [prompt, left_pane, right_pane, single_pane],
+                api_visibility="private").success(run_mode, run_inputs, panes, api_visibility="private")
+    clear.click(lambda: ([], [], [], ""), None, [left_pane, right_pane, single_pane, swap_ms], api_name="clear_chat")
+    mode.change(show_mode, mode, [compare_group, chat_group], api_visibility="private")
+    load_btn.click(load_adapters, [*base, to_load], load_info, api_name="load_adapters")
+
+    refreshed = [reg.table, reg.picked, to_load, left, right, single_adapter]
+    reg.import_btn.click(import_files, [reg.upload, reg.import_name], refreshed, api_name="import_adapter")
+    reg.refresh_btn.click(refresh, None, refreshed, api_name="refresh_adapters")
+    reg.export_btn.click(export, reg.picked, reg.export_file, api_name="export_adapter")
+    reg.delete_btn.click(delete, [reg.picked, reg.confirm], [*refreshed, reg.confirm], api_name="delete_adapter")
