@@ -61,7 +61,7 @@ class TrainSpec:
     grad_accum: int = 8  # micro batches per optimizer step
     lr: float = 2e-4  # peak learning rate
     scheduler: str = "cosine"
-    warmup_ratio: float = 0.03  # share of steps spent warming up the learning rate
+    warmup_ratio: float = 0.03  # share of steps spent warming up the learning rate (below 1)
     epochs: float = 1.0  # passes over the training split (ignored when max_steps > 0)
     max_steps: int = -1  # stop after this many optimizer steps; -1 means use epochs
     gradient_checkpointing: bool = True  # recompute activations in backward to save memory
@@ -77,7 +77,7 @@ class TrainSpec:
         for key in ("max_seq_len", "micro_batch", "grad_accum", "logging_steps", "save_steps"):
             _positive(f"train.{key}", getattr(self, key))
         _between("train.lr", self.lr, 1e-8, 1.0)
-        _between("train.warmup_ratio", self.warmup_ratio, 0.0, 0.5)
+        _between("train.warmup_ratio", self.warmup_ratio, 0.0, 0.5)  # below 1: a ratio, not a step count
         _choice("train.scheduler", self.scheduler, SCHEDULERS)
         _choice("train.optimizer", self.optimizer, OPTIMIZERS)
         _choice("train.precision", self.precision, PRECISIONS)

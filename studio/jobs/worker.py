@@ -108,7 +108,7 @@ def training_args(spec: RunSpec, run_dir: Path, has_eval: bool, foreground: bool
         output_dir=str(run_dir / "checkpoints"),
         per_device_train_batch_size=t.micro_batch, per_device_eval_batch_size=t.micro_batch,
         gradient_accumulation_steps=t.grad_accum, learning_rate=t.lr, lr_scheduler_type=t.scheduler,
-        warmup_ratio=t.warmup_ratio, num_train_epochs=t.epochs, max_steps=t.max_steps,
+        warmup_steps=t.warmup_ratio, num_train_epochs=t.epochs, max_steps=t.max_steps,
         gradient_checkpointing=t.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False}, optim=optimizer,
         bf16=t.precision == "bf16", fp16=t.precision == "fp16" and torch.cuda.is_available(),
@@ -147,8 +147,8 @@ def make_callback(run_dir: Path, status: Status, is_main: bool):
                 control.should_training_stop = True
 
         def on_log(self, args, state, control, logs=None, **kwargs):
-            if not is_main or not logs:
-                return
+            if not is_main or not logs or ("loss" not in logs and "eval_loss" not in logs):
+                return  # the end-of-training summary repeats what is already logged
             elapsed = max(time.time() - self.t0, 1e-6)
             done = state.global_step - self.step0
             tokens = logs.get("num_input_tokens_seen", state.num_input_tokens_seen) - self.tokens0
@@ -259,8 +259,7 @@ def train(run_dir: Path, foreground: bool = False) -> str:
         return "stopped"
     metrics = {"train_loss": round(result.training_loss, 4), "steps": trainer.state.global_step}
     if eval_ds is not None:
-        metrics["eval_loss"] = round(trainer.evaluate()["eval_loss"], 4)
-        append_event(run_dir, {"type": "log", "step": trainer.state.global_step, "eval_loss": metrics["eval_loss"]})
+        metrics["eval_loss"] = round(trainer.evaluate()["eval_loss"], 4)  # logged as an event by the callback
     if is_main:
         save_adapter(trainer, spec, run_dir, prepared, metrics, time.time() - start)
         status.update(state="completed", finished=time.time(), step=trainer.state.global_step,
@@ -277,7 +276,9 @@ def explain_failure(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, torch.cuda.OutOfMemoryError) or isinstance(exc, MemoryError):
         return ("Out of memory.", "Pick a smaller preset (Presets tab shows what fits), or lower max_seq_len, "
                 "micro_batch or LoRA rank, or use 4bit.")
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+    disk_full = (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)) or any(
+        text in str(exc) for text in ("No space left", "File too large", "os error 28", "os error 27"))
+    if disk_full:  # (the tokenizers and safetensors writers raise plain Exceptions with the OS message)
         return ("The disk is full: a checkpoint could not be written. Earlier checkpoints are intact.",
                 "Free disk space (delete old runs or exports), then press Resume.")
     return f"The worker crashed: {type(exc).__name__}: {exc}", "See the log below; fix the cause, then press Resume."
