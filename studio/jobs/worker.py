@@ -231,6 +231,7 @@ def train(run_dir: Path, foreground: bool = False) -> str:
     from trl import SFTTrainer
 
     is_main = _rank() == 0
+    print(f"[studio] rank {_rank()} of {os.environ.get('WORLD_SIZE', '1')} processes on {_device()}", flush=True)
     status = Status(run_dir, enabled=is_main)
     spec = load_yaml(RunSpec, run_dir / "spec.yaml")
     status.update(state="running", pid=os.getpid(), started=status.data.get("started") or time.time(),
