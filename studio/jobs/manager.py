@@ -66,18 +66,11 @@ def worker_command(spec: RunSpec, path: Path) -> list[str]:
     if spec.accelerate_config:
         cmd += ["--config_file", spec.accelerate_config]
     else:
-        cmd += ["--num_processes", str(spec.num_processes), "--num_machines", "1", "--mixed_precision", "no",
-                "--dynamo_backend", "no"]
-        if not _has_cuda_devices():
-            cmd += ["--cpu"]
-        cmd += ["--multi_gpu"] if _has_cuda_devices() else []
+        # --multi_gpu selects accelerate's torchrun launcher; on a machine without CUDA the processes
+        # join over gloo on the CPU. (--cpu would run a single process.)
+        cmd += ["--multi_gpu", "--num_processes", str(spec.num_processes), "--num_machines", "1",
+                "--mixed_precision", "no", "--dynamo_backend", "no"]
     return cmd + worker
-
-
-def _has_cuda_devices() -> bool:
-    if not shutil.which("nvidia-smi"):
-        return False
-    return subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0
 
 
 def _launch(path: Path) -> None:
