@@ -23,6 +23,7 @@ TITLE = "Chat"
 ASSETS = Path(__file__).resolve().parents[3] / "assets"
 SAMPLE_FILES = ("medical_demo.jsonl", "hinglish_demo.jsonl")
 EXAMPLES_PER_SAMPLE = 3  # a few prompts from each sample: enough to try, short enough to scan
+GENERATING = "Generating..."  # shown under the panes while tokens stream
 CARD_COLUMNS = ["name", "source", "base_model", "dataset", "r", "alpha", "created", "metrics"]
 
 
@@ -117,16 +118,18 @@ def compare(ref, quant, left, right, prompt, system, max_new, temperature, top_p
         stats: dict = {}
         asked = [*(left_history or []), {"role": "user", "content": prompt}]
         asked_right = [*(right_history or []), {"role": "user", "content": prompt}]
+        left_out, right_out = asked, asked_right
         for left_text, right_text in engine.compare(messages, settings, _adapter(left), _adapter(right), stats):
-            yield (asked + [{"role": "assistant", "content": left_text}],
-                   asked_right + [{"role": "assistant", "content": right_text}], gr.skip(), "")
+            left_out = asked + [{"role": "assistant", "content": left_text}]
+            right_out = asked_right + [{"role": "assistant", "content": right_text}]
+            yield left_out, right_out, GENERATING, ""
     except StudioError as exc:
         raise gr.Error(str(exc)) from exc
     s = engine.stats()
     timing = (f"<span id='swap-ms-value'>Both panes in one batched pass ({stats.get('tokens', 0)} tokens at "
               f"{stats.get('tokens_per_s') or 0} tok/s) · mean set_adapter {s['mean_swap_ms'] or 0} ms over "
               f"{s['swaps']} swaps · load ms {s['load_ms'] or 'none'}</span>")
-    yield gr.skip(), gr.skip(), timing, ""
+    yield left_out, right_out, timing, ""
 
 
 def chat(ref, quant, adapter, prompt, system, max_new, temperature, top_p, top_k, repetition, seed, history,
@@ -141,10 +144,10 @@ def chat(ref, quant, adapter, prompt, system, max_new, temperature, top_p, top_k
         text = ""
         for piece in engine.answer(messages, settings, _adapter(adapter), stats=stats):
             text += piece
-            yield shown + [{"role": "assistant", "content": text}], gr.skip(), ""
+            yield shown + [{"role": "assistant", "content": text}], GENERATING, ""
     except StudioError as exc:
         raise gr.Error(str(exc)) from exc
-    yield gr.skip(), _timing(engine, stats, adapter or BASE_LABEL), ""
+    yield shown + [{"role": "assistant", "content": text}], _timing(engine, stats, adapter or BASE_LABEL), ""
 
 
 def load_adapters(ref, quant, names, progress=gr.Progress()):
@@ -300,7 +303,8 @@ def _registry_ui(names: list[str]) -> Registry:
                 import_btn = gr.Button("Import", elem_id="chat-import")
                 refresh_btn = gr.Button("Refresh list", elem_id="chat-refresh")
         with gr.Row():
-            picked = gr.Dropdown(names, value=names[0] if names else None, label="Adapter", elem_id="chat-picked")
+            picked = gr.Dropdown(names, value=names[0] if names else None, label="Adapter", elem_id="chat-picked",
+                            allow_custom_value=True)
             export_btn = gr.Button("Export zip", elem_id="chat-export")
             confirm = gr.Checkbox(False, label="Yes, delete this adapter", elem_id="chat-delete-confirm")
             delete_btn = gr.Button("Delete", variant="stop", elem_id="chat-delete")
@@ -310,6 +314,8 @@ def _registry_ui(names: list[str]) -> Registry:
 
 
 def build(shared: Shared) -> None:
+    # Adapter dropdowns take custom values: adapters trained or imported after the page was built still work
+    # (and unknown names get the registry's clear message).
     names = adapter_choices()
     both = [BASE_LABEL, *names]
     gr.Markdown("Chat with the base model from the **Model** tab and its LoRA adapters. One copy of the base "
@@ -322,14 +328,17 @@ def build(shared: Shared) -> None:
     mode = gr.Radio(["Compare", "Chat"], value="Compare", label="Mode", elem_id="chat-mode")
     with gr.Group(visible=True) as compare_group:
         with gr.Row():
-            left = gr.Dropdown(both, value=BASE_LABEL, label="Left", elem_id="chat-left-adapter")
+            left = gr.Dropdown(both, value=BASE_LABEL, label="Left", elem_id="chat-left-adapter",
+                            allow_custom_value=True)
             right = gr.Dropdown(both, value=names[0] if names else BASE_LABEL, label="Right",
-                                elem_id="chat-right-adapter")
+                                elem_id="chat-right-adapter",
+                            allow_custom_value=True)
         with gr.Row():
             left_pane = gr.Chatbot(label="Left", elem_id="chat-left", buttons=["copy", "copy_all"], height=380)
             right_pane = gr.Chatbot(label="Right", elem_id="chat-right", buttons=["copy", "copy_all"], height=380)
     with gr.Group(visible=False) as chat_group:
-        single_adapter = gr.Dropdown(both, value=BASE_LABEL, label="Adapter", elem_id="chat-adapter")
+        single_adapter = gr.Dropdown(both, value=BASE_LABEL, label="Adapter", elem_id="chat-adapter",
+                            allow_custom_value=True)
         single_pane = gr.Chatbot(label="Chat", elem_id="chat-single", buttons=["copy", "copy_all"], height=420)
     prompt = gr.Textbox(label="Prompt", lines=2, elem_id="chat-prompt", placeholder="Ask something...")
     examples = example_prompts()
