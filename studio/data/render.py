@@ -141,13 +141,15 @@ class Rendered:
 
 
 def _mask_from_offsets(offsets, spans: list[list[int]]) -> list[int]:
-    mask, k = [], 0
-    for start, end in offsets:
-        while k < len(spans) and spans[k][1] <= start:
-            k += 1
-        inside = k < len(spans) and start < spans[k][1] and end > spans[k][0] and end > start
-        mask.append(1 if inside else 0)
-    return mask
+    """1 for every token whose characters overlap a trained span (as TRL's char_to_token masks do)."""
+    if not len(offsets):
+        return []
+    arr = np.asarray(offsets, dtype=np.int64)
+    starts, ends = arr[:, 0], arr[:, 1]
+    mask = np.zeros(len(arr), dtype=bool)
+    for lo, hi in spans:
+        mask |= (starts < hi) & (ends > lo) & (ends > starts)
+    return mask.astype(np.int8).tolist()
 
 
 def _mask_by_pieces(tokenizer, text: str, spans: list[list[int]]) -> tuple[list[int], list[int]]:
