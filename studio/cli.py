@@ -11,6 +11,7 @@ from studio.errors import StudioError
 # One module per command group (studio/commands/<name>.py), each with add(subparsers).
 COMMAND_MODULES = (
     "studio.commands.model",  # hardware, model info, generate, app
+    "studio.commands.estimate",  # estimate, presets
     "studio.commands.data",  # data inspect|prepare|list|delete
     "studio.commands.train",  # train, runs list|show|stop|resume|delete
     "studio.commands.chat",  # chat, adapters list|import|export|delete
