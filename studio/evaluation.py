@@ -1,0 +1,349 @@
+"""Evaluation: perplexity, ROUGE and a side-by-side battery, for the base and each adapter.
+
+Perplexity is measured exactly like the training loss: a token counts only where its
+`assistant_masks` value is 1, token t is predicted from the tokens before it, and the mean is
+token-weighted over the whole split (not a mean of per-batch means). The base and every adapter
+are measured on the same loaded weights: adapters are swapped with `set_adapter`, and the base is
+the same model with adapters disabled.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+
+from studio import paths
+from studio.errors import AdapterError, DataError
+from studio.util import write_json_atomic
+
+BASE = "base"  # the label of the base model (adapters disabled) in every result table
+ROUGE_KEYS = ("rouge1", "rouge2", "rougeL")
+IGNORE = -100  # the label value cross-entropy skips, as in training
+
+Progress = Callable[[float, str], None]
+ShouldStop = Callable[[], bool]
+
+
+def _no_progress(fraction: float, message: str) -> None:
+    pass
+
+
+def _never() -> bool:
+    return False
+
+
+class Cancelled(DataError):
+    """The user stopped an evaluation; nothing was saved."""
+
+
+def _stop_if(should_stop: ShouldStop) -> None:
+    if should_stop():
+        raise Cancelled("The evaluation was cancelled; no results were saved.", "Start it again when ready.")
+
+
+# ---------------------------------------------------------------- data
+
+
+def split_rows(dataset: str, split: str = "eval") -> list[dict]:
+    """Rows (input_ids, assistant_masks, messages) of a prepared dataset's split, refusing a missing split."""
+    name = paths.check_name(dataset, "dataset name")
+    try:
+        from studio.data.store import load_prepared
+    except ImportError:  # the store module is not installed in this checkout: read its files directly
+        load_prepared = None
+    if load_prepared is not None:
+        prepared = load_prepared(name)
+        table = prepared.train if split == "train" else prepared.eval
+        rows = [] if table is None else [dict(r) for r in table]
+    else:
+        rows = _read_parquet(paths.datasets_dir() / name, split)
+    if not rows:
+        raise DataError(f"The dataset {name!r} has no {split} split (or it is empty).",
+                        "Prepare it again in the Data tab with an eval share above 0 (e.g. 10%), "
+                        "or pick a dataset that has one.")
+    return rows
+
+
+def _read_parquet(folder: Path, split: str) -> list[dict]:
+    if not folder.is_dir():
+        raise DataError(f"There is no prepared dataset at {folder}.", "Prepare it in the Data tab first.")
+    file = folder / f"{split}.parquet"
+    if not file.is_file():
+        return []
+    import pyarrow.parquet as pq
+
+    return pq.read_table(file).to_pylist()
+
+
+def messages_of(row: dict) -> list[dict]:
+    value = row.get("messages")
+    return json.loads(value) if isinstance(value, str) else list(value or [])
+
+
+# ---------------------------------------------------------------- perplexity
+
+
+def _batch(rows: list[dict], pad_id: int):
+    """Right-padded input_ids, attention mask and labels (-100 where the mask is 0 or padding)."""
+    import torch
+
+    width = max(len(r["input_ids"]) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    attn = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        seq = torch.tensor(row["input_ids"], dtype=torch.long)
+        mask = torch.tensor(row.get("assistant_masks") or [1] * len(seq), dtype=torch.bool)
+        ids[i, :len(seq)] = seq
+        attn[i, :len(seq)] = 1
+        labels[i, :len(seq)] = torch.where(mask, seq, torch.full_like(seq, IGNORE))
+    return ids, attn, labels
+
+
+def perplexity(model, tokenizer, dataset_rows: Iterable[dict], batch_size: int = 4,
+               progress: Progress = _no_progress, should_stop: ShouldStop = _never) -> dict:
+    """Token-weighted masked perplexity: exp(sum of losses on trained tokens / their count)."""
+    import torch
+    import torch.nn.functional as F
+
+    rows = sorted((dict(r) for r in dataset_rows), key=lambda r: len(r["input_ids"]))  # less padding
+    if not rows:
+        raise DataError("There are no rows to evaluate.", "Give a dataset with an eval split.")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    total_loss, total_tokens = 0.0, 0
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    for start in range(0, len(rows), batch_size):
+        _stop_if(should_stop)
+        ids, attn, labels = (t.to(device) for t in _batch(rows[start:start + batch_size], pad_id))
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=attn, use_cache=False).logits.float()
+        shift_logits, shift_labels = logits[:, :-1], labels[:, 1:]  # token t from tokens < t
+        loss = F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
+                               ignore_index=IGNORE, reduction="sum")
+        total_loss += float(loss)
+        total_tokens += int((shift_labels != IGNORE).sum())
+        progress(min(1.0, (start + batch_size) / len(rows)), f"perplexity: {min(start + batch_size, len(rows))}"
+                 f"/{len(rows)} rows")
+    model.train(was_training)
+    if total_tokens == 0:
+        raise DataError("No row has a trained token (assistant_masks is all 0).",
+                        "Prepare the dataset again; each conversation needs an assistant answer.")
+    mean = total_loss / total_tokens
+    return {"loss": round(mean, 6), "perplexity": round(math.exp(mean), 4), "tokens": total_tokens,
+            "rows": len(rows)}
+
+
+# ---------------------------------------------------------------- base and adapters on one model
+
+
+@contextmanager
+def active(model, adapter: str | None):
+    """Run with one adapter active, or the base (adapter None or 'base') with adapters disabled."""
+    if adapter in (None, BASE):
+        ctx = model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()
+        with ctx:
+            yield model
+        return
+    if not hasattr(model, "set_adapter") or adapter not in getattr(model, "peft_config", {}):
+        raise AdapterError(f"The adapter {adapter!r} is not loaded on this model.",
+                           "Load it first (attach_adapters), or pick one from the list.")
+    previous = model.active_adapter
+    model.set_adapter(adapter)
+    try:
+        yield model
+    finally:
+        model.set_adapter(previous)
+
+
+def attach_adapters(model, adapters: list[str]):
+    """Load registry adapters onto `model` by name; returns the (PEFT) model and {name: folder}."""
+    from peft import PeftModel
+
+    from studio.adapters import get_adapter, validate_adapter
+
+    folders = {}
+    for name in adapters:
+        if name == BASE:
+            continue
+        info = get_adapter(name)
+        validate_adapter(info.path, model)
+        label = _peft_name(name)
+        if hasattr(model, "load_adapter") and hasattr(model, "peft_config"):
+            if label not in model.peft_config:
+                model.load_adapter(str(info.path), adapter_name=label)
+        else:
+            model = PeftModel.from_pretrained(model, str(info.path), adapter_name=label)
+        folders[name] = info.path
+    model.eval()
+    return model, folders
+
+
+def _peft_name(name: str) -> str:
+    return name.replace(":", "_").replace(".", "_")  # PEFT names become module keys: no ':' or '.'
+
+
+def compare_perplexity(ref: str, quant: str, dataset_name: str, adapters: list[str], batch_size: int = 4,
+                       max_rows: int | None = None, progress: Progress = _no_progress,
+                       should_stop: ShouldStop = _never, save: bool = True) -> dict:
+    """Perplexity of the base and each adapter on a prepared dataset's eval split, on one loaded base."""
+    from studio.models import load_model
+
+    rows = split_rows(dataset_name, "eval")[:max_rows]
+    progress(0.02, f"Loading {ref} ({quant})...")
+    loaded = load_model(ref, quant)
+    model, folders = attach_adapters(loaded.model, adapters)
+    names = [BASE] + [a for a in adapters if a != BASE]
+    results = {}
+    for i, name in enumerate(names):
+        def step(f: float, m: str, i: int = i, name: str = name) -> None:
+            progress((i + f) / len(names), f"{name}: {m}")
+
+        with active(model, None if name == BASE else _peft_name(name)):
+            results[name] = perplexity(model, loaded.tokenizer, rows, batch_size, step, should_stop)
+    report = {"kind": "perplexity", "model": ref, "quant": quant, "dataset": dataset_name, "results": results,
+              "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if save:
+        report["saved_to"] = [str(p) for p in save_results(report, folders)]
+    return report
+
+
+# ---------------------------------------------------------------- generation, ROUGE, battery
+
+
+def generate_answer(model, tokenizer, messages: list[dict], max_new_tokens: int = 128) -> str:
+    """The greedy answer to the conversation (its last assistant turn removed, if any)."""
+    import torch
+
+    from studio.inference import GenerationSettings, encode_chat, generate_kwargs
+
+    prompt = messages[:-1] if messages and messages[-1]["role"] == "assistant" else messages
+    ids = encode_chat(tokenizer, prompt).to(next(model.parameters()).device)
+    settings = GenerationSettings(max_new_tokens=max_new_tokens, repetition_penalty=1.0)
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **generate_kwargs(tokenizer, settings))
+    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+
+
+def rouge(predictions: list[str], references: list[str]) -> dict:
+    """Mean ROUGE-1/2/L F1 (rouge-score, with stemming) over pairs of answers and references."""
+    from rouge_score import rouge_scorer
+
+    if len(predictions) != len(references) or not predictions:
+        raise DataError(f"ROUGE needs as many answers as references (got {len(predictions)} and "
+                        f"{len(references)}).", "Give one reference per answer.")
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_KEYS), use_stemmer=True)
+    totals = dict.fromkeys(ROUGE_KEYS, 0.0)
+    for pred, ref in zip(predictions, references, strict=True):
+        for key, score in scorer.score(ref, pred).items():
+            totals[key] += score.fmeasure
+    return {key: round(value / len(predictions), 4) for key, value in totals.items()}
+
+
+def battery(model, tokenizer, rows: list[dict], adapters: list[str], max_new_tokens: int = 128,
+            progress: Progress = _no_progress, should_stop: ShouldStop = _never) -> dict:
+    """Each row's prompt through the base and each loaded adapter: answers, per-answer ROUGE, means."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_KEYS), use_stemmer=True)
+    names = [BASE] + [a for a in adapters if a != BASE]
+    table = []
+    for i, row in enumerate(rows):
+        messages = messages_of(row)
+        reference = messages[-1]["content"] if messages and messages[-1]["role"] == "assistant" else ""
+        prompt = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+        line = {"prompt": prompt, "reference": reference}
+        for j, name in enumerate(names):
+            _stop_if(should_stop)
+            progress((i * len(names) + j) / (len(rows) * len(names)), f"prompt {i + 1}/{len(rows)}: {name}")
+            with active(model, None if name == BASE else _peft_name(name)):
+                answer = generate_answer(model, tokenizer, messages, max_new_tokens)
+            line[f"{name}.answer"] = answer
+            if reference:
+                for key, score in scorer.score(reference, answer).items():
+                    line[f"{name}.{key}"] = round(score.fmeasure, 4)
+        table.append(line)
+    means = {name: {key: round(sum(r.get(f"{name}.{key}", 0.0) for r in table) / len(table), 4)
+                    for key in ROUGE_KEYS} for name in names} if table and table[0]["reference"] else {}
+    return {"rows": table, "rouge": means}
+
+
+def compare_battery(ref: str, quant: str, dataset_name: str, adapters: list[str], prompts: int = 8,
+                    max_new_tokens: int = 128, progress: Progress = _no_progress,
+                    should_stop: ShouldStop = _never, save: bool = True) -> dict:
+    """N eval prompts through the base and each adapter, with ROUGE against the dataset's answers."""
+    from studio.models import load_model
+
+    rows = split_rows(dataset_name, "eval")[:prompts]
+    progress(0.02, f"Loading {ref} ({quant})...")
+    loaded = load_model(ref, quant)
+    model, folders = attach_adapters(loaded.model, adapters)
+    result = battery(model, loaded.tokenizer, rows, adapters, max_new_tokens, progress, should_stop)
+    report = {"kind": "battery", "model": ref, "quant": quant, "dataset": dataset_name, **result,
+              "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if save:
+        report["saved_to"] = [str(p) for p in save_results(report, folders)]
+    return report
+
+
+# ---------------------------------------------------------------- saving with the run
+
+
+def results_folder(adapter_dir: Path | None) -> Path:
+    """runs/<id>/eval for a run's adapter, <adapter>/eval for an imported one, else exports/evals."""
+    if adapter_dir is None:
+        return paths.exports_dir() / "evals"
+    adapter_dir = Path(adapter_dir)
+    if adapter_dir.name == "adapter" and adapter_dir.parent.parent == paths.runs_dir():
+        return adapter_dir.parent / "eval"
+    return adapter_dir / "eval"
+
+
+def save_results(report: dict, folders: dict) -> list[Path]:
+    """Write the report next to each adapter's run (JSON, plus CSV/JSONL for a battery); update cards."""
+    from studio.adapters import update_card
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    targets = [results_folder(p) for p in folders.values()] or [results_folder(None)]
+    written = []
+    for folder in dict.fromkeys(targets):
+        folder.mkdir(parents=True, exist_ok=True)
+        base = folder / f"{report['kind']}-{stamp}"
+        write_json_atomic(base.with_suffix(".json"), report)
+        if report["kind"] == "battery":
+            write_table(report["rows"], base.with_suffix(".csv"))
+            write_table(report["rows"], base.with_suffix(".jsonl"))
+        written.append(base.with_suffix(".json"))
+    for name, folder in folders.items():
+        update_card(folder, card_metrics(report, name))
+    return written
+
+
+def card_metrics(report: dict, name: str) -> dict:
+    """The numbers an adapter card shows: its perplexity (and the base's) or its mean ROUGE."""
+    dataset = report["dataset"]
+    if report["kind"] == "perplexity":
+        res = report["results"]
+        return {f"eval_perplexity[{dataset}]": res[name]["perplexity"],
+                f"base_perplexity[{dataset}]": res[BASE]["perplexity"]}
+    return {f"{key}[{dataset}]": value for key, value in (report.get("rouge") or {}).get(name, {}).items()}
+
+
+def write_table(rows: list[dict], path: Path) -> Path:
+    """A battery table as CSV (by suffix .csv) or JSONL (anything else)."""
+    path = Path(path)
+    if path.suffix == ".csv":
+        columns = list(dict.fromkeys(k for row in rows for k in row))
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+    else:
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
