@@ -46,7 +46,7 @@ NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit codes + an 8-bit absmax per 6
 INT8_BYTES = 1.0 + 0.002  # int8 codes + one fp32 scale per output row (~0.2% for 2k-wide rows)
 LAYER_HIDDEN_COPIES = 12  # tensors of width `hidden` one recomputed layer keeps (norms, q/k/v, LoRA dropout, residual)
 LAYER_INTER_COPIES = 2  # tensors of width `intermediate` it keeps (gate/up outputs; the rest are freed in place)
-ATTN_SCORE_BYTES = 12  # fp32 q/k/v fall back to the math SDPA kernel: scores + probs + their grad, 4 B each
+ATTN_SCORE_BYTES = 12  # fp32 q/k/v use the math SDPA kernel: scores + probs + their grad, 4 B each
 LOSS_LOGIT_COPIES = 3  # while the loss runs: fp32 logits, log-softmax and its gradient live at once
 CUDA_CONTEXT_GB = 0.5  # CUDA context + cuBLAS workspace, outside torch's allocator (nvidia-smi shows it)
 ALLOCATOR_BASE_GB = 0.5  # caching-allocator slack (reserved minus allocated) that does not scale
@@ -186,11 +186,9 @@ def model_shape(ref: str) -> dict:
 
 
 def _bundled_shape() -> dict:
-    from studio.models import bundled_gguf, resolve
-
-    if bundled_gguf() is not None:
-        return _read_config(Path(resolve("bundled")) / "config.json")
-    return _read_config(SHAPES_DIR / "smollm2-135m.json")  # the same model; its published config
+    """The converted bundled model's config, or (before the first conversion) its published twin."""
+    converted = paths.home() / "models" / "smollm2-135m-instruct" / "config.json"
+    return _read_config(converted if converted.is_file() else SHAPES_DIR / "smollm2-135m.json")
 
 
 def _cached_hub_config(ref: str) -> dict:
@@ -327,8 +325,12 @@ def _weight_bytes(counts: dict[str, int], quant: str) -> float:
 
 
 def _attention_bytes(shape: Shape, train: TrainSpec, act_bytes: int, device: str) -> float:
-    """Attention scores materialised by SDPA's math kernel (fp32 on CUDA); flash kernels keep none."""
-    if device != "cuda" or act_bytes != 4:
+    """Attention scores materialised by SDPA's math kernel; 16-bit flash kernels keep none.
+
+    fp32 q/k/v (k-bit training upcasts, or fp32 on CPU) with grouped-query heads fall back to the math
+    kernel on CUDA and on CPU alike; the measured peaks grow with the square of the sequence to match.
+    """
+    if act_bytes != 4:
         return 0.0
     return train.micro_batch * shape.heads * train.max_seq_len ** 2 * ATTN_SCORE_BYTES
 
@@ -355,23 +357,23 @@ def recommend(model_config: dict, memory_gb: float, device: str = "cuda") -> Rec
                                   f"{preset.name} fits: {estimate.total:.1f} GB of {memory_gb:g} GB.")
     smallest = candidates[0]
     estimate = estimate_preset(model_config, smallest)
-    return Recommendation(None, estimate, advise(model_config, smallest, memory_gb))
+    head = f"No preset fits: even {smallest.name} needs about {estimate.total:.1f} GB of {memory_gb:g} GB."
+    return Recommendation(None, estimate, f"{head} {advise(model_config, smallest, memory_gb)}")
 
 
 def advise(model_config: dict, preset: Preset, memory_gb: float) -> str:
-    """What to change so `preset` fits: each single change that is enough, else the weights alone."""
+    """What to change so `preset` fits: each single change that is enough, else all, else a smaller model."""
     estimate = estimate_preset(model_config, preset)
     if estimate.fits(memory_gb):
         return f"Fits: {estimate.total:.1f} GB of {memory_gb:g} GB."
     singles, combined = _changes(preset)
-    head = f"Does not fit: about {estimate.total:.1f} GB needed, {memory_gb:g} GB available."
     working = [label for label, changed in singles if estimate_preset(model_config, changed).fits(memory_gb)]
     if working:
-        return f"{head} Any one of these makes it fit: {'; '.join(working)}."
+        return f"Any one of these makes it fit: {'; '.join(working)}."
     if estimate_preset(model_config, combined).fits(memory_gb):
-        return f"{head} Apply all of: {'; '.join(label for label, _ in singles)}."
+        return f"Apply all of these together: {'; '.join(label for label, _ in singles)}."
     floor = estimate.breakdown["weights"] + estimate.breakdown["overhead"]
-    return (f"{head} Even with every saving the weights and runtime need about {floor:.1f} GB: "
+    return (f"Even with every saving the weights and runtime need about {floor:.1f} GB: "
             "choose a smaller model or a device with more memory.")
 
 

@@ -10,9 +10,10 @@ from studio.ui.shared import Shared
 from studio.ui.tabs import chat as chat_tab
 from studio.ui.tabs import data as data_tab
 from studio.ui.tabs import model as model_tab
+from studio.ui.tabs import presets as presets_tab
 from studio.ui.tabs import train as train_tab
 
-TABS = (model_tab, data_tab, train_tab, chat_tab)  # workflow order: later tabs read earlier tabs' components
+TABS = (model_tab, data_tab, presets_tab, train_tab, chat_tab)  # workflow order: later tabs read earlier tabs' components
 
 
 def hosted_mode() -> bool:

@@ -1,0 +1,217 @@
+"""Presets tab: pick a preset for your memory, edit any field, and see the estimate before training.
+
+The estimate is `studio.presets.estimate_memory`, the same pure function `python -m studio estimate`
+prints. The chosen settings go into `shared.preset` (a gr.State dict {quant, lora, train}) that the
+Train tab starts runs from.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+import pandas as pd
+
+from studio.config import OPTIMIZERS, PRECISIONS, QUANT_MODES, SCHEDULERS, LoraSpec, Preset, TrainSpec, from_dict
+from studio.errors import StudioError
+from studio.ui.shared import Shared
+
+TITLE = "Presets"
+FROM_MODEL_TAB = "the model chosen in the Model tab"
+DETECTED = "Detected hardware"
+CUSTOM = "Custom"
+PARTS = ("weights", "lora", "grads", "optimizer", "activations", "logits", "overhead")
+LORA_FIELDS = ("r", "alpha", "dropout", "target_modules")
+TRAIN_FIELDS = ("max_seq_len", "micro_batch", "grad_accum", "lr", "scheduler", "warmup_ratio", "epochs",
+                "max_steps", "gradient_checkpointing", "optimizer", "precision", "packing", "logging_steps",
+                "eval_steps", "save_steps", "seed")
+
+
+def detected_hardware() -> tuple[str, float]:
+    """(device, memory GB) of this machine: the first GPU's VRAM, else the RAM."""
+    from studio.models import hardware
+
+    hw = hardware()
+    if hw.cuda_devices:
+        return "cuda", round(hw.cuda_devices[0]["total_gb"], 1)
+    return "cpu", round(hw.ram_total_gb, 1)
+
+
+def hardware_choice(choice: str):
+    """Picking a GPU (or this machine) fills in the device and the memory."""
+    from studio.presets import GPUS
+
+    if choice in GPUS:
+        device, memory = GPUS[choice]
+    elif choice.startswith(DETECTED):
+        device, memory = detected_hardware()
+    else:
+        return gr.update(), gr.update()
+    return device, memory
+
+
+def preset_values(name: str) -> list:
+    """The preset's values for every editable field, in `_fields` order."""
+    from studio.presets import load_preset
+
+    try:
+        preset = load_preset(name)
+    except StudioError as exc:
+        raise gr.Error(str(exc)) from exc
+    return [preset.quant, *(getattr(preset.lora, f) for f in LORA_FIELDS),
+            *(getattr(preset.train, f) for f in TRAIN_FIELDS)]
+
+
+def settings_from(values: list) -> dict:
+    """Field values -> the settings dict {quant, lora, train}, validated (ConfigError names the key)."""
+    quant, rest = values[0], values[1:]
+    lora = dict(zip(LORA_FIELDS, rest[:len(LORA_FIELDS)], strict=True))
+    train = dict(zip(TRAIN_FIELDS, rest[len(LORA_FIELDS):], strict=True))
+    for key in ("r", "alpha"):
+        lora[key] = _int(lora[key])
+    for key in ("max_seq_len", "micro_batch", "grad_accum", "max_steps", "logging_steps", "eval_steps",
+                "save_steps", "seed"):
+        train[key] = _int(train[key])
+    from_dict(LoraSpec, lora, "lora")
+    from_dict(TrainSpec, train, "train")
+    return {"quant": quant, "lora": lora, "train": train}
+
+
+def _int(value):
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def estimate(model_choice: str, model_ref: str, device: str, memory_gb: float, *values):
+    """Every change lands here: (bar data, verdict markdown, breakdown table, settings dict)."""
+    from studio.presets import advise, estimate_memory, model_shape
+
+    ref = model_ref if model_choice == FROM_MODEL_TAB else model_choice
+    try:
+        settings = settings_from(list(values))
+        config = model_shape(ref)
+        lora, train = LoraSpec(**settings["lora"]), TrainSpec(**settings["train"])
+        est = estimate_memory(config, settings["quant"], lora, train, device)
+    except StudioError as exc:
+        return bar_frame({}, memory_gb), f"### Cannot estimate\n{exc}", "", gr.update()
+    memory = float(memory_gb or 0)
+    if est.fits(memory):
+        verdict = f"### ✅ Fits: about {est.total:.1f} GB of {memory:g} GB ({ref}, {device})"
+    else:
+        preset = Preset(quant=settings["quant"], lora=lora, train=train, device=device)
+        verdict = f"### ❌ Does not fit: about {est.total:.1f} GB of {memory:g} GB ({ref}, {device})\n" + \
+            advise(config, preset, memory)
+    table = "| part | GB |\n|---|---|\n" + "\n".join(f"| {k} | {v:.2f} |" for k, v in est.breakdown.items())
+    return bar_frame(est.breakdown, memory), verdict, table, settings
+
+
+def bar_frame(breakdown: dict, memory_gb: float) -> pd.DataFrame:
+    """Two stacked bars: the estimate by part, and the memory available."""
+    rows = [{"bar": "estimate", "part": part, "GB": float(breakdown.get(part, 0.0))} for part in PARTS]
+    rows.append({"bar": "available", "part": "available", "GB": float(memory_gb or 0)})
+    return pd.DataFrame(rows)
+
+
+def recommend(model_choice: str, model_ref: str, device: str, memory_gb: float):
+    """The largest preset that fits, picked in the dropdown; otherwise advice in the verdict."""
+    from studio.presets import model_shape
+    from studio.presets import recommend as pick
+
+    ref = model_ref if model_choice == FROM_MODEL_TAB else model_choice
+    try:
+        rec = pick(model_shape(ref), float(memory_gb or 0), device)
+    except StudioError as exc:
+        raise gr.Error(str(exc)) from exc
+    if rec.preset is None:
+        gr.Warning(rec.advice)
+        return gr.update()
+    gr.Info(rec.advice)
+    return rec.preset
+
+
+def save(name: str, device: str, memory_gb: float, *values):
+    from studio.presets import list_presets, save_preset
+
+    try:
+        settings = settings_from(list(values))
+        preset = Preset(name=name or "custom", description="Saved from the Presets tab.", memory_gb=float(memory_gb),
+                        device=device, quant=settings["quant"], lora=LoraSpec(**settings["lora"]),
+                        train=TrainSpec(**settings["train"]))
+        path = save_preset(preset, (name or "").strip())
+    except StudioError as exc:
+        raise gr.Error(str(exc)) from exc
+    gr.Info(f"Saved preset {name} to {path}.")
+    return gr.update(choices=list_presets(), value=name)
+
+
+def _fields(values: list) -> list:
+    """Every editable field of a preset, in the order `preset_values` fills them, set to `values`."""
+    v = iter(values)
+    quant = gr.Dropdown(list(QUANT_MODES), value=next(v), label="Quantization", elem_id="preset-quant")
+    with gr.Row():
+        lora = [gr.Number(value=next(v), label="LoRA rank r", precision=0, elem_id="preset-r"),
+                gr.Number(value=next(v), label="LoRA alpha", precision=0),
+                gr.Number(value=next(v), label="LoRA dropout", step=0.01),
+                gr.Textbox(value=next(v), label="Target modules", elem_id="preset-targets")]
+    with gr.Row():
+        size = [gr.Number(value=next(v), label="Max sequence length", precision=0, elem_id="preset-seq"),
+                gr.Number(value=next(v), label="Micro batch", precision=0, elem_id="preset-batch"),
+                gr.Number(value=next(v), label="Gradient accumulation", precision=0),
+                gr.Number(value=next(v), label="Learning rate")]
+    with gr.Row():
+        schedule = [gr.Dropdown(list(SCHEDULERS), value=next(v), label="Scheduler"),
+                    gr.Number(value=next(v), label="Warmup ratio", step=0.01),
+                    gr.Number(value=next(v), label="Epochs"),
+                    gr.Number(value=next(v), label="Max steps (-1: use epochs)", precision=0)]
+    with gr.Row():
+        compute = [gr.Checkbox(value=next(v), label="Gradient checkpointing", elem_id="preset-ckpt"),
+                   gr.Dropdown(list(OPTIMIZERS), value=next(v), label="Optimizer"),
+                   gr.Dropdown(list(PRECISIONS), value=next(v), label="Precision"),
+                   gr.Checkbox(value=next(v), label="Packing")]
+    with gr.Row():
+        cadence = [gr.Number(value=next(v), label="Log every N steps", precision=0),
+                   gr.Number(value=next(v), label="Eval every N steps", precision=0),
+                   gr.Number(value=next(v), label="Save every N steps", precision=0),
+                   gr.Number(value=next(v), label="Seed", precision=0)]
+    return [quant, *lora, *size, *schedule, *compute, *cadence]
+
+
+def build(shared: Shared) -> None:
+    from studio.presets import GPUS, list_presets, list_shapes
+
+    device0, memory0 = detected_hardware()
+    start = "cpu" if device0 == "cpu" else "8gb"
+    gr.Markdown("Pick a preset for your memory and see what training will need before you press Train. "
+                "The estimate works from the model's config alone, so you can size an 8B model without "
+                "downloading it. Every field is editable; the chosen settings go to the Train tab.")
+    model_ref = shared.model_ref or gr.Textbox(value="bundled", label="Model", visible=False)
+    with gr.Row():
+        model_choice = gr.Dropdown([FROM_MODEL_TAB, *list_shapes()], value=FROM_MODEL_TAB, label="Model to size",
+                                   elem_id="preset-model")
+        hardware = gr.Dropdown([f"{DETECTED} ({device0}, {memory0:g} GB)", *GPUS, CUSTOM],
+                               value=f"{DETECTED} ({device0}, {memory0:g} GB)", label="Hardware",
+                               elem_id="preset-hardware")
+        device = gr.Radio(["cuda", "cpu"], value=device0, label="Device", elem_id="preset-device")
+        memory = gr.Number(value=memory0, label="Memory (GB)", elem_id="preset-memory")
+    with gr.Row():
+        preset = gr.Dropdown(list_presets(), value=start, label="Preset", elem_id="preset-name")
+        recommend_btn = gr.Button("Recommend a preset", elem_id="preset-recommend")
+    fields = _fields(preset_values(start))
+    first = estimate(FROM_MODEL_TAB, model_ref.value, device0, memory0, *(f.value for f in fields))
+    verdict = gr.Markdown(first[1], elem_id="preset-verdict")
+    with gr.Row():
+        bar = gr.BarPlot(first[0], x="bar", y="GB", color="part", title="Estimated peak memory",
+                         elem_id="preset-bar", height=320, scale=2)
+        table = gr.Markdown(first[2], elem_id="preset-breakdown")
+    with gr.Row():
+        save_name = gr.Textbox(label="Save these settings as a preset", placeholder="my-16gb-long",
+                               elem_id="preset-save-name")
+        save_btn = gr.Button("Save preset", elem_id="preset-save")
+    from studio.presets import as_settings, load_preset
+
+    shared.preset = gr.State(as_settings(load_preset(start)))
+    inputs = [model_choice, model_ref, device, memory, *fields]
+    outputs = [bar, verdict, table, shared.preset]
+    triggers = [c.input for c in (device, memory, *fields)] + [model_choice.change, model_ref.change]
+    gr.on(triggers, estimate, inputs, outputs, api_name="estimate")
+    preset.change(preset_values, preset, fields, api_name="load_preset").then(estimate, inputs, outputs)
+    hardware.change(hardware_choice, hardware, [device, memory]).then(estimate, inputs, outputs)
+    recommend_btn.click(recommend, [model_choice, model_ref, device, memory], preset, api_name="recommend_preset")
+    save_btn.click(save, [save_name, device, memory, *fields], preset, api_name="save_preset")
