@@ -24,6 +24,7 @@ import psutil
 from studio import paths
 from studio.config import QUANT_MODES
 from studio.errors import ModelError
+from studio.hosted import checked_model_ref
 
 BUNDLED = "bundled"
 HUB_DEFAULT = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the same model, where a hub is reachable
@@ -101,7 +102,7 @@ def default_model_ref() -> str:
 
 def resolve(ref: str = BUNDLED, progress: Progress = _no_progress) -> str:
     """Turn a reference into something `from_pretrained` can load: a local folder or a hub id."""
-    ref = (ref or BUNDLED).strip()
+    ref = checked_model_ref((ref or BUNDLED).strip())  # hosted mode: local paths only inside the studio
     if ref == BUNDLED:
         gguf = bundled_gguf()
         if gguf is None:

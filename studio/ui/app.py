@@ -39,4 +39,7 @@ def build_app() -> gr.Blocks:
 
 def launch(host: str = "127.0.0.1", port: int = 7860) -> None:
     demo = build_app()
-    demo.queue(default_concurrency_limit=4).launch(server_name=host, server_port=port, show_error=True)
+    from studio.hosted import launch_options
+
+    demo.queue(default_concurrency_limit=4).launch(server_name=host, server_port=port, show_error=True,
+                                                   **launch_options())  # hosted: auth, upload limit

@@ -16,6 +16,7 @@ from pathlib import Path
 import gradio as gr
 
 from studio.errors import StudioError
+from studio.hosted import require_login
 from studio.inference import BASE_LABEL, GenerationSettings
 from studio.ui.shared import Shared
 
@@ -226,6 +227,7 @@ def export(name):
     if not name:
         raise gr.Error("Pick an adapter to export first.")
     try:
+        require_login("file exports")
         return str(export_zip(name))
     except StudioError as exc:
         raise gr.Error(str(exc)) from exc

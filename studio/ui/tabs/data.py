@@ -14,6 +14,7 @@ import gradio as gr
 import pandas as pd
 
 from studio.errors import StudioError
+from studio.hosted import checked_path
 from studio.ui.shared import Shared
 
 TITLE = "Data"
@@ -111,6 +112,7 @@ def inspect_data(path: str, fmt: str, prompt: str, response: str, system: str, c
     if not path:
         raise gr.Error("Choose a file first: upload one, or load a sample.")
     try:
+        path = checked_path(path)  # hosted mode: only the studio's own folders
         tokenizer, warning = _tokenizer(model_ref)
         mapping = _mapping(fmt, prompt, response, system)
         report = store.inspect(path, None if fmt == "auto" else fmt, mapping, cot_style, tokenizer, int(max_len),
@@ -137,6 +139,7 @@ def inspect_data(path: str, fmt: str, prompt: str, response: str, system: str, c
 
 def show_row(path, row, fmt, prompt, response, system, cot_style, model_ref, max_len, train_on_all):
     try:
+        path = checked_path(path)  # hosted mode: only the studio's own folders
         return template_view(path, row, fmt, _mapping(fmt, prompt, response, system), cot_style, model_ref,
                              max_len, train_on_all)
     except StudioError as exc:
@@ -152,6 +155,7 @@ def save(path, fmt, prompt, response, system, cot_style, model_ref, name, max_le
     if not path:
         raise gr.Error("Choose a file first: upload one, or load a sample.")
     try:
+        path = checked_path(path)  # hosted mode: only the studio's own folders
         folder = store.prepare(path, (model_ref or "").strip() or default_model_ref(), (name or "").strip(),
                                max_len=int(max_len), eval_split=float(eval_split),
                                fmt=None if fmt == "auto" else fmt, mapping=_mapping(fmt, prompt, response, system),

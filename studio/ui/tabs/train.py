@@ -12,6 +12,7 @@ import gradio as gr
 import pandas as pd
 
 from studio.errors import StudioError
+from studio.hosted import require_login
 from studio.ui.shared import Shared
 
 TITLE = "Train"
@@ -28,6 +29,7 @@ def start(name, dataset, model_ref, settings, max_steps):
     from studio.jobs import manager
 
     try:
+        require_login("training")
         spec = manager.make_spec(name, dataset, model_ref, settings, int(max_steps or 0) or None)
         path = manager.start(spec)
     except StudioError as exc:
@@ -42,6 +44,8 @@ def _act(action, run_id):
     if not run_id:
         raise gr.Error("Pick a run first.")
     try:
+        if action == "resume":
+            require_login("training")
         result = getattr(manager, action)(run_id)
     except StudioError as exc:
         raise gr.Error(str(exc)) from exc
