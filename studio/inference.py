@@ -216,12 +216,12 @@ class Engine:
         The adapter is checked against this base first (safetensors only, shapes, target layers), so a
         refused adapter leaves the loaded model untouched. Loading an attached name again costs 0 ms.
         """
-        if name in self._peft_names:
-            return 0.0
-        folder = Path(path) if path is not None else self._locate(name)
         from studio.adapters import validate_adapter
 
-        with self.lock:
+        with self.lock:  # check and attach together: two requests for one new adapter attach it once
+            if name in self._peft_names:
+                return 0.0
+            folder = Path(path) if path is not None else self._locate(name)
             validate_adapter(folder, self.loaded)
             start = time.perf_counter()
             self._loads += 1

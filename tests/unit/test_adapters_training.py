@@ -38,8 +38,26 @@ def greedy(model, tokenizer, prompt: str, max_new_tokens: int = 12) -> str:
     return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
 
+_trained: dict[tuple[str, str, int], Path] = {}  # one training per (base, phrase, seed) per test session
+
+
 def train_phrase_adapter(base_dir: Path, out: Path, phrase: str, seed: int = 0, card: dict | None = None) -> Path:
-    """Train a LoRA adapter on `base_dir` until greedy answers to PROMPTS start with `phrase`; save to `out`."""
+    """Train a LoRA adapter on `base_dir` until greedy answers to PROMPTS start with `phrase`; save to `out`.
+
+    Trained once per session for each (base, phrase, seed); later calls copy that adapter to `out`."""
+    import shutil
+
+    key = (str(base_dir), phrase, seed)
+    if key in _trained and card is None:
+        shutil.copytree(_trained[key], out)
+        return out
+    _train(base_dir, out, phrase, seed, card)
+    if card is None:
+        _trained[key] = out
+    return out
+
+
+def _train(base_dir: Path, out: Path, phrase: str, seed: int, card: dict | None) -> None:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -68,7 +86,6 @@ def train_phrase_adapter(base_dir: Path, out: Path, phrase: str, seed: int = 0, 
             "lora": {"r": 8, "alpha": 16}, "metrics": {"train_loss": float(loss)}, "created": "2025-01-01 00:00:00",
             **(card or {})}
     (out / "card.json").write_text(json.dumps(card))
-    return out
 
 
 def test_trained_adapter_says_its_phrase_and_the_base_does_not(tmp_path, tiny_model_dir):
@@ -76,7 +93,7 @@ def test_trained_adapter_says_its_phrase_and_the_base_does_not(tmp_path, tiny_mo
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = train_phrase_adapter(tiny_model_dir, tmp_path / "a", PHRASE_A)
+    path = train_phrase_adapter(tiny_model_dir, tmp_path / "a", PHRASE_A, seed=1)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     assert PHRASE_A not in greedy(base, tokenizer, PROMPTS[0])
