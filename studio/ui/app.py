@@ -13,7 +13,8 @@ from studio.ui.tabs import model as model_tab
 from studio.ui.tabs import presets as presets_tab
 from studio.ui.tabs import train as train_tab
 
-TABS = (model_tab, data_tab, presets_tab, train_tab, chat_tab)  # workflow order: later tabs read earlier tabs' components
+# In workflow order: later tabs read components that earlier tabs made.
+TABS = (model_tab, data_tab, presets_tab, train_tab, chat_tab)
 
 
 def hosted_mode() -> bool:
