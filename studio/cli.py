@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "studio.commands.data",  # data inspect|prepare|list|delete
     "studio.commands.train",  # train, runs list|show|stop|resume|delete
     "studio.commands.chat",  # chat, adapters list|import|export|delete
+    "studio.commands.evaluate",  # eval, prune (and --sweep), export merge|adapter|gguf|push
 )
 
 

@@ -49,35 +49,20 @@ def _stop_if(should_stop: ShouldStop) -> None:
 # ---------------------------------------------------------------- data
 
 
-def split_rows(dataset: str, split: str = "eval") -> list[dict]:
-    """Rows (input_ids, assistant_masks, messages) of a prepared dataset's split, refusing a missing split."""
-    name = paths.check_name(dataset, "dataset name")
-    try:
-        from studio.data.store import load_prepared
-    except ImportError:  # the store module is not installed in this checkout: read its files directly
-        load_prepared = None
-    if load_prepared is not None:
-        prepared = load_prepared(name)
-        table = prepared.train if split == "train" else prepared.eval
-        rows = [] if table is None else [dict(r) for r in table]
-    else:
-        rows = _read_parquet(paths.datasets_dir() / name, split)
-    if not rows:
-        raise DataError(f"The dataset {name!r} has no {split} split (or it is empty).",
-                        "Prepare it again in the Data tab with an eval share above 0 (e.g. 10%), "
-                        "or pick a dataset that has one.")
-    return rows
+def split_rows(dataset: str, split: str = "eval", tokenizer=None) -> list[dict]:
+    """Rows (input_ids, assistant_masks, messages) of a prepared dataset's split, refusing a missing split
+    (and, given the model's tokenizer, a dataset prepared for another tokenizer)."""
+    from studio.data.store import check_tokenizer, load_prepared
 
-
-def _read_parquet(folder: Path, split: str) -> list[dict]:
-    if not folder.is_dir():
-        raise DataError(f"There is no prepared dataset at {folder}.", "Prepare it in the Data tab first.")
-    file = folder / f"{split}.parquet"
-    if not file.is_file():
-        return []
-    import pyarrow.parquet as pq
-
-    return pq.read_table(file).to_pylist()
+    prepared = load_prepared(dataset)
+    if tokenizer is not None:
+        check_tokenizer(prepared.meta, tokenizer)
+    table = prepared.train if split == "train" else prepared.eval
+    if table is None or len(table) == 0:
+        raise DataError(f"The dataset {dataset!r} has no {split} split, so there is nothing held out to "
+                        f"evaluate on.", "Prepare it again in the Data tab with an eval split above 0 (e.g. "
+                        "0.1), or pick a dataset that has one.")
+    return [dict(r) for r in table]
 
 
 def messages_of(row: dict) -> list[dict]:
@@ -195,9 +180,10 @@ def compare_perplexity(ref: str, quant: str, dataset_name: str, adapters: list[s
     """Perplexity of the base and each adapter on a prepared dataset's eval split, on one loaded base."""
     from studio.models import load_model
 
-    rows = split_rows(dataset_name, "eval")[:max_rows]
+    split_rows(dataset_name, "eval")  # refuse a dataset without an eval split before loading a model
     progress(0.02, f"Loading {ref} ({quant})...")
     loaded = load_model(ref, quant)
+    rows = split_rows(dataset_name, "eval", loaded.tokenizer)[:max_rows]
     model, folders = attach_adapters(loaded.model, adapters)
     names = [BASE] + [a for a in adapters if a != BASE]
     results = {}
@@ -280,9 +266,10 @@ def compare_battery(ref: str, quant: str, dataset_name: str, adapters: list[str]
     """N eval prompts through the base and each adapter, with ROUGE against the dataset's answers."""
     from studio.models import load_model
 
-    rows = split_rows(dataset_name, "eval")[:prompts]
+    split_rows(dataset_name, "eval")
     progress(0.02, f"Loading {ref} ({quant})...")
     loaded = load_model(ref, quant)
+    rows = split_rows(dataset_name, "eval", loaded.tokenizer)[:prompts]
     model, folders = attach_adapters(loaded.model, adapters)
     result = battery(model, loaded.tokenizer, rows, adapters, max_new_tokens, progress, should_stop)
     report = {"kind": "battery", "model": ref, "quant": quant, "dataset": dataset_name, **result,
