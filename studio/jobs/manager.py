@@ -215,14 +215,16 @@ def wait(run_id: str, timeout: float = 3600, poll: float = 1.0) -> dict:
                    "Check its log with `python -m studio runs show`.")
 
 
-def make_spec(name: str, dataset: str, model_ref: str, settings: dict | None, max_steps: int | None = None) -> RunSpec:
+def make_spec(name: str, dataset: str, model_ref: str, settings: dict | None, max_steps: int | None = None,
+              num_processes: int = 1) -> RunSpec:
     """A RunSpec from the UI's pieces: the Presets tab's settings dict {quant, lora{}, train{}}."""
     from studio.config import ConfigError, from_dict
 
     settings = settings or {}
     data = {"name": (name or "").strip(), "dataset": dataset or "",
             "model": {"ref": model_ref or "bundled", "quant": settings.get("quant", "4bit")},
-            "lora": dict(settings.get("lora", {})), "train": dict(settings.get("train", {}))}
+            "lora": dict(settings.get("lora", {})), "train": dict(settings.get("train", {})),
+            "num_processes": int(num_processes or 1)}
     if max_steps:
         data["train"]["max_steps"] = int(max_steps)
     if not data["name"]:

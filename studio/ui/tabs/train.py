@@ -121,6 +121,8 @@ def build(shared: Shared) -> None:
         name = gr.Textbox(label="Run name", value=f"run-{time.strftime('%m%d-%H%M')}", elem_id="train-name")
         dataset = shared.dataset or gr.Textbox(label="Dataset (prepared in the Data tab)")
         max_steps = gr.Number(label="Max steps (0 = from the preset)", value=0, precision=0, elem_id="train-max-steps")
+        processes = gr.Number(label="Processes (DDP via accelerate)", value=1, precision=0, minimum=1,
+                              elem_id="train-processes")
         start_btn = gr.Button("Start training", variant="primary", elem_id="train-start")
     settings_view = gr.JSON(label="Settings (from the Presets tab)", value=settings.value)
     settings.change(lambda s: s, settings, settings_view)
@@ -137,7 +139,8 @@ def build(shared: Shared) -> None:
     log = gr.Textbox(label="Log (tail)", lines=10, max_lines=10, elem_id="train-log")
     table = gr.Dataframe(label="Runs", interactive=False, elem_id="train-runs")
 
-    start_btn.click(start, [name, dataset, shared.model_ref, settings, max_steps], run, api_name="start_training")
+    start_btn.click(start, [name, dataset, shared.model_ref, settings, max_steps, processes], run,
+                    api_name="start_training")
     stop_btn.click(stop, run, None, api_name="stop_training")
     resume_btn.click(resume, run, None, api_name="resume_training")
     delete_btn.click(delete, [run, confirm], [run, confirm])

@@ -1,0 +1,48 @@
+"""The Train tab through gradio_client: start a run, see its events arrive, stop it."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.integration.training_helpers import prepare
+
+
+@pytest.fixture(scope="module")
+def client(app_url):
+    from gradio_client import Client
+
+    return Client(app_url, verbose=False)
+
+
+def _status(client, run):
+    table, progress, stats, plot, log = client.predict(run, api_name="/run_status")
+    return table, progress, stats, plot, log
+
+
+def test_start_see_events_and_stop(client, app_workspace, tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("STUDIO_WORKSPACE", str(app_workspace))  # prepare the data where the app looks
+    data = prepare(tmp_path, str(tiny_model_dir), name="ui-train-data")
+    run = client.predict("ui-run", data, str(tiny_model_dir), 400, 1, api_name="/start_training")
+    assert run["value"] == "ui-run"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        table, progress, stats, plot, log = _status(client, "ui-run")
+        if plot and plot.get("value", {}).get("data") and "data-step='0'" not in progress:
+            break
+        time.sleep(2)
+    assert "running" in progress and "step " in progress and "ETA" in progress
+    assert "tokens/s" in stats and "loss" in stats
+    assert len(plot["value"]["data"]) >= 1  # the loss curve has points
+    assert "ui-run" in str(table["data"])
+    with pytest.raises(Exception, match="already exists"):
+        client.predict("ui-run", data, str(tiny_model_dir), 4, 1, api_name="/start_training")
+    client.predict("ui-run", api_name="/stop_training")
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        progress = _status(client, "ui-run")[1]
+        if "data-state='stopped'" in progress:
+            break
+        time.sleep(1)
+    assert "data-state='stopped'" in progress and "Resume" in progress
