@@ -51,8 +51,8 @@ LOSS_LOGIT_COPIES = 3  # while the loss runs: fp32 logits, log-softmax and its g
 CUDA_CONTEXT_GB = 0.5  # CUDA context + cuBLAS workspace, outside torch's allocator (nvidia-smi shows it)
 ALLOCATOR_BASE_GB = 0.5  # caching-allocator slack (reserved minus allocated) that does not scale
 ALLOCATOR_FRACTION = 0.1  # plus this share of the transient memory (activations, logits) as fragmentation
-CPU_OVERHEAD_GB = 0.15  # glibc arenas and one-off buffers (tokenizer, PEFT wrappers) on CPU
-CPU_SLACK_FRACTION = 0.3  # freed activations that glibc keeps mapped: RSS stays above the live peak
+CPU_OVERHEAD_GB = 0.2  # glibc arenas and one-off buffers (PEFT wrappers, autograd graph) on CPU
+CPU_SLACK_FRACTION = 0.45  # freed activations glibc keeps mapped: RSS settles ~45% above the live peak by step 4
 
 OPTIMIZER_BYTES = {  # optimizer state per trainable parameter
     "paged_adamw_8bit": 2,  # two 8-bit moments (block scales are ~1%)
