@@ -25,12 +25,13 @@ def _run_choices() -> list[str]:
     return [r["run"] for r in manager.list_runs()]
 
 
-def start(name, dataset, model_ref, settings, max_steps):
+def start(name, dataset, model_ref, settings, max_steps, processes=1):
     from studio.jobs import manager
 
     try:
         require_login("training")
-        spec = manager.make_spec(name, dataset, model_ref, settings, int(max_steps or 0) or None)
+        spec = manager.make_spec(name, dataset, model_ref, settings, int(max_steps or 0) or None,
+                                 int(processes or 1))
         path = manager.start(spec)
     except StudioError as exc:
         raise gr.Error(str(exc)) from exc
