@@ -103,8 +103,17 @@ def merge(ref: str, adapter: str, out_name: str, quant: str = "fp32", overwrite:
             "seconds": round(time.time() - start, 1)}
     write_json_atomic(tmp / MERGE_CARD, card)
     _replace(tmp, out)
+    record_with_run(adapter, {"kind": "merge", "path": str(out), **card})
     progress(1.0, f"Merged model saved to {out}.")
     return {**card, "path": str(out)}
+
+
+def record_with_run(adapter: str, entry: dict) -> None:
+    """Append an export to runs/<id>/exports.jsonl when the adapter came from a training run."""
+    folder = adapter_path(adapter)
+    if folder.name == "adapter" and folder.parent.parent == paths.runs_dir():
+        with open(folder.parent / "exports.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(entry, default=str) + "\n")
 
 
 def export_adapter_zip(adapter: str, overwrite: bool = False) -> Path:

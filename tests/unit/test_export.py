@@ -15,8 +15,9 @@ from studio.errors import AdapterError, ConfigError, ModelError
 PROMPT = [{"role": "user", "content": "What helps a sore throat?"}]
 
 
-def random_adapter(model_dir: Path, folder: Path, seed: int = 0) -> Path:
-    """A LoRA adapter whose B matrices are random (PEFT's init_lora_weights=False), so it changes outputs."""
+def random_adapter(model_dir: Path, folder: Path, seed: int = 0, scale: float = 1.0) -> Path:
+    """A LoRA adapter whose B matrices are random (PEFT's init_lora_weights=False), so it changes outputs;
+    `scale` shrinks them (a real model stays fluent under a small update)."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -24,6 +25,10 @@ def random_adapter(model_dir: Path, folder: Path, seed: int = 0) -> Path:
     base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear",
                                             init_lora_weights=False))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.mul_(scale)
     model.save_pretrained(folder)
     return folder
 
