@@ -78,7 +78,8 @@ def test_with_login_training_runs(hosted_app, tiny_model_dir):
     saved, _ = client.predict(sample, "auto", "(none)", "(none)", "(none)", "think", model, "hinglish", 256, 0.1,
                               42, False, False, api_name="/prepare_data")
     assert "Saved **hinglish**" in saved
-    client.predict("hosted-run", "hinglish", model, 2, api_name="/start_training")
+    # name, dataset, model, max steps, processes (the settings come from the Presets tab state)
+    client.predict("hosted-run", "hinglish", model, 2, 1, api_name="/start_training")
     run = ws / "runs" / "hosted-run"
     deadline_status = _wait_state(run, {"completed", "failed"}, timeout=480)  # generous: CI machines share 2 cores
     assert deadline_status["state"] == "completed", (deadline_status, (run / "worker.log").read_text()[-2000:])
@@ -106,7 +107,7 @@ def test_hosted_without_accounts_turns_training_and_exports_off(tmp_path):
     try:
         client = Client(url, verbose=False)
         with pytest.raises(AppError, match="Training is off on this hosted studio.*STUDIO_USERS"):
-            client.predict("demo-run", "anything", "bundled", 2, api_name="/start_training")
+            client.predict("demo-run", "anything", "bundled", 2, 1, api_name="/start_training")
         with pytest.raises(AppError, match="File exports is off|File exports are off|exports is off"):
             client.predict("some-adapter", api_name="/export_adapter")
     finally:
