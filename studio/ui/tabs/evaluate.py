@@ -129,8 +129,8 @@ def build(shared: Shared) -> None:
     with gr.Row():
         dataset = shared.dataset if shared.dataset is not None else gr.Dropdown(
             choices=_dataset_choices(), label="Dataset", elem_id="eval-dataset")
-        adapters = gr.Dropdown(choices=_adapter_choices(), multiselect=True, label="Adapters to compare",
-                               elem_id="eval-adapters", scale=2)
+        adapters = gr.Dropdown(choices=_adapter_choices(), multiselect=True, allow_custom_value=True,
+                               label="Adapters to compare", elem_id="eval-adapters", scale=2)
         refresh_btn = gr.Button("Refresh lists", scale=0)
     with gr.Row():
         max_rows = gr.Number(value=0, precision=0, label="Eval rows (0 = all)")

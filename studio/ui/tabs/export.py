@@ -81,7 +81,8 @@ def build(shared: Shared) -> None:
     model_ref = shared.model_ref or gr.Textbox(value="bundled", label="Model")
     quant = shared.quant or gr.Dropdown(["fp32", "bf16", "4bit", "8bit"], value="fp32", label="Quantization")
     with gr.Row():
-        adapter = gr.Dropdown(choices=_adapter_choices(), label="Adapter", elem_id="export-adapter", scale=2)
+        adapter = gr.Dropdown(choices=_adapter_choices(), allow_custom_value=True, label="Adapter",
+                              elem_id="export-adapter", scale=2)
         refresh_btn = gr.Button("Refresh", scale=0)
     with gr.Row():
         out_name = gr.Textbox(value="merged-model", label="Export name (exports/...)", elem_id="export-name")
