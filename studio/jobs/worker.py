@@ -268,21 +268,39 @@ def train(run_dir: Path, foreground: bool = False) -> str:
     return "completed"
 
 
-def explain_failure(exc: BaseException) -> tuple[str, str]:
+def explain_failure(exc: BaseException, spec: RunSpec | None = None) -> tuple[str, str]:
     """(message, fix) a person can act on."""
     import torch
 
     if isinstance(exc, StudioError):
         return exc.message, exc.fix
     if isinstance(exc, torch.cuda.OutOfMemoryError) or isinstance(exc, MemoryError):
-        return ("Out of memory.", "Pick a smaller preset (Presets tab shows what fits), or lower max_seq_len, "
-                "micro_batch or LoRA rank, or use 4bit.")
+        return "Out of memory.", oom_advice(spec)
     disk_full = (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)) or any(
         text in str(exc) for text in ("No space left", "File too large", "os error 28", "os error 27"))
     if disk_full:  # (the tokenizers and safetensors writers raise plain Exceptions with the OS message)
         return ("The disk is full: a checkpoint could not be written. Earlier checkpoints are intact.",
                 "Free disk space (delete old runs or exports), then press Resume.")
     return f"The worker crashed: {type(exc).__name__}: {exc}", "See the log below; fix the cause, then press Resume."
+
+
+def oom_advice(spec: RunSpec | None) -> str:
+    """Name the preset that fits this machine's memory, from the same estimator the Presets tab uses."""
+    generic = "Lower max_seq_len, micro_batch or LoRA rank, or use 4bit."
+    if spec is None:
+        return generic
+    try:
+        from studio.models import hardware
+        from studio.presets import model_shape, recommend
+
+        hw = hardware()
+        device, memory = ("cuda", hw.cuda_devices[0]["total_gb"]) if hw.cuda_devices else ("cpu", hw.ram_total_gb)
+        advice = recommend(model_shape(spec.model.ref), memory, device)
+    except Exception:  # noqa: BLE001 - advice is best effort; the generic hint still helps
+        return generic
+    if advice.preset:
+        return f"The {advice.preset!r} preset fits {memory:.0f} GB here: pick it in the Presets tab. {generic}"
+    return advice.advice
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -296,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         code = 0
     except BaseException as exc:  # noqa: BLE001 - every failure must land in status.json
         traceback.print_exc()
-        message, fix = explain_failure(exc)
+        message, fix = explain_failure(exc, _spec_or_none(run_dir))
         if _rank() == 0:
             Status(run_dir, enabled=True).update(state="failed", finished=time.time(), message=message, fix=fix)
         code = 1
@@ -305,6 +323,13 @@ def main(argv: list[str] | None = None) -> int:
 
         manager.schedule()  # one job at a time: start the next queued run, if any
     return code
+
+
+def _spec_or_none(run_dir: Path) -> RunSpec | None:
+    try:
+        return load_yaml(RunSpec, run_dir / "spec.yaml")
+    except StudioError:
+        return None
 
 
 if __name__ == "__main__":

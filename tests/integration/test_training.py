@@ -166,3 +166,12 @@ def test_disk_full_while_checkpointing(tmp_path, tiny_model_dir):
     assert status["state"] == "failed", status
     assert "disk is full" in status["message"] and "Resume" in status["fix"]
     assert [e["step"] for e in read_events(path) if "loss" in e][:4] == [1, 2, 3, 4]  # the curve so far is kept
+
+
+def test_out_of_memory_names_a_preset_that_fits(tiny_model_dir):
+    from studio.jobs.worker import explain_failure
+
+    spec = tiny_spec("oom", "data", str(tiny_model_dir))
+    message, fix = explain_failure(MemoryError(), spec)
+    assert message == "Out of memory."
+    assert "preset fits" in fix and "Presets tab" in fix
