@@ -30,6 +30,7 @@ start_app, stop_app = _launcher()
 
 USER, PASSWORD = "alice", "wonderland-42"
 ROOT = Path(__file__).resolve().parents[2]
+UPLOAD_LIMIT = "64kb"  # between the two samples: Hinglish (49 KB) passes, medical (88 KB) does not
 SETTINGS = ["auto", "(none)", "(none)", "(none)", "think", "bundled", 256, False]  # Data tab inputs after the path
 
 
@@ -43,7 +44,8 @@ def _prepare_and_copy_model(workspace: Path, tiny_model_dir: Path) -> str:
 @pytest.fixture(scope="module")
 def hosted_app(tmp_path_factory, bundled_dir):
     ws = tmp_path_factory.mktemp("hosted-ws")
-    proc, url = start_app(ws, {"STUDIO_HOSTED": "1", "STUDIO_USERS": f"{USER}:{PASSWORD},bob:builder"})
+    proc, url = start_app(ws, {"STUDIO_HOSTED": "1", "STUDIO_USERS": f"{USER}:{PASSWORD},bob:builder",
+                               "STUDIO_MAX_UPLOAD": UPLOAD_LIMIT})
     yield url, ws
     stop_app(proc)
 
@@ -86,6 +88,18 @@ def test_with_login_training_runs(hosted_app, tiny_model_dir):
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
 
 
+def test_uploads_over_the_limit_are_refused(hosted_app):
+    from gradio_client import Client, handle_file
+
+    url, _ = hosted_app
+    client = Client(url, auth=(USER, PASSWORD), verbose=False)
+    out = client.predict(handle_file(str(ROOT / "assets" / "hinglish_demo.jsonl")), *SETTINGS,
+                         api_name="/upload_data")
+    assert "Detected format: openai" in out[1]
+    with pytest.raises(Exception, match="(?i)413|too large|size"):
+        client.predict(handle_file(str(ROOT / "assets" / "medical_demo.jsonl")), *SETTINGS, api_name="/upload_data")
+
+
 def _wait_state(run: Path, states: set[str], timeout: float) -> dict:
     import time
 
@@ -108,7 +122,7 @@ def test_hosted_without_accounts_turns_training_and_exports_off(tmp_path):
         client = Client(url, verbose=False)
         with pytest.raises(AppError, match="Training is off on this hosted studio.*STUDIO_USERS"):
             client.predict("demo-run", "anything", "bundled", 2, 1, api_name="/start_training")
-        with pytest.raises(AppError, match="File exports is off|File exports are off|exports is off"):
+        with pytest.raises(AppError, match="Exporting files is off on this hosted studio"):
             client.predict("some-adapter", api_name="/export_adapter")
     finally:
         stop_app(proc)

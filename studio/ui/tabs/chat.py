@@ -227,7 +227,7 @@ def export(name):
     if not name:
         raise gr.Error("Pick an adapter to export first.")
     try:
-        require_login("file exports")
+        require_login("exporting files")
         return str(export_zip(name))
     except StudioError as exc:
         raise gr.Error(str(exc)) from exc
