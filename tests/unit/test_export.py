@@ -106,8 +106,9 @@ def test_adapter_zip_holds_the_adapter_and_is_not_overwritten(tiny_model_dir, wo
     assert export.export_adapter_zip("rand", overwrite=True) == path
 
 
-def check_gguf_round_trip(merged: Path, qtype: str, name: str, all_tokens: bool) -> None:
-    """Write merged as GGUF, read it back with transformers' GGUF loader, compare with the merged model."""
+def check_gguf_round_trip(merged: Path, qtype: str, name: str, same_tokens: int) -> None:
+    """Write merged as GGUF, read it back with transformers' GGUF loader, compare with the merged model:
+    the first `same_tokens` greedy tokens must be identical, the prompt's logits within the type's rounding."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = export.to_gguf(merged, name, qtype)
@@ -119,17 +120,17 @@ def check_gguf_round_trip(merged: Path, qtype: str, name: str, all_tokens: bool)
     assert gguf_tok.encode(text) == tok.encode(text)
     assert gguf_tok.chat_template == tok.chat_template
     got_tokens, got_logits = greedy(loaded, tok)
-    assert got_tokens == want_tokens if all_tokens else got_tokens[0] == want_tokens[0]
+    assert got_tokens[:same_tokens] == want_tokens[:same_tokens]
     tolerance = {"f16": 0.01, "q8_0": 0.05}[qtype]  # fp16 keeps ~1e-3 relative; q8_0 ~1/127 of each block's max
     assert float((got_logits - want_logits).abs().max()) < tolerance * float(want_logits.abs().max())
 
 
 def test_gguf_loads_back_in_transformers_with_the_same_greedy_tokens(merged, workspace):
-    check_gguf_round_trip(merged, "f16", "tiny.f16", all_tokens=True)
+    check_gguf_round_trip(merged, "f16", "tiny.f16", same_tokens=12)
     assert (workspace / "exports" / "tiny.f16.gguf").is_file()
     # A random-weight model's logits are nearly tied, so q8_0 rounding may flip later tokens here;
-    # tests/unit/test_export_bundled.py checks every greedy token of q8_0 on the real bundled model.
-    check_gguf_round_trip(merged, "q8_0", "tiny.q8_0", all_tokens=False)
+    # tests/unit/test_export_bundled.py checks q8_0's greedy tokens on the real bundled model.
+    check_gguf_round_trip(merged, "q8_0", "tiny.q8_0", same_tokens=1)
 
 
 def test_gguf_of_an_existing_file_or_unknown_type_is_refused(merged):
