@@ -90,7 +90,8 @@ def evaluate(args) -> int:
         lines += ["", f"{'model':24} " + " ".join(f"{k:>8}" for k in ("rouge1", "rouge2", "rougeL"))]
         lines += [f"{name:24} " + " ".join(f"{v:8.4f}" for v in scores.values())
                   for name, scores in report["battery"]["rouge"].items()]
-    lines += ["", "saved: " + ", ".join(report["saved_to"])]
+    saved = report["saved_to"] + report.get("battery", {}).get("saved_to", [])
+    lines += ["", "saved: " + ", ".join(saved)]
     _print(report, args.json, "\n".join(lines))
     return 0
 
