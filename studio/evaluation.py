@@ -136,11 +136,13 @@ def active(model, adapter: str | None):
         with ctx:
             yield model
         return
-    if not hasattr(model, "set_adapter") or adapter not in getattr(model, "peft_config", {}):
+    loaded = getattr(model, "peft_config", {}) if hasattr(model, "set_adapter") else {}
+    label = adapter if adapter in loaded else _peft_name(adapter)  # as the chat engine or attach_adapters named it
+    if label not in loaded:
         raise AdapterError(f"The adapter {adapter!r} is not loaded on this model.",
                            "Load it first (attach_adapters), or pick one from the list.")
     previous = model.active_adapter
-    model.set_adapter(adapter)
+    model.set_adapter(label)
     try:
         yield model
     finally:
@@ -191,7 +193,7 @@ def compare_perplexity(ref: str, quant: str, dataset_name: str, adapters: list[s
         def step(f: float, m: str, i: int = i, name: str = name) -> None:
             progress((i + f) / len(names), f"{name}: {m}")
 
-        with active(model, None if name == BASE else _peft_name(name)):
+        with active(model, name):
             results[name] = perplexity(model, loaded.tokenizer, rows, batch_size, step, should_stop)
     report = {"kind": "perplexity", "model": ref, "quant": quant, "dataset": dataset_name, "results": results,
               "created": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -248,7 +250,7 @@ def battery(model, tokenizer, rows: list[dict], adapters: list[str], max_new_tok
         for j, name in enumerate(names):
             _stop_if(should_stop)
             progress((i * len(names) + j) / (len(rows) * len(names)), f"prompt {i + 1}/{len(rows)}: {name}")
-            with active(model, None if name == BASE else _peft_name(name)):
+            with active(model, name):
                 answer = generate_answer(model, tokenizer, messages, max_new_tokens)
             line[f"{name}.answer"] = answer
             if reference:
