@@ -1,0 +1,55 @@
+"""The benchmark harness in smoke mode on a tiny model, so `python -m studio.bench` cannot rot."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from studio import bench
+
+
+def test_smoke_run_measures_both_sides_and_writes_the_tables(tmp_path, tiny_model_dir, capsys):
+    out = tmp_path / "bench.json"
+    # one torch thread: the suite shares the cores with other tests, and oversubscribed OpenMP threads crawl
+    assert bench.main(["--smoke", "--cpu", "--threads", "1", "--model", str(tiny_model_dir), "--out", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert results["machine"]["torch"] and results["loss_tolerance"] == bench.LOSS_TOLERANCE
+    (workload,) = results["workloads"]
+    sides = {r["side"] for r in workload["runs"]}
+    assert sides == {"baseline", "studio"}
+    for run in workload["runs"]:
+        assert run["steps"] == 2 and run["tokens"] > 0 and run["tokens_per_s"] > 0
+        assert run["peak_rss_mb"] > 100  # a real child process that loaded torch and a model
+        assert math.isfinite(run["heldout_loss"])
+    (row,) = workload["training"]
+    assert row["speedup"] > 0 and isinstance(row["loss_ok"], bool)
+    inference = workload["inference"]
+    assert inference["packing_check"]["ok"], inference["packing_check"]  # packed rows never see each other
+    for what in ("base", "adapter", "merged"):
+        assert inference[what]["tokens"] > 0 and inference[what]["ttft_ms"] > 0
+    assert set(inference["adapter_load_ms"]) == {"baseline-fp32", "studio-fp32"}
+    assert inference["swap_ms_mean"] >= 0
+    table = out.with_suffix(".md").read_text()
+    assert "| cpu-tiny | fp32 | baseline |" in table and "| cpu-tiny | fp32 | studio |" in table
+    assert "real tok/s" in capsys.readouterr().out  # the table is printed too
+
+
+def test_random_shape_model_keeps_the_shape_and_fits_the_tokenizer(tmp_path):
+    from transformers import AutoConfig
+
+    small = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "num_key_value_heads": 2}
+    folder = bench.random_model("tinyllama-1.1b", tmp_path / "tiny-shape", overrides=small)
+    config = AutoConfig.from_pretrained(folder)
+    assert config.model_type == "llama" and config.num_hidden_layers == 2
+    assert config.vocab_size == 49152  # TinyLlama's 32,000 raised to the bundled tokenizer's vocabulary
+    assert (folder / "tokenizer.json").is_file() and (folder / "model.safetensors").is_file()
+
+
+def test_long_chats_are_multi_turn_conversations(tmp_path):
+    path = bench.write_long_chats(tmp_path / "long.jsonl", rows=5)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(rows) == 5
+    for row in rows:
+        roles = [m["role"] for m in row["messages"]]
+        assert 8 <= len(roles) <= 28 and roles[:2] == ["user", "assistant"]
