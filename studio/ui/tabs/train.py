@@ -135,7 +135,7 @@ def build(shared: Shared) -> None:
         delete_btn = gr.Button("Delete", variant="stop")
     progress = gr.HTML(progress_html({}))
     stats = gr.Markdown(elem_id="train-stats")
-    plot = gr.LinePlot(loss_frame([]), x="step", y="loss", color="series", title="Loss", elem_id="train-loss",
+    plot = gr.LinePlot(None, x="step", y="loss", color="series", title="Loss", elem_id="train-loss",
                        height=280)
     log = gr.Textbox(label="Log (tail)", lines=10, max_lines=10, elem_id="train-log")
     table = gr.Dataframe(label="Runs", interactive=False, elem_id="train-runs")
