@@ -87,10 +87,11 @@ def progress_html(status: dict) -> str:
             f"<small>{status.get('message', '')} {status.get('fix') or ''}</small></div>")
 
 
-def loss_frame(events: list[dict]) -> pd.DataFrame:
+def loss_frame(events: list[dict]) -> pd.DataFrame | None:
     rows = [{"step": e["step"], "loss": e[key], "series": "train" if key == "loss" else "eval"}
             for e in events if e.get("type") == "log" for key in ("loss", "eval_loss") if key in e]
-    return pd.DataFrame(rows, columns=["step", "loss", "series"])
+    # None, not an empty frame: a LinePlot that once got an empty frame keeps nominal axes and draws no line
+    return pd.DataFrame(rows, columns=["step", "loss", "series"]) if rows else None
 
 
 def poll(run_id):
