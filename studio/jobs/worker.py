@@ -96,18 +96,28 @@ def build_model(spec: RunSpec):
 
 
 def training_args(spec: RunSpec, run_dir: Path, has_eval: bool, foreground: bool):
+    import importlib.util
+
     import torch
     from trl import SFTConfig
 
     t = spec.train
+    cuda = torch.cuda.is_available()
     optimizer = t.optimizer
-    if not torch.cuda.is_available() and optimizer in ("paged_adamw_8bit", "adamw_8bit", "adamw_torch_fused"):
+    if not cuda and optimizer in ("paged_adamw_8bit", "adamw_8bit", "adamw_torch_fused"):
         optimizer = "adamw_torch"  # paged / 8-bit optimizers need CUDA; plain AdamW is exact on CPU
     evaluate = has_eval and t.eval_steps > 0
+    # Padding-free packing concatenates a micro batch into one row with a block-diagonal mask. CPU attention
+    # cannot skip the masked blocks (4 rows of 512 cost 4x the attention of 4 separate passes) and TRL's LM-head
+    # tiles grow with the row, so on CPU each packed row gets its own forward pass and the micro batch turns into
+    # gradient accumulation: the same tokens and the same gradient per optimizer step (the loss is summed over
+    # the tokens of all accumulated passes, then divided by their count): 1.1-1.45x faster (docs/benchmarks.md).
+    one_row = t.packing and not cuda
+    micro_batch, grad_accum = (1, t.micro_batch * t.grad_accum) if one_row else (t.micro_batch, t.grad_accum)
     return SFTConfig(
         output_dir=str(run_dir / "checkpoints"),
-        per_device_train_batch_size=t.micro_batch, per_device_eval_batch_size=t.micro_batch,
-        gradient_accumulation_steps=t.grad_accum, learning_rate=t.lr, lr_scheduler_type=t.scheduler,
+        per_device_train_batch_size=micro_batch, per_device_eval_batch_size=micro_batch,
+        gradient_accumulation_steps=grad_accum, learning_rate=t.lr, lr_scheduler_type=t.scheduler,
         warmup_steps=t.warmup_ratio, num_train_epochs=t.epochs, max_steps=t.max_steps,
         gradient_checkpointing=t.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False}, optim=optimizer,
@@ -118,8 +128,10 @@ def training_args(spec: RunSpec, run_dir: Path, has_eval: bool, foreground: bool
         seed=t.seed, report_to=[], disable_tqdm=not foreground,
         max_length=t.max_seq_len, packing=t.packing, packing_strategy="bfd",
         include_num_input_tokens_seen="all" if t.packing else "non_padding",
-        dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0, use_cpu=not cuda,
         ddp_find_unused_parameters=False, save_only_model=False,
+        # Liger's Triton RMSNorm/SwiGLU/RoPE kernels (CUDA only, when installed); TRL keeps its chunked LM-head loss
+        use_liger_kernel=cuda and importlib.util.find_spec("liger_kernel") is not None,
     )
 
 
