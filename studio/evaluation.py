@@ -13,28 +13,20 @@ import csv
 import json
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from studio import paths
 from studio.errors import AdapterError, DataError
-from studio.util import write_json_atomic
+from studio.util import Progress, ShouldStop, write_json_atomic
+from studio.util import never as _never
+from studio.util import no_progress as _no_progress
 
 BASE = "base"  # the label of the base model (adapters disabled) in every result table
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL")
 IGNORE = -100  # the label value cross-entropy skips, as in training
 
-Progress = Callable[[float, str], None]
-ShouldStop = Callable[[], bool]
-
-
-def _no_progress(fraction: float, message: str) -> None:
-    pass
-
-
-def _never() -> bool:
-    return False
 
 
 class Cancelled(DataError):

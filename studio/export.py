@@ -16,20 +16,15 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from studio import paths
 from studio.errors import ConfigError, ModelError
-from studio.util import write_json_atomic
+from studio.util import Progress, write_json_atomic
+from studio.util import no_progress as _no_progress
 
 GGUF_TYPES = ("f16", "q8_0")  # q8_0: 8-bit blocks of 32 weights with one fp16 scale (about 1.06 bytes/weight)
 MERGE_CARD = "merge.json"
-Progress = Callable[[float, str], None]
-
-
-def _no_progress(fraction: float, message: str) -> None:
-    pass
 
 
 def target_dir(name: str, overwrite: bool = False, suffix: str = "") -> Path:

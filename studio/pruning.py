@@ -18,29 +18,20 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from studio import paths
 from studio.errors import ConfigError, ModelError, RunError
-from studio.util import write_json_atomic
+from studio.util import Progress, ShouldStop, write_json_atomic
+from studio.util import never as _never
+from studio.util import no_progress as _no_progress
 
 METHODS = ("sparsegpt", "magnitude")
 PATTERNS = ("", "2:4", "4:8")  # "" = unstructured; "n:m" = n of every m consecutive input weights are zero
 CARD_FILE = "pruning.json"
 
-Progress = Callable[[float, str], None]
-ShouldStop = Callable[[], bool]
-
-
-def _no_progress(fraction: float, message: str) -> None:
-    pass
-
-
-def _never() -> bool:
-    return False
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,22 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
+
+Progress = Callable[[float, str], None]  # (fraction 0..1, message): long actions report through this
+ShouldStop = Callable[[], bool]  # polled by long actions; True means the user pressed Stop / Cancel
+
+
+def no_progress(fraction: float, message: str) -> None:
+    """The default Progress: report nothing."""
+
+
+def never() -> bool:
+    """The default ShouldStop: never cancelled."""
+    return False
 
 
 def rss_mb() -> float:

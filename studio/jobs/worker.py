@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 from pathlib import Path
 
 from studio.config import RunSpec, load_yaml, to_dict
@@ -321,6 +322,10 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m studio.jobs.worker RUN_DIR", file=sys.stderr)
         return 2
     run_dir = Path(argv[0]).resolve()
+    # Library deprecation notices (e.g. transformers' gradient_checkpointing renames) are not the
+    # user's to act on; they would bury the training log in the Train tab.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
     try:
         train(run_dir)
         code = 0
