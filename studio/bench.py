@@ -426,7 +426,7 @@ def _summed_nll(model, batch: dict) -> float:
     import torch
 
     inputs = {k: v.to(model.device) if hasattr(v, "to") else v for k, v in batch.items() if k != "labels"}
-    logits = model(**inputs).logits.float()
+    logits = model(**inputs, use_cache=False).logits.float()  # as in training: a KV cache turns off packed masks
     labels = batch["labels"].to(model.device)  # padding-free: the collator ignores each row's first token
     return float(torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(),
                                                    ignore_index=-100, reduction="sum"))
