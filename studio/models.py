@@ -68,10 +68,10 @@ def hardware() -> Hardware:
                             "free_gb": free / 1e9, "bf16": torch.cuda.is_bf16_supported()})
     mem = psutil.virtual_memory()
     return Hardware(cuda_devices=devices, cpu_cores=os.cpu_count() or 1, ram_total_gb=mem.total / 1e9,
-                    ram_available_gb=mem.available / 1e9, cpu_bf16=_cpu_has_bf16())
+                    ram_available_gb=mem.available / 1e9, cpu_bf16=cpu_has_bf16())
 
 
-def _cpu_has_bf16() -> bool:
+def cpu_has_bf16() -> bool:
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:

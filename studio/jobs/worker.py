@@ -96,11 +96,37 @@ def build_model(spec: RunSpec):
     return get_peft_model(model, lora), loaded
 
 
+def trainer_class():
+    """TRL's SFTTrainer; on CPU with the plain causal-LM loss.
+
+    TRL computes its loss through a chunked LM head that also yields per-token entropy and accuracy for
+    its logs. That saves memory for big vocabularies on a GPU, but on a CPU it costs about as much as the
+    model itself (docs/benchmarks.md), so there the loss is the model's own: one logits pass and
+    cross-entropy over the same labels (the assistant tokens), normalised by the same token count.
+    """
+    import torch
+    from transformers import Trainer
+    from trl import SFTTrainer
+
+    if torch.cuda.is_available():
+        return SFTTrainer
+
+    class CpuSFTTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            inputs["use_cache"] = False  # packed rows are kept apart only without a KV cache
+            return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+
+    return CpuSFTTrainer
+
+
 def training_args(spec: RunSpec, run_dir: Path, has_eval: bool, foreground: bool):
     import importlib.util
 
     import torch
     from trl import SFTConfig
+
+    from studio.models import cpu_has_bf16
 
     t = spec.train
     cuda = torch.cuda.is_available()
@@ -114,6 +140,7 @@ def training_args(spec: RunSpec, run_dir: Path, has_eval: bool, foreground: bool
     # gradient accumulation: the same tokens and the same gradient per optimizer step (the loss is summed over
     # the tokens of all accumulated passes, then divided by their count): 1.1-1.45x faster (docs/benchmarks.md).
     one_row = t.packing and not cuda
+    bf16 = t.precision == "bf16" and (cuda or cpu_has_bf16())  # emulated bf16 on older CPUs is slower than fp32
     micro_batch, grad_accum = (1, t.micro_batch * t.grad_accum) if one_row else (t.micro_batch, t.grad_accum)
     return SFTConfig(
         output_dir=str(run_dir / "checkpoints"),
@@ -122,7 +149,7 @@ def training_args(spec: RunSpec, run_dir: Path, has_eval: bool, foreground: bool
         warmup_steps=t.warmup_ratio, num_train_epochs=t.epochs, max_steps=t.max_steps,
         gradient_checkpointing=t.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False}, optim=optimizer,
-        bf16=t.precision == "bf16", fp16=t.precision == "fp16" and torch.cuda.is_available(),
+        bf16=bf16, fp16=t.precision == "fp16" and cuda,
         logging_steps=t.logging_steps, logging_first_step=True,
         eval_strategy="steps" if evaluate else "no", eval_steps=t.eval_steps if evaluate else None,
         save_strategy="steps", save_steps=t.save_steps, save_total_limit=3,  # keep the latest 3
@@ -241,8 +268,6 @@ Load it with `PeftModel.from_pretrained(base, "<this folder>")`.
 
 def train(run_dir: Path, foreground: bool = False) -> str:
     """Run the recipe in this process; returns the final state (completed / stopped)."""
-    from trl import SFTTrainer
-
     is_main = _rank() == 0
     print(f"[studio] rank {_rank()} of {os.environ.get('WORLD_SIZE', '1')} processes on {_device()}", flush=True)
     status = Status(run_dir, enabled=is_main)
@@ -254,7 +279,7 @@ def train(run_dir: Path, foreground: bool = False) -> str:
     start = time.time()
     model, loaded = build_model(spec)
     prepared, train_ds, eval_ds = load_data(spec, loaded.tokenizer)
-    trainer = SFTTrainer(model=model, args=training_args(spec, run_dir, eval_ds is not None, foreground),
+    trainer = trainer_class()(model=model, args=training_args(spec, run_dir, eval_ds is not None, foreground),
                          train_dataset=train_ds, eval_dataset=eval_ds, processing_class=loaded.tokenizer,
                          callbacks=[make_callback(run_dir, status, is_main)])
     checkpoint = latest_checkpoint(run_dir)

@@ -40,7 +40,7 @@ def test_presets_are_listed_smallest_first_and_grow_with_memory():
 
 def test_cpu_preset_trains_the_bundled_model_quickly():
     cpu = presets.load_preset("cpu")
-    assert cpu.device == "cpu" and cpu.train.precision == "fp32"
+    assert cpu.device == "cpu" and cpu.train.precision == "bf16"  # the worker falls back to fp32 where bf16 is slow
     assert cpu.train.max_steps <= 100 and cpu.train.max_seq_len <= 512
 
 

@@ -1,0 +1,41 @@
+"""How the worker turns a spec into trainer settings on this (CPU) machine."""
+
+from __future__ import annotations
+
+from studio.presets import load_preset
+
+
+def _spec():
+    from studio.config import ModelSpec, RunSpec
+
+    cpu = load_preset("cpu")
+    return RunSpec(name="args", dataset="d", model=ModelSpec(quant=cpu.quant), lora=cpu.lora, train=cpu.train)
+
+
+def test_bf16_autocast_only_where_the_cpu_has_native_bf16(tmp_path, monkeypatch):
+    import studio.models
+    from studio.jobs.worker import training_args
+
+    monkeypatch.setattr(studio.models, "cpu_has_bf16", lambda: True)
+    assert training_args(_spec(), tmp_path, True, False).bf16
+    monkeypatch.setattr(studio.models, "cpu_has_bf16", lambda: False)
+    assert not training_args(_spec(), tmp_path, True, False).bf16  # emulated bf16 would be slower than fp32
+
+
+def test_cpu_packing_runs_one_row_per_pass_with_the_same_tokens_per_step(tmp_path):
+    from studio.jobs.worker import training_args
+
+    spec = _spec()
+    args = training_args(spec, tmp_path, True, False)
+    assert args.per_device_train_batch_size == 1
+    assert args.gradient_accumulation_steps == spec.train.micro_batch * spec.train.grad_accum
+    assert args.optim == "adamw_torch" and args.packing
+
+
+def test_cpu_trainer_uses_the_plain_causal_lm_loss():
+    from trl import SFTTrainer
+
+    from studio.jobs.worker import trainer_class
+
+    cls = trainer_class()
+    assert issubclass(cls, SFTTrainer) and cls.compute_loss is not SFTTrainer.compute_loss
