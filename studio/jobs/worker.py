@@ -298,7 +298,10 @@ def train(run_dir: Path, foreground: bool = False) -> str:
         return "stopped"
     metrics = {"train_loss": round(result.training_loss, 4), "steps": trainer.state.global_step}
     if eval_ds is not None:
-        metrics["eval_loss"] = round(trainer.evaluate()["eval_loss"], 4)  # logged as an event by the callback
+        step = trainer.state.global_step
+        done = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h and h.get("step") == step]
+        # evaluate once more only when the last step was not an eval step (the callback logs it as an event)
+        metrics["eval_loss"] = round(done[-1] if done else trainer.evaluate()["eval_loss"], 4)
     if is_main:
         save_adapter(trainer, spec, run_dir, prepared, metrics, time.time() - start)
         status.update(state="completed", finished=time.time(), step=trainer.state.global_step,

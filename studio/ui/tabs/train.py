@@ -148,4 +148,6 @@ def build(shared: Shared) -> None:
     delete_btn.click(delete, [run, confirm], [run, confirm])
     outputs = [table, progress, stats, plot, log]
     run.change(poll, run, outputs, api_name="run_status")
+    # runs started elsewhere (CLI, another browser, before a reload) appear when the list is opened
+    run.focus(lambda current: gr.Dropdown(choices=_run_choices(), value=current), run, run)
     gr.Timer(POLL_SEC).tick(poll, run, outputs, show_progress="hidden")
