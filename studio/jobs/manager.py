@@ -7,6 +7,7 @@ One run trains at a time (per machine); the others wait in the queue, oldest fir
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
@@ -122,7 +123,16 @@ def refresh() -> None:
 
 
 def schedule() -> str | None:
-    """Start the oldest queued run when nothing is training. Returns the run started, if any."""
+    """Start the oldest queued run when nothing is training. Returns the run started, if any.
+
+    A file lock makes the check-then-launch atomic across threads and processes (two users pressing
+    Start at once, or a worker finishing while the app schedules), so only one run ever trains."""
+    with open(paths.runs_dir() / ".schedule.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _schedule_locked()
+
+
+def _schedule_locked() -> str | None:
     refresh()
     runs = [(read_status(p), p) for p in paths.runs_dir().iterdir() if (p / "spec.yaml").is_file()]
     if any(s.get("state") in ("running", "stopping") for s, _ in runs):
