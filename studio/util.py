@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -39,8 +40,10 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
 def write_json_atomic(path: str | Path, data) -> None:
     """Write JSON so a reader never sees half a file (write a temp file, then rename)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
+    # a unique temp name per writer: two threads of one process must not share (and steal) one file
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(json.dumps(data, indent=2, default=str))
     os.replace(tmp, path)
 
 

@@ -37,6 +37,8 @@ def build_app() -> gr.Blocks:
         for tab in TABS:
             with gr.Tab(tab.TITLE, id=tab.__name__.rsplit(".", 1)[-1]):
                 tab.build(shared)
+        for function, outputs in shared.on_page_load:  # lists made on disk since the app started
+            demo.load(function, None, outputs)
     return demo
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -12,3 +12,4 @@ class Shared:
     dataset: object = None  # gr.Dropdown: the prepared dataset chosen for training and evaluation
     preset: object = None  # gr.State: dict(quant=..., lora={...}, train={...}) chosen in the Presets tab
     hosted: bool = False  # hosted mode (HF Spaces): training and exports need a login
+    on_page_load: list = field(default_factory=list)  # (function, outputs) run when a page (re)loads

@@ -24,7 +24,7 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 VIEWPORT = {"width": 1400, "height": 1000}
-MAX_STEPS = 6  # enough for a loss curve and a stop in the middle; ~1 minute on 2 cores
+MAX_STEPS = 40  # enough steps that Stop lands mid-run even when training is fast (seq 64: ~1 s a step)
 SEQ_LEN = 64  # tokens per packed row: the cpu preset's 512 x 4 take ~30 s a step (docs/images used 128; at 64 a step
 # whose packed row holds only prompt tokens logs loss 0, see docs/reliability.md)
 RUN = "e2e-run"

@@ -25,6 +25,11 @@ def _run_choices() -> list[str]:
     return [r["run"] for r in manager.list_runs()]
 
 
+def _latest_run():
+    choices = _run_choices()  # newest first
+    return gr.Dropdown(choices=choices, value=choices[0] if choices else None)
+
+
 def start(name, dataset, model_ref, settings, max_steps, processes=1):
     from studio.jobs import manager
 
@@ -148,6 +153,6 @@ def build(shared: Shared) -> None:
     delete_btn.click(delete, [run, confirm], [run, confirm])
     outputs = [table, progress, stats, plot, log]
     run.change(poll, run, outputs, api_name="run_status")
-    # runs started elsewhere (CLI, another browser, before a reload) appear when the list is opened
-    run.focus(lambda current: gr.Dropdown(choices=_run_choices(), value=current), run, run)
+    # after a page reload or app restart: list every run (also those started elsewhere), newest selected
+    shared.on_page_load.append((_latest_run, run))
     gr.Timer(POLL_SEC).tick(poll, run, outputs, show_progress="hidden")
