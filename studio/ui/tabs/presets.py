@@ -93,10 +93,10 @@ def estimate(model_choice: str, model_ref: str, device: str, memory_gb: float, *
         return bar_frame({}, memory_gb), f"### Cannot estimate\n{exc}", "", gr.update()
     memory = float(memory_gb or 0)
     if est.fits(memory):
-        verdict = f"### ✅ Fits: about {est.total:.1f} GB of {memory:g} GB ({ref}, {device})"
+        verdict = f"### ✓ Fits: about {est.total:.1f} GB of {memory:g} GB ({ref}, {device})"
     else:
         preset = Preset(quant=settings["quant"], lora=lora, train=train, device=device)
-        verdict = f"### ❌ Does not fit: about {est.total:.1f} GB of {memory:g} GB ({ref}, {device})\n" + \
+        verdict = f"### ✗ Does not fit: about {est.total:.1f} GB of {memory:g} GB ({ref}, {device})\n" + \
             advise(config, preset, memory)
     table = "| part | GB |\n|---|---|\n" + "\n".join(f"| {k} | {v:.2f} |" for k, v in est.breakdown.items())
     return bar_frame(est.breakdown, memory), verdict, table, settings
