@@ -103,25 +103,6 @@ def stream_chat(model, tokenizer, messages: list[dict], settings: GenerationSett
         raise errors[0]
 
 
-# ---------------------------------------------------------------- one loaded copy per (model, quant)
-
-_cache: dict[tuple[str, str], object] = {}
-_cache_lock = threading.Lock()
-
-
-def cached_model(ref: str, quant: str, progress=None):
-    """Load (ref, quant) once per process and share it; the app keeps at most two bases in memory."""
-    from studio.models import load_model
-
-    key = (ref, quant)
-    with _cache_lock:
-        if key not in _cache:
-            if len(_cache) >= 2:
-                _cache.pop(next(iter(_cache)))
-            _cache[key] = load_model(ref, quant, progress=progress or (lambda f, m: None))
-        return _cache[key]
-
-
 # ---------------------------------------------------------------- one base, many adapters
 
 BASE_LABEL = "(base)"  # how the UI and CLI name "no adapter" (adapter=None); no adapter name has "("

@@ -12,26 +12,26 @@ TITLE = "Model"
 
 
 def load(ref: str, quant: str, progress=gr.Progress()):
-    from studio.inference import cached_model
+    from studio.inference import get_engine
     from studio.models import model_info
 
-    try:
-        loaded = cached_model(ref, quant, progress=lambda f, m: progress(f, desc=m))
+    try:  # the same engine the Chat tab uses: the base is loaded once for both tabs
+        engine = get_engine(ref, quant, progress=lambda f, m: progress(f, desc=m))
     except StudioError as exc:
         raise gr.Error(str(exc)) from exc
-    info = model_info(loaded)
+    info = model_info(engine.loaded)
     rows = "\n".join(f"| {k} | {v} |" for k, v in info.items())
     return f"| property | value |\n|---|---|\n{rows}"
 
 
 def generate(ref: str, quant: str, prompt: str, max_new_tokens: float):
-    from studio.inference import GenerationSettings, cached_model, stream_chat
+    from studio.inference import GenerationSettings, get_engine
 
     try:
-        loaded = cached_model(ref, quant)
+        engine = get_engine(ref, quant)
         text = ""
         settings = GenerationSettings(max_new_tokens=int(max_new_tokens))
-        for piece in stream_chat(loaded.model, loaded.tokenizer, [{"role": "user", "content": prompt}], settings):
+        for piece in engine.answer([{"role": "user", "content": prompt}], settings):  # the base, no adapter
             text += piece
             yield text
     except StudioError as exc:
