@@ -363,6 +363,7 @@ def child_inference(job: dict) -> dict:
             with engine.use(name):
                 swaps.append(engine.swap_ms[-1])
     result |= {"adapter_load_ms": load_ms, "swap_ms_mean": round(sum(swaps) / len(swaps), 3),
+               "fold_ms_mean": engine.stats()["mean_fold_ms"],  # merging the active adapter in (Engine._fold)
                "packing_check": packing_check(engine, job["dataset"])}
     merged = merge(job["model_ref"], job["quant"], adapters[first], Path(job["workdir"]) / "merged")
     del engine
@@ -579,7 +580,8 @@ def table(results: dict) -> str:
         for what in ("base", "adapter", "merged"):
             lines.append(f"| {w['workload']['name']} | {what} | {inf[what]['ttft_ms']} | {inf[what]['decode_tok_s']} |")
         lines.append(f"| {w['workload']['name']} | adapter load ms {inf['adapter_load_ms']}, swap "
-                     f"{inf['swap_ms_mean']} ms; packing check {inf['packing_check']} | | |")
+                     f"{inf['swap_ms_mean']} ms, merge into the weights {inf.get('fold_ms_mean')} ms; "
+                     f"packing check {inf['packing_check']} | | |")
     return "\n".join(lines)
 
 

@@ -336,7 +336,28 @@ def _attention_bytes(shape: Shape, train: TrainSpec, act_bytes: int, device: str
 
 
 def estimate_preset(model_config: dict, preset: Preset) -> Estimate:
-    return estimate_memory(model_config, preset.quant, preset.lora, preset.train, preset.device)
+    """What training with this preset peaks at; on CPU for what the recipe runs there (`cpu_pass`)."""
+    train = preset.train
+    if preset.device == "cpu":
+        train = cpu_pass(model_config, preset.quant, preset.lora, train, preset.memory_gb or float("inf"))
+    return estimate_memory(model_config, preset.quant, preset.lora, train, preset.device)
+
+
+def cpu_pass(model_config: dict, quant: str, lora: LoraSpec, train: TrainSpec, memory_gb: float) -> TrainSpec:
+    """What one forward pass of the CPU recipe holds (`jobs.worker.training_args`, `recompute_layers`).
+
+    With packing, one packed row per pass (the micro batch becomes gradient accumulation: the same tokens
+    per step); and no gradient checkpointing when that row fits in `memory_gb` without it, because
+    recomputing every layer costs a third of the step and a CPU machine often has the RAM to spare.
+    """
+    if not train.packing:
+        return train
+    one_row = replace(train, micro_batch=1, grad_accum=train.micro_batch * train.grad_accum)
+    if one_row.gradient_checkpointing:
+        plain = replace(one_row, gradient_checkpointing=False)
+        if estimate_memory(model_config, quant, lora, plain, "cpu").total <= memory_gb:
+            return plain
+    return one_row
 
 
 # ---------------------------------------------------------------- recommendation

@@ -78,7 +78,7 @@ def load_data(spec: RunSpec, tokenizer):
     return prepared, train, evaluation
 
 
-def build_model(spec: RunSpec):
+def build_model(spec: RunSpec, recompute: bool):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     from studio.models import load_model
@@ -89,7 +89,7 @@ def build_model(spec: RunSpec):
     model.config.use_cache = False  # the KV cache is useless in training and breaks checkpointing
     if spec.model.quant in ("4bit", "8bit"):
         model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=spec.train.gradient_checkpointing,
+            model, use_gradient_checkpointing=recompute,
             gradient_checkpointing_kwargs={"use_reentrant": False})
     lora = LoraConfig(r=spec.lora.r, lora_alpha=spec.lora.alpha, lora_dropout=spec.lora.dropout,
                       target_modules=spec.lora.modules(), task_type="CAUSAL_LM")
@@ -97,12 +97,13 @@ def build_model(spec: RunSpec):
 
 
 def trainer_class():
-    """TRL's SFTTrainer; on CPU with the plain causal-LM loss.
+    """TRL's SFTTrainer; on CPU with the plain causal-LM loss, computed only where a label is.
 
     TRL computes its loss through a chunked LM head that also yields per-token entropy and accuracy for
     its logs. That saves memory for big vocabularies on a GPU, but on a CPU it costs about as much as the
-    model itself (docs/benchmarks.md), so there the loss is the model's own: one logits pass and
-    cross-entropy over the same labels (the assistant tokens), normalised by the same token count.
+    model itself (docs/benchmarks.md), so there the loss is the model's own: cross-entropy over the same
+    labels (the assistant tokens), normalised by the same token count. The LM head runs only at positions
+    whose next token is a label: prompt tokens are read, never scored.
     """
     import torch
     from transformers import Trainer
@@ -114,19 +115,73 @@ def trainer_class():
     class CpuSFTTrainer(SFTTrainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             inputs["use_cache"] = False  # packed rows are kept apart only without a KV cache
+            labels = inputs.get("labels")
+            if labels is not None and labels.shape[0] == 1 and _keeps_logits(self.accelerator.unwrap_model(model)):
+                targets = labels[0, 1:]  # logits at position i predict the token at i + 1
+                keep = (targets != -100).nonzero().flatten()
+                inputs["logits_to_keep"] = keep
+                inputs["labels"] = inputs["shift_labels"] = targets[keep][None]  # already aligned: no shift
             return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
                                         num_items_in_batch=num_items_in_batch)
 
     return CpuSFTTrainer
 
 
-def training_args(spec: RunSpec, run_dir: Path, has_eval: bool, foreground: bool):
+def _keeps_logits(model) -> bool:
+    """Whether the model's forward takes `logits_to_keep` (the transformers causal LMs of recent years)."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
+def recompute_layers(spec: RunSpec) -> bool:
+    """Gradient checkpointing as the spec asks, except on a CPU that has the RAM to skip it.
+
+    On CPU with packing each pass is one packed row, a quarter of the memory of a 4-row micro batch;
+    when that pass fits in three quarters of the free RAM (per process) without recomputation, the
+    layers run once instead of twice per step (`presets.cpu_pass`, the same rule the Presets tab shows).
+    """
+    import psutil
+    import torch
+
+    t = spec.train
+    if not t.gradient_checkpointing or not t.packing or torch.cuda.is_available():
+        return t.gradient_checkpointing
+    from studio.presets import cpu_pass, model_shape
+
+    free_gb = psutil.virtual_memory().available / 1e9 * 0.75 / spec.num_processes
+    return cpu_pass(model_shape(spec.model.ref), spec.model.quant, spec.lora, t, free_gb).gradient_checkpointing
+
+
+def autocast_bf16(spec: RunSpec) -> bool:
+    """bf16 autocast when the spec asks for it and the hardware has it (emulated bf16 is slower than fp32)."""
+    import torch
+
+    from studio.models import cpu_has_bf16
+
+    return spec.train.precision == "bf16" and (torch.cuda.is_available() or cpu_has_bf16())
+
+
+def speed_up_cpu(model, spec: RunSpec) -> list[str]:
+    """Apply studio.jobs.cpu_speed to a CPU run; returns what was changed, for the log."""
+    from studio.jobs import cpu_speed
+
+    done = []
+    if spec.train.packing and cpu_speed.use_packed_attention(model):
+        done.append("attention per packed sequence")
+    if cpu_speed.use_fast_dropout(model):
+        done.append("16-bit dropout masks")
+    if autocast_bf16(spec) and cpu_speed.store_frozen_in_bf16(model):
+        done.append("frozen weights in bf16")
+    return done
+
+
+def training_args(spec: RunSpec, run_dir: Path, has_eval: bool, foreground: bool, recompute: bool):
     import importlib.util
 
     import torch
     from trl import SFTConfig
-
-    from studio.models import cpu_has_bf16
 
     t = spec.train
     cuda = torch.cuda.is_available()
@@ -140,14 +195,14 @@ def training_args(spec: RunSpec, run_dir: Path, has_eval: bool, foreground: bool
     # gradient accumulation: the same tokens and the same gradient per optimizer step (the loss is summed over
     # the tokens of all accumulated passes, then divided by their count): 1.1-1.45x faster (docs/benchmarks.md).
     one_row = t.packing and not cuda
-    bf16 = t.precision == "bf16" and (cuda or cpu_has_bf16())  # emulated bf16 on older CPUs is slower than fp32
+    bf16 = autocast_bf16(spec)
     micro_batch, grad_accum = (1, t.micro_batch * t.grad_accum) if one_row else (t.micro_batch, t.grad_accum)
     return SFTConfig(
         output_dir=str(run_dir / "checkpoints"),
         per_device_train_batch_size=micro_batch, per_device_eval_batch_size=micro_batch,
         gradient_accumulation_steps=grad_accum, learning_rate=t.lr, lr_scheduler_type=t.scheduler,
         warmup_steps=t.warmup_ratio, num_train_epochs=t.epochs, max_steps=t.max_steps,
-        gradient_checkpointing=t.gradient_checkpointing,
+        gradient_checkpointing=recompute,
         gradient_checkpointing_kwargs={"use_reentrant": False}, optim=optimizer,
         bf16=bf16, fp16=t.precision == "fp16" and cuda,
         logging_steps=t.logging_steps, logging_first_step=True,
@@ -277,9 +332,16 @@ def train(run_dir: Path, foreground: bool = False) -> str:
     if is_main:
         threading.Thread(target=status.beat_forever, daemon=True).start()
     start = time.time()
-    model, loaded = build_model(spec)
+    recompute = recompute_layers(spec)
+    model, loaded = build_model(spec, recompute)
+    if _device() == "cpu":
+        changes = speed_up_cpu(model, spec)
+        if recompute != spec.train.gradient_checkpointing:
+            changes.append("no gradient checkpointing (one packed row fits in free RAM without it)")
+        print(f"[studio] CPU fast path: {', '.join(changes) or 'nothing applies'}", flush=True)
     prepared, train_ds, eval_ds = load_data(spec, loaded.tokenizer)
-    trainer = trainer_class()(model=model, args=training_args(spec, run_dir, eval_ds is not None, foreground),
+    args = training_args(spec, run_dir, eval_ds is not None, foreground, recompute)
+    trainer = trainer_class()(model=model, args=args,
                          train_dataset=train_ds, eval_dataset=eval_ds, processing_class=loaded.tokenizer,
                          callbacks=[make_callback(run_dir, status, is_main)])
     checkpoint = latest_checkpoint(run_dir)

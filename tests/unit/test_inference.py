@@ -125,4 +125,30 @@ def test_4bit_base_takes_adapters_too(tiny_model_dir, loras):
     base = "".join(engine.answer(ASK, SETTINGS))
     engine.load_adapter("good", loras["good"])
     assert "".join(engine.answer(ASK, SETTINGS, "good")) != base
+    assert engine.stats()["folded"] is None  # merging would round the adapter into 4-bit codes
     assert "".join(engine.answer(ASK, SETTINGS)) == base
+
+
+def test_an_adapter_answering_alone_runs_merged_and_the_base_comes_back_bit_for_bit(tiny_model_dir, loras, tmp_path,
+                                                                                     monkeypatch):
+    import torch
+
+    second = _lora(tiny_model_dir, tmp_path / "second", seed=1)
+    unmerged = Engine(str(tiny_model_dir), "fp32")
+    monkeypatch.setattr(unmerged, "_fold", lambda name: None)  # the reference: PEFT's unmerged LoRA path
+    for name, path in (("good", loras["good"]), ("second", second)):
+        unmerged.load_adapter(name, path)
+    expected = {name: "".join(unmerged.answer(ASK, SETTINGS, name)) for name in (None, "good", "second")}
+
+    engine = Engine(str(tiny_model_dir), "fp32")
+    originals = [(p, p.detach().clone()) for p in engine.model.parameters()]
+    engine.load_adapter("good", loras["good"])
+    engine.load_adapter("second", second)
+    for name in ("good", "second", "good", None, "second", None):  # swaps, folds and restores
+        assert "".join(engine.answer(ASK, SETTINGS, name)) == expected[name]
+        assert engine.stats()["folded"] == name
+    assert all(torch.equal(p, copy) for p, copy in originals)  # not a rounding step of drift
+    "".join(engine.answer(ASK, SETTINGS, "good"))
+    left, right = list(engine.compare(ASK, SETTINGS, "good", None))[-1]  # the mixed batch runs unmerged
+    assert engine.stats()["folded"] is None and (left, right) == (expected["good"], expected[None])
+    assert engine.stats()["mean_fold_ms"] > 0
