@@ -187,7 +187,8 @@ class Engine:
         self.swap_ms: list[float] = []  # every set_adapter call, in milliseconds
         self.fold_ms: list[float] = []  # every merge of an adapter into the weights, in milliseconds
         self._folded: str | None = None  # the PEFT adapter merged into the base weights, if any
-        self._originals: list = []  # (LoRA layer, copy of its base weight) while an adapter is merged
+        self._originals: list = []  # (LoRA layer, its own base weight tensor) while an adapter is merged
+        self._merged_weights: dict = {}  # LoRA layer -> the tensor that holds its merged weight
         self._loads = 0  # adapters attached so far: numbers each PEFT name once
 
     # ------------------------------------------------ adapters
@@ -252,6 +253,7 @@ class Engine:
                 self.load_ms.pop(name, None)
             if peft_name is not None and not self._peft_names:
                 self.model = self.model.unload()  # a PeftModel without adapters cannot generate: unwrap
+                self._merged_weights.clear()
 
     def _peft_name(self, adapter: str) -> str:
         if adapter not in self._peft_names:
@@ -289,31 +291,41 @@ class Engine:
     # ------------------------------------------------ merged decoding
 
     def _fold(self, peft_name: str) -> None:
-        """Merge `peft_name` into the base weights, keeping copies of what it changes.
+        """Merge `peft_name` into the base weights: each touched weight is swapped for a tensor W + BA.
 
         An unmerged LoRA adds two small matmuls to every projection of every token: on a CPU that is
-        10-20% slower decoding than a merged model. Quantized bases are not merged (it would round
-        the adapter into 4/8-bit codes), nor bases whose copies would not fit in a quarter of free memory.
+        10-20% slower decoding than a merged model. The merged weights go to buffers kept for the next
+        fold; the original tensors are never written to, so `_unfold` puts them back exactly.
+        Not merged: quantized bases (it would round the adapter into 4/8-bit codes), LoRA variants such
+        as DoRA, and weights that would not fit in a quarter of the free memory.
         """
+        import torch
         from peft.tuners.lora import LoraLayer
 
         if self.quant in ("4bit", "8bit"):
             return
         layers = [m for m in self.model.modules() if isinstance(m, LoraLayer) and peft_name in m.lora_A]
+        if any(peft_name in m.lora_variant or m.lora_bias[peft_name] for m in layers):
+            return
         weights = [m.get_base_layer().weight for m in layers]
         if sum(w.numel() * w.element_size() for w in weights) > _free_bytes(self.model.device) / 4:
             return
         start = time.perf_counter()
-        self._originals = [(m, w.detach().clone()) for m, w in zip(layers, weights, strict=True)]
         self._folded = peft_name
-        for layer in layers:
-            layer.merge(adapter_names=[peft_name])
+        for layer, weight in zip(layers, weights, strict=True):
+            merged = self._merged_weights.get(layer)  # reused: fresh memory would page-fault on every swap
+            if merged is None:
+                merged = self._merged_weights[layer] = torch.empty_like(weight.data)
+            torch.add(weight.data, layer.get_delta_weight(peft_name).to(weight.dtype), out=merged)
+            self._originals.append((layer, weight.data))
+            weight.data = merged
+            layer.merged_adapters.append(peft_name)  # PEFT's forward now runs the base layer alone
         self.fold_ms.append((time.perf_counter() - start) * 1000)
 
     def _unfold(self) -> None:
-        """Put back the base weights copied by `_fold`: exactly the weights before the merge."""
-        for layer, weight in self._originals:
-            layer.get_base_layer().weight.data.copy_(weight)
+        """Put back the base weights `_fold` replaced: the same tensors, never written to."""
+        for layer, original in self._originals:
+            layer.get_base_layer().weight.data = original
             layer.merged_adapters.clear()
         self._originals, self._folded = [], None
 
