@@ -354,8 +354,11 @@ class Engine:
 
         def work(streamer, cancel, record) -> None:
             record["prompt_tokens"] = int(input_ids.shape[1])
+            folds = len(self.fold_ms)
             with self.use(adapter):
+                record["adapter"] = adapter
                 record["swap_ms"] = self.swap_ms[-1] if adapter is not None else 0.0
+                record["merge_ms"] = self.fold_ms[-1] if len(self.fold_ms) > folds else 0.0
                 self._generate(input_ids, settings, streamer, cancel)
 
         shown = ""

@@ -86,7 +86,11 @@ def _engine(ref: str, quant: str, progress=None):
 
 def _timing(engine, stats: dict, label: str) -> str:
     s = engine.stats()
-    swap = f"{stats['swap_ms']:.2f} ms" if stats.get("swap_ms") else "none (base)"
+    if stats.get("adapter") is None:
+        swap = "none (base)"
+    else:
+        swap = f"{stats['swap_ms']:.2f} ms" if stats.get("swap_ms") else "none (already active)"
+        swap += f", merged into the weights in {stats['merge_ms']:.0f} ms" if stats.get("merge_ms") else ""
     return (f"<span id='swap-ms-value'>{label}: swap {swap} · {stats.get('tokens', 0)} tokens at "
             f"{stats.get('tokens_per_s') or 0} tok/s · mean set_adapter {s['mean_swap_ms'] or 0} ms over "
             f"{s['swaps']} swaps · adapters loaded: {', '.join(s['adapters']) or 'none'}</span>")
