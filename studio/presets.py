@@ -343,6 +343,20 @@ def estimate_preset(model_config: dict, preset: Preset) -> Estimate:
     return estimate_memory(model_config, preset.quant, preset.lora, train, preset.device)
 
 
+def cpu_note(model_config: dict, preset: Preset) -> str:
+    """One line on what the CPU recipe changes in a preset's pass ("" on CUDA or when nothing changes)."""
+    if preset.device != "cpu":
+        return ""
+    t = preset.train
+    run = cpu_pass(model_config, preset.quant, preset.lora, t, preset.memory_gb or float("inf"))
+    parts = []
+    if run.micro_batch != t.micro_batch:
+        parts.append(f"runs one packed row per pass ({t.micro_batch} rows per step by accumulation)")
+    if t.gradient_checkpointing and not run.gradient_checkpointing:
+        parts.append("skips gradient checkpointing, since that pass fits without it (1.5x faster)")
+    return f"On CPU the studio {' and '.join(parts)}; the estimate is for that." if parts else ""
+
+
 def cpu_pass(model_config: dict, quant: str, lora: LoraSpec, train: TrainSpec, memory_gb: float) -> TrainSpec:
     """What one forward pass of the CPU recipe holds (`jobs.worker.training_args`, `recompute_layers`).
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from studio.config import QUANT_MODES
+from studio.config import QUANT_MODES, replace
 
 
 def add(sub) -> None:
@@ -56,6 +56,7 @@ def estimate(args) -> int:
 
     preset = apply_overrides(load_preset(args.preset), args)
     memory = args.memory_gb if args.memory_gb is not None else preset.memory_gb
+    preset = replace(preset, memory_gb=memory)  # on CPU the recipe's pass depends on the memory (cpu_pass)
     est = estimate_preset(model_shape(args.model), preset)
     verdict = "fits" if est.fits(memory) else "does not fit"
     if args.json:
@@ -67,6 +68,10 @@ def estimate(args) -> int:
           f"batch {t.micro_batch}, checkpointing {'on' if t.gradient_checkpointing else 'off'}, {preset.device}")
     print(est.table())
     print(f"verdict: {verdict} in {memory:g} GB ({est.total:.2f} GB estimated)")
+    from studio.presets import cpu_note
+
+    if note := cpu_note(model_shape(args.model), preset):
+        print(note)
     if not est.fits(memory):
         from studio.presets import advise
 

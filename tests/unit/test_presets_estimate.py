@@ -146,3 +146,20 @@ def test_cli_estimate_bad_input_is_a_clear_error():
     assert out.returncode == 2 and "lora.r" in out.stderr
     out = _cli("estimate", "--model", "nowhere/nothing", "--preset", "8gb")
     assert out.returncode == 2 and "fix:" in out.stderr
+
+
+def test_cpu_estimate_is_for_the_pass_the_cpu_recipe_runs():
+    from studio.config import replace
+
+    cpu = presets.load_preset("cpu")
+    shape = presets.model_shape("bundled")
+    one_row = replace(cpu.train, micro_batch=1, grad_accum=cpu.train.micro_batch * cpu.train.grad_accum)
+    roomy = presets.estimate_preset(shape, cpu)  # 8 GB: one packed row, no recomputation
+    assert roomy.total == presets.estimate_memory(shape, cpu.quant, cpu.lora,
+                                                  replace(one_row, gradient_checkpointing=False), "cpu").total
+    assert "skips gradient checkpointing" in presets.cpu_note(shape, cpu)
+    tight = replace(cpu, memory_gb=2.0)  # the row does not fit without recomputation: keep checkpointing
+    assert presets.estimate_preset(shape, tight).total == presets.estimate_memory(
+        shape, cpu.quant, cpu.lora, one_row, "cpu").total < roomy.total
+    assert "checkpointing" not in presets.cpu_note(shape, tight)
+    assert presets.cpu_note(shape, presets.load_preset("8gb")) == ""  # CUDA runs the preset as written

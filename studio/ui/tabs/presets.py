@@ -81,23 +81,25 @@ def _int(value):
 
 def estimate(model_choice: str, model_ref: str, device: str, memory_gb: float, *values):
     """Every change lands here: (bar data, verdict markdown, breakdown table, settings dict)."""
-    from studio.presets import advise, estimate_memory, model_shape
+    from studio.presets import advise, cpu_note, estimate_preset, model_shape
 
     ref = model_ref if model_choice == FROM_MODEL_TAB else model_choice
+    memory = float(memory_gb or 0)
     try:
         settings = settings_from(list(values))
         config = model_shape(ref)
         lora, train = LoraSpec(**settings["lora"]), TrainSpec(**settings["train"])
-        est = estimate_memory(config, settings["quant"], lora, train, device)
+        preset = Preset(quant=settings["quant"], lora=lora, train=train, device=device, memory_gb=memory)
+        est = estimate_preset(config, preset)
     except StudioError as exc:
         return bar_frame({}, memory_gb), f"### Cannot estimate\n{exc}", "", gr.update()
-    memory = float(memory_gb or 0)
     if est.fits(memory):
         verdict = f"### ✓ Fits: about {est.total:.1f} GB of {memory:g} GB ({ref}, {device})"
     else:
-        preset = Preset(quant=settings["quant"], lora=lora, train=train, device=device)
         verdict = f"### ✗ Does not fit: about {est.total:.1f} GB of {memory:g} GB ({ref}, {device})\n" + \
             advise(config, preset, memory)
+    if note := cpu_note(config, preset):
+        verdict += "\n\n" + note
     table = "| part | GB |\n|---|---|\n" + "\n".join(f"| {k} | {v:.2f} |" for k, v in est.breakdown.items())
     return bar_frame(est.breakdown, memory), verdict, table, settings
 
