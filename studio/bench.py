@@ -3,7 +3,8 @@
 Training. Each side trains the same LoRA on the same prepared dataset for the same number of steps,
 with the same batch, learning rate and seed, each in its own subprocess (so peak RSS is clean):
 - studio: the real recipe, `studio.jobs.worker.train` on a run folder made by `jobs.manager.create`
-  (TRL SFTTrainer, padding-free packing, TRL's chunked LM-head loss, Liger kernels on CUDA);
+  (TRL SFTTrainer, padding-free packing; on CUDA TRL's chunked LM-head loss and Liger kernels, on CPU
+  the fast path of `studio.jobs.cpu_speed`);
 - baseline: plain transformers `Trainer` + PEFT, rows padded to the longest in the batch
   (DataCollatorForSeq2Seq), SDPA attention, no packing, no fused kernels (+ bitsandbytes for 4-bit).
 Both are timed by the same callback: real (non-padding) tokens per second and seconds per step over
@@ -14,6 +15,8 @@ Sides run interleaved (baseline, studio, baseline, studio, ...) so load on a sha
 Inference (CPU workload): time to first token and decode tokens/s at batch 1 for the base, with an
 adapter active, and merged (through `studio.inference.Engine`), adapter load and swap times, and a
 packing check: one batch of rows scored padded and packed (padding-free) must give the same loss.
+CPU fast path (`child_parts`): one packed row timed forward + backward with each change of the CPU
+recipe added in turn, so each change's share of the speed-up is on record.
 
 Workloads: on CPU the bundled model on the medical sample (or `--model REF`); on CUDA random-weight
 models built from studio/shapes (TinyLlama-1.1B and Llama-3-8B shapes, 4-bit, seq 2048).
@@ -71,6 +74,7 @@ class Workload:
     repeats: int = 1  # train every variant this many times, interleaved
     inference: bool = True
     new_tokens: int = 64  # tokens generated per inference measurement
+    parts: int = 0  # rounds of timing the CPU fast path one change at a time (child_parts); 0: none
 
 
 def cpu_workloads(model_ref: str, quick: bool, smoke: bool, cpu_bf16: bool, steps: int | None = None
@@ -86,7 +90,8 @@ def cpu_workloads(model_ref: str, quick: bool, smoke: bool, cpu_bf16: bool, step
     variants = [(side, p) for p in precisions for side in ("baseline", "studio")]
     return [Workload(name="cpu-" + ("tiny" if smoke else "bundled"), model_ref=model_ref, quant=preset.quant,
                      max_len=128 if smoke else preset.train.max_seq_len, lora=preset.lora, train=train,
-                     variants=variants, repeats=1 if quick or smoke else 2, new_tokens=4 if smoke else 64)]
+                     variants=variants, repeats=1 if quick or smoke else 2, new_tokens=4 if smoke else 64,
+                     parts=1 if quick or smoke else 2)]
 
 
 def cuda_workloads(quick: bool, steps: int | None = None) -> list[Workload]:
@@ -373,6 +378,91 @@ def child_inference(job: dict) -> dict:
     return result
 
 
+# Cumulative: each change of the CPU recipe (studio/jobs/cpu_speed.py, worker.CpuSFTTrainer) added to the row above.
+PARTS = ["as the preset is written: recompute, every logit, nn.Dropout, masked SDPA",
+         "+ no recompute (presets.cpu_pass)", "+ logits only where a label is", "+ attention per packed sequence",
+         "+ 16-bit dropout masks", "+ frozen weights stored in bf16"]
+
+
+def child_parts(job: dict) -> dict:
+    """Forward + backward of one packed row of the data under each change; the best of `repeats` rounds."""
+    bf16 = job["precision"] == "bf16"
+    row = _packed_row(job["dataset"], job["max_len"])
+    levels = range(len(PARTS) if bf16 else len(PARTS) - 1)  # bf16 storage only matters under bf16 autocast
+    best: dict[int, float] = {}
+    for _ in range(job["repeats"]):  # rounds through every level, so a busy moment hits all of them alike
+        for level in levels:
+            model = _parts_model(job, level, bf16)
+            best[level] = min(best.get(level, float("inf")), _time_passes(model, row, level, bf16, job["passes"]))
+            del model
+    tokens = int(row["input_ids"].shape[1])
+    return {"precision": job["precision"], "tokens": tokens, "sequences": len(row["cu_seq_lens_q"]) - 1,
+            "rows": [{"change": PARTS[level], "s_per_pass": round(best[level], 3),
+                      "tokens_per_s": round(tokens / best[level], 1)} for level in levels]}
+
+
+def _packed_row(dataset: str, max_len: int) -> dict:
+    """The first training rows packed into one row, by TRL's own padding-free collator."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from studio.data.store import load_prepared
+
+    rows, total = [], 0
+    for row in load_prepared(dataset).train:
+        if total + len(row["input_ids"]) > max_len:
+            break
+        rows.append({"input_ids": row["input_ids"], "assistant_masks": row["assistant_masks"]})
+        total += len(row["input_ids"])
+    return DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)(rows)
+
+
+def _parts_model(job: dict, level: int, bf16: bool):
+    from peft import LoraConfig, get_peft_model
+
+    from studio.jobs import cpu_speed
+    from studio.models import load_model
+
+    model = load_model(job["model_ref"], job["quant"]).model
+    model.config.use_cache = False
+    if level == 0:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    lora = job["lora"]
+    model = get_peft_model(model, LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+                                             target_modules=LoraSpec(**lora).modules(), task_type="CAUSAL_LM"))
+    if level >= 3:
+        cpu_speed.use_packed_attention(model)
+    if level >= 4:
+        cpu_speed.use_fast_dropout(model)
+    if level >= 5:
+        cpu_speed.store_frozen_in_bf16(model)
+    return model.train()
+
+
+def _time_passes(model, row: dict, level: int, bf16: bool, passes: int) -> float:
+    """Seconds per forward + backward pass (the fastest of `passes`, after one warm-up pass)."""
+    import torch
+
+    inputs = {k: row[k] for k in ("input_ids", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k",
+                                  "max_length_q", "max_length_k")}
+    labels = row["labels"]
+    if level >= 2:  # as worker.CpuSFTTrainer.compute_loss does it
+        targets = labels[0, 1:]
+        keep = (targets != -100).nonzero().flatten()
+        inputs |= {"logits_to_keep": keep, "labels": targets[keep][None], "shift_labels": targets[keep][None]}
+    else:
+        inputs["labels"] = labels
+    times = []
+    for _ in range(passes + 1):
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model(**inputs, use_cache=False).loss
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - start)
+    return min(times[1:])
+
+
 def _generate(engine, settings, adapter: str | None) -> dict:
     """One streamed answer at batch 1: time to first token, then decode tokens/s over the rest."""
     stats: dict = {}
@@ -434,7 +524,7 @@ def _summed_nll(model, batch: dict) -> float:
 
 
 CHILDREN = {"studio": child_studio, "baseline": child_baseline, "heldout": child_heldout,
-            "inference": child_inference}
+            "inference": child_inference, "parts": child_parts}
 
 
 def child_main(job_file: str) -> int:
@@ -501,6 +591,12 @@ def run_workload(workload: Workload, workdir: Path, threads: int | None) -> dict
                                                    "adapters": first, "dataset": dataset, "workdir": str(workdir),
                                                    "new_tokens": workload.new_tokens},
                                      workdir, f"{workload.name}-inference", threads)
+    if workload.parts:
+        precision = workload.variants[-1][1]  # the last precision: bf16 where the CPU has it
+        out["parts"] = run_child("parts", {"model_ref": model_ref, "quant": workload.quant, "dataset": dataset,
+                                           "max_len": workload.max_len, "precision": precision,
+                                           "lora": asdict(workload.lora), "repeats": workload.parts, "passes": 2},
+                                 workdir, f"{workload.name}-parts", threads)
     return out
 
 
@@ -582,6 +678,13 @@ def table(results: dict) -> str:
         lines.append(f"| {w['workload']['name']} | adapter load ms {inf['adapter_load_ms']}, swap "
                      f"{inf['swap_ms_mean']} ms, merge into the weights {inf.get('fold_ms_mean')} ms; "
                      f"packing check {inf['packing_check']} | | |")
+    for w in results["workloads"]:
+        parts = w.get("parts")
+        if parts:
+            lines += ["", f"| CPU fast path, one change at a time ({parts['precision']}, one packed row of "
+                      f"{parts['tokens']} tokens, {parts['sequences']} sequences) | s per pass | tok/s |",
+                      "|---|---|---|"]
+            lines += [f"| {r['change']} | {r['s_per_pass']} | {r['tokens_per_s']} |" for r in parts["rows"]]
     return "\n".join(lines)
 
 

@@ -291,7 +291,8 @@ def estimate_memory(model_config: dict, quant: str, lora: LoraSpec, train: Train
     act_bytes = 2 if quant in ("bf16", "fp16") else 4  # k-bit training upcasts norms/embeddings, so fp32 flows
     tokens = train.micro_batch * train.max_seq_len
     layer = tokens * (LAYER_HIDDEN_COPIES * shape.hidden + LAYER_INTER_COPIES * shape.inter) * act_bytes
-    attention = _attention_bytes(shape, train, act_bytes, device)
+    # The CPU recipe's attention for packed rows (jobs.cpu_speed) runs the flash kernel per sequence: no scores kept.
+    attention = 0.0 if device == "cpu" and train.packing else _attention_bytes(shape, train, act_bytes, device)
     if train.gradient_checkpointing:  # layer inputs saved, one layer recomputed at a time in backward
         activations = shape.layers * tokens * shape.hidden * act_bytes + layer + attention
     else:  # every layer keeps its whole working set until backward reaches it
@@ -343,6 +344,9 @@ def estimate_preset(model_config: dict, preset: Preset) -> Estimate:
     return estimate_memory(model_config, preset.quant, preset.lora, train, preset.device)
 
 
+CPU_PASS_TOKENS = 1024  # a CPU pass packs rows up to about this many tokens: per-pass overhead is then small
+
+
 def cpu_note(model_config: dict, preset: Preset) -> str:
     """One line on what the CPU recipe changes in a preset's pass ("" on CUDA or when nothing changes)."""
     if preset.device != "cpu":
@@ -351,27 +355,35 @@ def cpu_note(model_config: dict, preset: Preset) -> str:
     run = cpu_pass(model_config, preset.quant, preset.lora, t, preset.memory_gb or float("inf"))
     parts = []
     if run.micro_batch != t.micro_batch:
-        parts.append(f"runs one packed row per pass ({t.micro_batch} rows per step by accumulation)")
+        rows = "one packed row" if run.micro_batch == 1 else f"{run.micro_batch} packed rows"
+        parts.append(f"runs {rows} per pass ({t.micro_batch * t.grad_accum} rows per step by accumulation)")
     if t.gradient_checkpointing and not run.gradient_checkpointing:
         parts.append("skips gradient checkpointing, since that pass fits without it (1.5x faster)")
     return f"On CPU the studio {' and '.join(parts)}; the estimate is for that." if parts else ""
 
 
 def cpu_pass(model_config: dict, quant: str, lora: LoraSpec, train: TrainSpec, memory_gb: float) -> TrainSpec:
-    """What one forward pass of the CPU recipe holds (`jobs.worker.training_args`, `recompute_layers`).
+    """What one forward pass of the CPU recipe holds (`jobs.worker.pass_plan`).
 
-    With packing, one packed row per pass (the micro batch becomes gradient accumulation: the same tokens
-    per step); and no gradient checkpointing when that row fits in `memory_gb` without it, because
-    recomputing every layer costs a third of the step and a CPU machine often has the RAM to spare.
+    With packing, the packed rows of a step are split into passes of about CPU_PASS_TOKENS tokens (the rest
+    of the step is gradient accumulation: the same tokens and the same gradient per step). Gradient
+    checkpointing is dropped when such a pass fits in `memory_gb` without it, because recomputing every
+    layer costs a third of the step and a CPU machine often has the RAM to spare; when none fits, one row
+    per pass with checkpointing as the preset says.
     """
     if not train.packing:
         return train
-    one_row = replace(train, micro_batch=1, grad_accum=train.micro_batch * train.grad_accum)
-    if one_row.gradient_checkpointing:
-        plain = replace(one_row, gradient_checkpointing=False)
+    rows = train.micro_batch * train.grad_accum  # packed rows per optimizer step
+    widest = max(1, min(train.micro_batch, CPU_PASS_TOKENS // train.max_seq_len))
+    for per_pass in range(widest, 0, -1):
+        if rows % per_pass:
+            continue
+        plain = replace(train, micro_batch=per_pass, grad_accum=rows // per_pass, gradient_checkpointing=False)
+        if not train.gradient_checkpointing:
+            return plain
         if estimate_memory(model_config, quant, lora, plain, "cpu").total <= memory_gb:
             return plain
-    return one_row
+    return replace(train, micro_batch=1, grad_accum=rows)
 
 
 # ---------------------------------------------------------------- recommendation

@@ -1,19 +1,18 @@
 """The CPU fast path of the training recipe. Each piece is measured in docs/benchmarks.md.
 
-On a CPU the recipe gives every packed row its own forward pass (`worker.training_args`). What is
-left to make that pass cheap, without changing what is learned:
+On a CPU the recipe splits each step into passes of about 1,024 packed tokens and drops gradient
+checkpointing when such a pass fits in RAM (`presets.cpu_pass`). What makes a pass cheap, without
+changing what is learned:
 
 - **attention per packed sequence**: the row holds several conversations. SDPA with a block-diagonal
   mask computes every masked block; one causal SDPA call per conversation computes only what is
   used (the varlen idea of flash attention, with the `cu_seq_lens` TRL's collator already sends);
 - **LoRA dropout from 16-bit random numbers**: `nn.Dropout` draws one random number per element, and
   on a CPU that costs almost a fifth of the step. Four 16-bit draws per 64-bit random number give
-  the same drop rate to 1/65,536;
+  the same drop rate to 1/65,536 (under autocast the mask is applied to the bf16 copy the LoRA
+  matmul needs anyway);
 - **frozen base weights stored in bf16** when the run trains under bf16 autocast: autocast casts every
-  frozen weight to bf16 on every forward pass; storing them in bf16 does it once (same numbers);
-- **no recomputation when memory allows** (`presets.cpu_recompute`): one packed row per pass needs
-  far less memory than the preset's micro batch, so on a machine with the RAM to spare the layers are
-  not run twice.
+  frozen weight to bf16 on every forward pass; storing them in bf16 does it once (same numbers).
 The worker's CPU trainer also computes logits only where a label is (prompt tokens need no LM head).
 """
 
@@ -102,6 +101,9 @@ class FastDropout(torch.nn.Module):
     def forward(self, x):
         if not self.training or self.p == 0.0:
             return x
+        device = x.device.type
+        if torch.is_autocast_enabled(device):  # the LoRA matmul next would cast to bf16 anyway: mask half the bytes
+            x = x.to(torch.get_autocast_dtype(device))
         return _Dropout.apply(x, self.p)
 
     def extra_repr(self) -> str:

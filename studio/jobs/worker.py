@@ -135,23 +135,23 @@ def _keeps_logits(model) -> bool:
     return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
-def recompute_layers(spec: RunSpec) -> bool:
-    """Gradient checkpointing as the spec asks, except on a CPU that has the RAM to skip it.
+def pass_plan(spec: RunSpec):
+    """The TrainSpec the trainer runs: as written on CUDA; on CPU with packing, `presets.cpu_pass`.
 
-    On CPU with packing each pass is one packed row, a quarter of the memory of a 4-row micro batch;
-    when that pass fits in three quarters of the free RAM (per process) without recomputation, the
-    layers run once instead of twice per step (`presets.cpu_pass`, the same rule the Presets tab shows).
+    On CPU the packed rows of a step go through in passes of about 1,024 tokens (the rest is gradient
+    accumulation), and gradient checkpointing is skipped when such a pass fits in three quarters of the
+    free RAM (per process) without it: the same rule the Presets tab shows.
     """
     import psutil
     import torch
 
     t = spec.train
-    if not t.gradient_checkpointing or not t.packing or torch.cuda.is_available():
-        return t.gradient_checkpointing
+    if not t.packing or torch.cuda.is_available():
+        return t
     from studio.presets import cpu_pass, model_shape
 
     free_gb = psutil.virtual_memory().available / 1e9 * 0.75 / spec.num_processes
-    return cpu_pass(model_shape(spec.model.ref), spec.model.quant, spec.lora, t, free_gb).gradient_checkpointing
+    return cpu_pass(model_shape(spec.model.ref), spec.model.quant, spec.lora, t, free_gb)
 
 
 def autocast_bf16(spec: RunSpec) -> bool:
@@ -177,32 +177,26 @@ def speed_up_cpu(model, spec: RunSpec) -> list[str]:
     return done
 
 
-def training_args(spec: RunSpec, run_dir: Path, has_eval: bool, foreground: bool, recompute: bool):
+def training_args(spec: RunSpec, run_dir: Path, has_eval: bool, foreground: bool, plan=None):
+    """SFTConfig for the spec; `plan` (from `pass_plan`) sets the rows per pass, accumulation and checkpointing."""
     import importlib.util
 
     import torch
     from trl import SFTConfig
 
-    t = spec.train
+    t = plan or spec.train
     cuda = torch.cuda.is_available()
     optimizer = t.optimizer
     if not cuda and optimizer in ("paged_adamw_8bit", "adamw_8bit", "adamw_torch_fused"):
         optimizer = "adamw_torch"  # paged / 8-bit optimizers need CUDA; plain AdamW is exact on CPU
     evaluate = has_eval and t.eval_steps > 0
-    # Padding-free packing concatenates a micro batch into one row with a block-diagonal mask. CPU attention
-    # cannot skip the masked blocks (4 rows of 512 cost 4x the attention of 4 separate passes) and TRL's LM-head
-    # tiles grow with the row, so on CPU each packed row gets its own forward pass and the micro batch turns into
-    # gradient accumulation: the same tokens and the same gradient per optimizer step (the loss is summed over
-    # the tokens of all accumulated passes, then divided by their count): 1.1-1.45x faster (docs/benchmarks.md).
-    one_row = t.packing and not cuda
     bf16 = autocast_bf16(spec)
-    micro_batch, grad_accum = (1, t.micro_batch * t.grad_accum) if one_row else (t.micro_batch, t.grad_accum)
     return SFTConfig(
         output_dir=str(run_dir / "checkpoints"),
-        per_device_train_batch_size=micro_batch, per_device_eval_batch_size=micro_batch,
-        gradient_accumulation_steps=grad_accum, learning_rate=t.lr, lr_scheduler_type=t.scheduler,
+        per_device_train_batch_size=t.micro_batch, per_device_eval_batch_size=t.micro_batch,
+        gradient_accumulation_steps=t.grad_accum, learning_rate=t.lr, lr_scheduler_type=t.scheduler,
         warmup_steps=t.warmup_ratio, num_train_epochs=t.epochs, max_steps=t.max_steps,
-        gradient_checkpointing=recompute,
+        gradient_checkpointing=t.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False}, optim=optimizer,
         bf16=bf16, fp16=t.precision == "fp16" and cuda,
         logging_steps=t.logging_steps, logging_first_step=True,
@@ -332,15 +326,17 @@ def train(run_dir: Path, foreground: bool = False) -> str:
     if is_main:
         threading.Thread(target=status.beat_forever, daemon=True).start()
     start = time.time()
-    recompute = recompute_layers(spec)
-    model, loaded = build_model(spec, recompute)
+    plan = pass_plan(spec)
+    model, loaded = build_model(spec, plan.gradient_checkpointing)
     if _device() == "cpu":
         changes = speed_up_cpu(model, spec)
-        if recompute != spec.train.gradient_checkpointing:
-            changes.append("no gradient checkpointing (one packed row fits in free RAM without it)")
+        if plan.micro_batch != spec.train.micro_batch:
+            changes.append(f"{plan.micro_batch} packed row(s) per pass, {plan.grad_accum} passes per step")
+        if plan.gradient_checkpointing != spec.train.gradient_checkpointing:
+            changes.append("no gradient checkpointing (a pass fits in free RAM without it)")
         print(f"[studio] CPU fast path: {', '.join(changes) or 'nothing applies'}", flush=True)
     prepared, train_ds, eval_ds = load_data(spec, loaded.tokenizer)
-    args = training_args(spec, run_dir, eval_ds is not None, foreground, recompute)
+    args = training_args(spec, run_dir, eval_ds is not None, foreground, plan)
     trainer = trainer_class()(model=model, args=args,
                          train_dataset=train_ds, eval_dataset=eval_ds, processing_class=loaded.tokenizer,
                          callbacks=[make_callback(run_dir, status, is_main)])

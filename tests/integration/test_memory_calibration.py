@@ -63,7 +63,7 @@ def measure(model_dir, seq: int, batch: int, checkpointing: bool) -> float:
 def test_cpu_estimate_matches_measured_peak_rss(bundled_dir, seq, batch, checkpointing):
     measured = measure(bundled_dir, seq, batch, checkpointing)
     train = TrainSpec(max_seq_len=seq, micro_batch=batch, gradient_checkpointing=checkpointing,
-                      optimizer="adamw_torch", precision="fp32")
+                      optimizer="adamw_torch", precision="fp32", packing=False)  # plain HF: padded rows, SDPA
     est = estimate_memory(model_shape(str(bundled_dir)), "fp32", LoraSpec(r=16), train, device="cpu")
     print(f"seq {seq} batch {batch} checkpointing {checkpointing}: measured {measured:.2f} GB, "
           f"estimated {est.total:.2f} GB")

@@ -28,9 +28,13 @@ def test_smoke_run_measures_both_sides_and_writes_the_tables(tmp_path, tiny_mode
     for what in ("base", "adapter", "merged"):
         assert inference[what]["tokens"] > 0 and inference[what]["ttft_ms"] > 0
     assert set(inference["adapter_load_ms"]) == {"baseline-fp32", "studio-fp32"}
-    assert inference["swap_ms_mean"] >= 0
+    assert inference["swap_ms_mean"] >= 0 and inference["fold_ms_mean"] > 0  # the active adapter decodes merged
+    parts = workload["parts"]  # the CPU fast path timed one change at a time
+    assert [r["change"] for r in parts["rows"]] == bench.PARTS[:len(parts["rows"])] and len(parts["rows"]) >= 5
+    assert parts["sequences"] >= 1 and all(r["tokens_per_s"] > 0 for r in parts["rows"])
     table = out.with_suffix(".md").read_text()
     assert "| cpu-tiny | fp32 | baseline |" in table and "| cpu-tiny | fp32 | studio |" in table
+    assert "| + attention per packed sequence |" in table
     assert "real tok/s" in capsys.readouterr().out  # the table is printed too
 
 

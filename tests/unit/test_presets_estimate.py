@@ -153,12 +153,14 @@ def test_cpu_estimate_is_for_the_pass_the_cpu_recipe_runs():
 
     cpu = presets.load_preset("cpu")
     shape = presets.model_shape("bundled")
-    one_row = replace(cpu.train, micro_batch=1, grad_accum=cpu.train.micro_batch * cpu.train.grad_accum)
-    roomy = presets.estimate_preset(shape, cpu)  # 8 GB: one packed row, no recomputation
-    assert roomy.total == presets.estimate_memory(shape, cpu.quant, cpu.lora,
-                                                  replace(one_row, gradient_checkpointing=False), "cpu").total
-    assert "skips gradient checkpointing" in presets.cpu_note(shape, cpu)
-    tight = replace(cpu, memory_gb=2.0)  # the row does not fit without recomputation: keep checkpointing
+    rows = cpu.train.micro_batch * cpu.train.grad_accum
+    two_rows = replace(cpu.train, micro_batch=2, grad_accum=rows // 2, gradient_checkpointing=False)
+    roomy = presets.estimate_preset(shape, cpu)  # 8 GB: 2 packed rows of 512 per pass, no recomputation
+    assert roomy.total == presets.estimate_memory(shape, cpu.quant, cpu.lora, two_rows, "cpu").total
+    note = presets.cpu_note(shape, cpu)
+    assert "2 packed rows per pass" in note and "skips gradient checkpointing" in note
+    tight = replace(cpu, memory_gb=2.0)  # no pass fits without recomputation: one row, checkpointing kept
+    one_row = replace(cpu.train, micro_batch=1, grad_accum=rows)
     assert presets.estimate_preset(shape, tight).total == presets.estimate_memory(
         shape, cpu.quant, cpu.lora, one_row, "cpu").total < roomy.total
     assert "checkpointing" not in presets.cpu_note(shape, tight)

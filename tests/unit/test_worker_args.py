@@ -17,19 +17,20 @@ def test_bf16_autocast_only_where_the_cpu_has_native_bf16(tmp_path, monkeypatch)
     from studio.jobs.worker import training_args
 
     monkeypatch.setattr(studio.models, "cpu_has_bf16", lambda: True)
-    assert training_args(_spec(), tmp_path, True, False, True).bf16
+    assert training_args(_spec(), tmp_path, True, False).bf16
     monkeypatch.setattr(studio.models, "cpu_has_bf16", lambda: False)
-    assert not training_args(_spec(), tmp_path, True, False, True).bf16  # emulated bf16 would be slower than fp32
+    assert not training_args(_spec(), tmp_path, True, False).bf16  # emulated bf16 would be slower than fp32
 
 
-def test_cpu_packing_runs_one_row_per_pass_with_the_same_tokens_per_step(tmp_path):
-    from studio.jobs.worker import training_args
+def test_cpu_packing_splits_a_step_into_passes_with_the_same_rows_per_step(tmp_path):
+    from studio.jobs.worker import pass_plan, training_args
 
     spec = _spec()
-    args = training_args(spec, tmp_path, True, False, True)
-    assert args.per_device_train_batch_size == 1
-    assert args.gradient_accumulation_steps == spec.train.micro_batch * spec.train.grad_accum
-    assert args.optim == "adamw_torch" and args.packing
+    plan = pass_plan(spec)
+    args = training_args(spec, tmp_path, True, False, plan)
+    assert args.per_device_train_batch_size == 2  # 2 packed rows of 512: about 1,024 tokens per pass
+    assert args.per_device_train_batch_size * args.gradient_accumulation_steps == spec.train.micro_batch
+    assert args.optim == "adamw_torch" and args.packing and not args.gradient_checkpointing
 
 
 def test_cpu_trainer_uses_the_plain_causal_lm_loss():
@@ -41,19 +42,19 @@ def test_cpu_trainer_uses_the_plain_causal_lm_loss():
     assert issubclass(cls, SFTTrainer) and cls.compute_loss is not SFTTrainer.compute_loss
 
 
-def test_cpu_skips_recomputation_only_when_a_packed_row_fits_in_free_ram(monkeypatch):
+def test_cpu_skips_recomputation_only_when_a_pass_fits_in_free_ram(monkeypatch):
     import psutil
 
     from studio.config import replace
-    from studio.jobs.worker import recompute_layers
+    from studio.jobs.worker import pass_plan
 
     spec = _spec()
-    assert spec.train.gradient_checkpointing and not recompute_layers(spec)  # 3.3 GB estimate, GBs free here
+    assert spec.train.gradient_checkpointing and not pass_plan(spec).gradient_checkpointing  # 3.4 GB, GBs free
     huge = replace(spec, train=replace(spec.train, max_seq_len=65536))  # ~190 GB of activations without it
-    assert recompute_layers(huge)
-    assert not recompute_layers(replace(spec, train=replace(spec.train, gradient_checkpointing=False)))
+    assert pass_plan(huge).gradient_checkpointing and pass_plan(huge).micro_batch == 1
+    assert not pass_plan(replace(spec, train=replace(spec.train, gradient_checkpointing=False))).gradient_checkpointing
 
     class Full:
         available = 1e9  # 1 GB free: recompute even the small row
     monkeypatch.setattr(psutil, "virtual_memory", lambda: Full())
-    assert recompute_layers(spec)
+    assert pass_plan(spec).gradient_checkpointing and pass_plan(spec).micro_batch == 1
