@@ -278,15 +278,13 @@ class Engine:
                 return
             peft_name = self._peft_name(adapter)
             if self._folded != peft_name:
-                self._unfold()  # PEFT would unmerge by subtraction, which drifts: restore the copies instead
+                self._unfold()  # PEFT would unmerge by subtraction, which drifts: put the base tensors back
                 start = time.perf_counter()
                 self.model.set_adapter(peft_name, inference_mode=True)
                 self.swap_ms.append((time.perf_counter() - start) * 1000)
                 if fold:
                     self._fold(peft_name)
-            else:
-                self.swap_ms.append(0.0)  # already active (and merged)
-            yield self.model
+            yield self.model  # (already active and merged: no swap at all)
 
     # ------------------------------------------------ merged decoding
 
@@ -354,10 +352,10 @@ class Engine:
 
         def work(streamer, cancel, record) -> None:
             record["prompt_tokens"] = int(input_ids.shape[1])
-            folds = len(self.fold_ms)
+            swaps, folds = len(self.swap_ms), len(self.fold_ms)
             with self.use(adapter):
                 record["adapter"] = adapter
-                record["swap_ms"] = self.swap_ms[-1] if adapter is not None else 0.0
+                record["swap_ms"] = self.swap_ms[-1] if len(self.swap_ms) > swaps else 0.0
                 record["merge_ms"] = self.fold_ms[-1] if len(self.fold_ms) > folds else 0.0
                 self._generate(input_ids, settings, streamer, cancel)
 
