@@ -443,15 +443,13 @@ def _time_passes(model, row: dict, level: int, bf16: bool, passes: int) -> float
     """Seconds per forward + backward pass (the fastest of `passes`, after one warm-up pass)."""
     import torch
 
+    from studio.jobs.worker import score_labelled_only
+
     inputs = {k: row[k] for k in ("input_ids", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k",
                                   "max_length_q", "max_length_k")}
-    labels = row["labels"]
+    inputs["labels"] = row["labels"]
     if level >= 2:  # as worker.CpuSFTTrainer.compute_loss does it
-        targets = labels[0, 1:]
-        keep = (targets != -100).nonzero().flatten()
-        inputs |= {"logits_to_keep": keep, "labels": targets[keep][None], "shift_labels": targets[keep][None]}
-    else:
-        inputs["labels"] = labels
+        inputs = score_labelled_only(inputs)
     times = []
     for _ in range(passes + 1):
         start = time.perf_counter()

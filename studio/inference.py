@@ -6,9 +6,9 @@
   disabled, and compares two of them side by side in one batched pass (PEFT mixed-adapter
   batches). Every generation runs under the engine's lock, so a request never sees another
   request's adapter. `get_engine(ref, quant)` shares engines within a process.
-- Merged decoding: on a 16/32-bit base, the adapter answering alone is folded into the base weights
-  (PEFT `merge`) while it stays active, so it decodes as fast as a merged export; the touched
-  weights are copied first and copied back on any change, so the base is restored bit for bit.
+- Merged decoding: on a 16/32-bit base, the adapter answering alone is merged into the weights while
+  it stays active, so it decodes as fast as a merged export; the merged weights live in separate
+  buffers and the base tensors are swapped back on any change, so the base is restored bit for bit.
 """
 
 from __future__ import annotations
@@ -261,13 +261,13 @@ class Engine:
         return self._peft_names[adapter]
 
     @contextmanager
-    def use(self, adapter: str | None, fold: bool = True):
+    def use(self, adapter: str | None):
         """Hold the lock with `adapter` active (None: the base, adapters disabled) while the body runs.
 
-        With `fold`, the adapter is merged into the weights where that is exact and fits (`_fold`).
+        The adapter is merged into the weights where that is exact and fits (`_fold`).
         """
         with self.lock:
-            if adapter is None or not fold:
+            if adapter is None:
                 self._unfold()
             if adapter is None:
                 if self._peft_names:
@@ -282,8 +282,7 @@ class Engine:
                 start = time.perf_counter()
                 self.model.set_adapter(peft_name, inference_mode=True)
                 self.swap_ms.append((time.perf_counter() - start) * 1000)
-                if fold:
-                    self._fold(peft_name)
+                self._fold(peft_name)
             yield self.model  # (already active and merged: no swap at all)
 
     # ------------------------------------------------ merged decoding

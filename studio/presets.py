@@ -338,10 +338,14 @@ def _attention_bytes(shape: Shape, train: TrainSpec, act_bytes: int, device: str
 
 def estimate_preset(model_config: dict, preset: Preset) -> Estimate:
     """What training with this preset peaks at; on CPU for what the recipe runs there (`cpu_pass`)."""
-    train = preset.train
-    if preset.device == "cpu":
-        train = cpu_pass(model_config, preset.quant, preset.lora, train, preset.memory_gb or float("inf"))
-    return estimate_memory(model_config, preset.quant, preset.lora, train, preset.device)
+    return estimate_memory(model_config, preset.quant, preset.lora, _pass_of(model_config, preset), preset.device)
+
+
+def _pass_of(model_config: dict, preset: Preset) -> TrainSpec:
+    """The TrainSpec one pass of the recipe runs for this preset: as written on CUDA, `cpu_pass` on CPU."""
+    if preset.device != "cpu":
+        return preset.train
+    return cpu_pass(model_config, preset.quant, preset.lora, preset.train, preset.memory_gb or float("inf"))
 
 
 CPU_PASS_TOKENS = 1024  # a CPU pass packs rows up to about this many tokens: per-pass overhead is then small
@@ -349,10 +353,7 @@ CPU_PASS_TOKENS = 1024  # a CPU pass packs rows up to about this many tokens: pe
 
 def cpu_note(model_config: dict, preset: Preset) -> str:
     """One line on what the CPU recipe changes in a preset's pass ("" on CUDA or when nothing changes)."""
-    if preset.device != "cpu":
-        return ""
-    t = preset.train
-    run = cpu_pass(model_config, preset.quant, preset.lora, t, preset.memory_gb or float("inf"))
+    t, run = preset.train, _pass_of(model_config, preset)
     parts = []
     if run.micro_batch != t.micro_batch:
         rows = "one packed row" if run.micro_batch == 1 else f"{run.micro_batch} packed rows"

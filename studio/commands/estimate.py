@@ -52,12 +52,13 @@ def apply_overrides(preset, args: argparse.Namespace):
 
 
 def estimate(args) -> int:
-    from studio.presets import estimate_preset, load_preset, model_shape
+    from studio.presets import advise, cpu_note, estimate_preset, load_preset, model_shape
 
     preset = apply_overrides(load_preset(args.preset), args)
     memory = args.memory_gb if args.memory_gb is not None else preset.memory_gb
     preset = replace(preset, memory_gb=memory)  # on CPU the recipe's pass depends on the memory (cpu_pass)
-    est = estimate_preset(model_shape(args.model), preset)
+    shape = model_shape(args.model)
+    est = estimate_preset(shape, preset)
     verdict = "fits" if est.fits(memory) else "does not fit"
     if args.json:
         print(json.dumps({"model": args.model, "preset": preset.name, "memory_gb": memory, "fits": est.fits(memory),
@@ -68,14 +69,10 @@ def estimate(args) -> int:
           f"batch {t.micro_batch}, checkpointing {'on' if t.gradient_checkpointing else 'off'}, {preset.device}")
     print(est.table())
     print(f"verdict: {verdict} in {memory:g} GB ({est.total:.2f} GB estimated)")
-    from studio.presets import cpu_note
-
-    if note := cpu_note(model_shape(args.model), preset):
+    if note := cpu_note(shape, preset):
         print(note)
     if not est.fits(memory):
-        from studio.presets import advise
-
-        print(advise(model_shape(args.model), preset, memory))
+        print(advise(shape, preset, memory))
     return 0 if est.fits(memory) else 1
 
 

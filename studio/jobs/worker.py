@@ -9,6 +9,7 @@ Run under `accelerate launch` the same code trains with DDP; only rank 0 writes 
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import sys
 import threading
@@ -115,24 +116,40 @@ def trainer_class():
     class CpuSFTTrainer(SFTTrainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             inputs["use_cache"] = False  # packed rows are kept apart only without a KV cache
-            labels = inputs.get("labels")
-            if labels is not None and labels.shape[0] == 1 and _keeps_logits(self.accelerator.unwrap_model(model)):
-                targets = labels[0, 1:]  # logits at position i predict the token at i + 1
-                keep = (targets != -100).nonzero().flatten()
-                inputs["logits_to_keep"] = keep
-                inputs["labels"] = inputs["shift_labels"] = targets[keep][None]  # already aligned: no shift
+            if inputs.get("labels") is not None and _keeps_logits(self.accelerator.unwrap_model(model)):
+                inputs = score_labelled_only(inputs)
             return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
                                         num_items_in_batch=num_items_in_batch)
 
     return CpuSFTTrainer
 
 
+def score_labelled_only(inputs: dict) -> dict:
+    """For one (packed) row: the LM head only at positions whose next token is a label, same loss.
+
+    Adds `logits_to_keep` and passes the kept targets as `shift_labels` (already aligned, no shift), so
+    the model's own loss sums over exactly the tokens it would have scored. Batches of several rows
+    are returned unchanged.
+    """
+    labels = inputs["labels"]
+    if labels.shape[0] != 1:
+        return inputs
+    targets = labels[0, 1:]  # logits at position i predict the token at i + 1
+    keep = (targets != -100).nonzero().flatten()
+    return {**inputs, "logits_to_keep": keep, "labels": targets[keep][None], "shift_labels": targets[keep][None]}
+
+
 def _keeps_logits(model) -> bool:
     """Whether the model's forward takes `logits_to_keep` (the transformers causal LMs of recent years)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return _forward_takes_logits_to_keep(type(base))
+
+
+@functools.cache
+def _forward_takes_logits_to_keep(model_class: type) -> bool:
     import inspect
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
+    return "logits_to_keep" in inspect.signature(model_class.forward).parameters
 
 
 def pass_plan(spec: RunSpec):
