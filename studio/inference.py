@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -60,20 +61,28 @@ def check_messages(messages: list[dict]) -> None:
 
 def encode_chat(tokenizer, messages: list[dict]):
     """Token ids (1 x T tensor) of a conversation ready for the assistant's next turn."""
-    from studio.data.render import apply_template
+    import torch
 
-    text = apply_template(tokenizer, messages, add_generation_prompt=True)
-    return tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    from studio import templates
+
+    return torch.tensor([templates.encode(tokenizer, messages, add_generation_prompt=True)])
 
 
 def generate_kwargs(tokenizer, settings: GenerationSettings) -> dict:
     kwargs = {"max_new_tokens": settings.max_new_tokens, "repetition_penalty": settings.repetition_penalty,
-              "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
+              "pad_token_id": tokenizer.pad_token_id, "eos_token_id": _stop_ids(tokenizer)}
     if settings.temperature > 0:
         kwargs.update(do_sample=True, temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k)
     else:
         kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
     return kwargs
+
+
+def _stop_ids(tokenizer) -> list[int]:
+    """Every end-of-turn id and EOS (studio.templates): answers stop by themselves."""
+    from studio import templates
+
+    return templates.current(tokenizer).stop_ids
 
 
 def stream_chat(model, tokenizer, messages: list[dict], settings: GenerationSettings = GenerationSettings()
@@ -126,7 +135,7 @@ class _RowsStreamer:
         self.queue: queue.Queue = queue.Queue()
         self.seen_prompt = False
         self.ended = False
-        self.eos = tokenizer.eos_token_id
+        self.eos = set(_stop_ids(tokenizer))
 
     def put(self, value) -> None:
         if not self.seen_prompt:
@@ -135,7 +144,7 @@ class _RowsStreamer:
         for row, token in enumerate(value.view(-1).tolist()):
             if self.done[row]:
                 continue
-            if token == self.eos:
+            if token in self.eos:
                 self.done[row] = True  # after eos, generate pads a finished row: nothing more to show
             else:
                 self.tokens[row].append(token)
@@ -210,7 +219,9 @@ class Engine:
             if name in self._peft_names:
                 return 0.0
             folder = Path(path) if path is not None else self._locate(name)
-            validate_adapter(folder, self.loaded)
+            warning = validate_adapter(folder, self.loaded)
+            if warning:
+                print(warning, file=sys.stderr, flush=True)  # a different base name with the same shapes
             start = time.perf_counter()
             self._loads += 1
             peft_name = f"adapter_{self._loads}"  # PEFT names become module keys: no '.' or ':'

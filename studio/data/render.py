@@ -8,19 +8,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# ChatML, used where a tokenizer has no chat template of its own (with a visible warning).
-CHATML_TEMPLATE = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
-    "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-
 
 def apply_template(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
-    """The conversation as the model sees it, through its chat template (ChatML when it has none)."""
-    template = tokenizer.chat_template or CHATML_TEMPLATE
-    clean = [{"role": m["role"], "content": m["content"]} for m in messages]
-    return tokenizer.apply_chat_template(clean, chat_template=template, tokenize=False,
-                                         add_generation_prompt=add_generation_prompt)
+    """The conversation as the model sees it, through the template studio.templates chose."""
+    from studio import templates
+
+    return templates.apply(tokenizer, messages, add_generation_prompt)
 
 
 # ---------------------------------------------------------------- warnings and fingerprints
@@ -30,11 +23,10 @@ _START, _END = "\ue000", "\ue001"
 
 
 def template_warning(tokenizer) -> str:
-    """A visible warning where the tokenizer has no chat template (the ChatML fallback is used)."""
-    if getattr(tokenizer, "chat_template", None):
-        return ""
-    return ("This tokenizer has no chat template, so conversations are rendered as ChatML "
-            "(<|im_start|>role ... <|im_end|>). A model that was never trained on ChatML must learn it.")
+    """Which template is used and why (studio.templates), shown wherever a user meets the template."""
+    from studio import templates
+
+    return templates.describe(tokenizer)
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -42,8 +34,14 @@ def tokenizer_fingerprint(tokenizer) -> str:
     tokenizer must not be trained with another."""
     specials = sorted((str(t), int(tokenizer.convert_tokens_to_ids(t))) for t in tokenizer.all_special_tokens)
     blob = json.dumps({"vocab_size": len(tokenizer), "special_tokens": specials,
-                       "chat_template": tokenizer.chat_template or CHATML_TEMPLATE}, sort_keys=True)
+                       "chat_template": _template(tokenizer)}, sort_keys=True)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]  # 64 bits: collisions are not a concern
+
+
+def _template(tokenizer) -> str:
+    from studio import templates
+
+    return templates.current(tokenizer).template
 
 
 # ---------------------------------------------------------------- rendering with trained spans
@@ -128,8 +126,16 @@ def render_text(tokenizer, messages: list[dict], train_on_all: bool = False) -> 
         text, spans = _strip_marks(apply_template(tokenizer, _marked(messages, False)))
     if text != plain:
         spans = _spans_by_prefix(tokenizer, messages) or _spans_by_search(plain, messages)
-    specials = sorted((str(t) for t in tokenizer.all_special_tokens), key=len, reverse=True)
-    return plain, _with_end_of_turn(plain, spans, specials)
+    return plain, _with_end_of_turn(plain, spans, _end_tokens(tokenizer))
+
+
+def _end_tokens(tokenizer) -> list[str]:
+    """Tokens that may end a trained turn: the template's end of turn, EOS and the other specials."""
+    from studio import templates
+
+    end = templates.current(tokenizer).end_of_turn
+    specials = {str(t) for t in tokenizer.all_special_tokens} | ({end} if end else set())
+    return sorted(specials, key=len, reverse=True)
 
 
 @dataclass
@@ -177,7 +183,13 @@ def render_batch(tokenizer, conversations: list[list[dict]], max_len: int,
                  zip(enc["input_ids"], enc["offset_mapping"], spans, strict=True)]
     else:
         pairs = [_mask_by_pieces(tokenizer, t, s) for t, s in zip(texts, spans, strict=True)]
+    from studio import templates
+
     for (ids, mask), text in zip(pairs, texts, strict=True):
+        bos_ids = templates.with_bos(tokenizer, ids)  # BOS exactly once where the tokenizer expects it
+        shift = len(bos_ids) - len(ids)  # +1: a BOS was added (not trained); -k: duplicate BOS dropped
+        mask = [0] * shift + list(mask) if shift >= 0 else list(mask)[-shift:]
+        ids = bos_ids
         out.append(Rendered(list(ids[:max_len]), mask[:max_len], len(ids), text))
     return out
 

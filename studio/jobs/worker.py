@@ -92,8 +92,15 @@ def build_model(spec: RunSpec, recompute: bool):
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=recompute,
             gradient_checkpointing_kwargs={"use_reentrant": False})
+    from studio import templates
+
+    choice = templates.current(loaded.tokenizer)
+    print(f"[studio] template: {choice.why()}", flush=True)
+    # Fallback markers were added to the vocabulary: train their embedding rows with the adapter.
+    new_rows = [int(loaded.tokenizer.convert_tokens_to_ids(t)) for t in choice.added_tokens]
     lora = LoraConfig(r=spec.lora.r, lora_alpha=spec.lora.alpha, lora_dropout=spec.lora.dropout,
-                      target_modules=spec.lora.modules(), task_type="CAUSAL_LM")
+                      target_modules=spec.lora.modules(), task_type="CAUSAL_LM",
+                      trainable_token_indices=new_rows or None)
     return get_peft_model(model, lora), loaded
 
 
@@ -292,9 +299,15 @@ def save_adapter(trainer, spec: RunSpec, run_dir: Path, prepared, metrics: dict,
     out = run_dir / "adapter"
     trainer.model.save_pretrained(out, safe_serialization=True)
     trainer.processing_class.save_pretrained(out)
+    from studio import templates
+    from studio.adapters import portable_base_name
     from studio.models import resolve
 
-    card = {"run_id": run_dir.name, "base_model": spec.model.ref, "base_model_path": resolve(spec.model.ref),
+    templates.save(trainer.processing_class, out)  # chat_template.jinja + stop ids travel with the adapter
+    base_name = portable_base_name(spec.model.ref)
+    _set_base_name(out, base_name)
+    card = {"run_id": run_dir.name, "base_model": base_name, "base_model_ref": spec.model.ref,
+            "base_model_path": resolve(spec.model.ref), "template": templates.describe(trainer.processing_class),
             "quant": spec.model.quant, "dataset": spec.dataset,
             "dataset_sha256": prepared.meta.get("source_sha256"), "lora": to_dict(spec.lora),
             "train": to_dict(spec.train), "metrics": metrics, "train_seconds": round(seconds, 1),
@@ -302,6 +315,16 @@ def save_adapter(trainer, spec: RunSpec, run_dir: Path, prepared, metrics: dict,
     write_json_atomic(out / "card.json", card)
     (out / "README.md").write_text(model_card(card), encoding="utf-8")
     return out
+
+
+def _set_base_name(adapter_dir: Path, name: str) -> None:
+    """base_model_name_or_path = a hub id or folder name, not this machine's absolute path."""
+    import json
+
+    path = adapter_dir / "adapter_config.json"
+    config = json.loads(path.read_text())
+    config["base_model_name_or_path"] = name
+    path.write_text(json.dumps(config, indent=2) + "\n")
 
 
 def model_card(card: dict) -> str:
