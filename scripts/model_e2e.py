@@ -145,6 +145,7 @@ def main() -> int:
     parser.add_argument("--workspace", default=None)
     args = parser.parse_args()
     ws = Path(args.workspace or tempfile.mkdtemp(prefix="studio-e2e-"))
+    ws.mkdir(parents=True, exist_ok=True)
     os.environ["STUDIO_WORKSPACE"] = str(ws)
     os.chdir(ws)
     from studio.config import LoraSpec, ModelSpec, RunSpec, TrainSpec

