@@ -99,7 +99,7 @@ def _print_report(report) -> None:
     print(f"rows        {report.rows_in} read, {report.rows_ok} ok, {report.rows_invalid} invalid, "
           f"{report.duplicates} duplicates, {report.too_long} with no trained token within max_len")
     if report.template_warning:
-        print(f"warning     {report.template_warning}")
+        print(f"template    {report.template_warning}")
     stats = report.token_stats
     if stats and stats.get("rows"):
         print(f"tokens      mean {stats['mean']}, median {stats['median']}, p95 {stats['p95']}, max {stats['max']}; "
@@ -120,6 +120,8 @@ def prepare(args) -> int:
                            train_on_all=args.train_on_all, seed=args.seed, overwrite=args.overwrite,
                            progress=_progress)
     meta = read_json(folder / "meta.json", {})
+    if meta.get("template_warning"):
+        print(f"template    {meta['template_warning']}")
     counts = meta["counts"]
     print(f"saved {folder}: {counts['train']} train, {counts['eval']} eval "
           f"({counts['rows_invalid']} invalid, {counts['duplicates']} duplicates, {counts['too_long']} too long; "

@@ -118,6 +118,12 @@ def poll(run_id):
     return table, progress_html(status), stats, loss_frame(events), log_tail(path, 25)
 
 
+def _template_line(model_ref: str) -> str:
+    from studio.templates import describe_ref
+
+    return describe_ref(model_ref)
+
+
 def build(shared: Shared) -> None:
     from studio.config import TrainSpec, to_dict
 
@@ -131,6 +137,9 @@ def build(shared: Shared) -> None:
         processes = gr.Number(label="Processes (DDP via accelerate)", value=1, precision=0, minimum=1,
                               elem_id="train-processes")
         start_btn = gr.Button("Start training", variant="primary", elem_id="train-start")
+    template_line = gr.Markdown(elem_id="train-template")  # which chat template the run trains with, and why
+    if shared.model_ref is not None:
+        shared.model_ref.change(_template_line, shared.model_ref, template_line, show_progress="hidden")
     settings_view = gr.JSON(label="Settings (from the Presets tab)", value=settings.value)
     settings.change(lambda s: s, settings, settings_view)
     with gr.Row():
