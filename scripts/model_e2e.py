@@ -26,8 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 TRICKY = "In 2024, I've paid $1234567.89 for 3 items -- it's   weird!!"
-PROMPTS = ["How is type 2 diabetes usually managed at first?", "What does a fever mean?",
-           "Why do we need sleep?"]
+PROMPTS = ["Mujhe neend nahi aati, kya karun?", "Chai banane ka tarika batao.", "What is the capital of India?"]
 
 
 def row_losses(model, tokenizer, ids: list[int], mask: list[int]) -> float:
@@ -143,6 +142,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--llama-bin", required=True, help="folder with llama-simple and llama-tokenize")
     parser.add_argument("--workspace", default=None)
+    parser.add_argument("--data", default="assets/hinglish_demo.jsonl", help="a sample dataset of the repo")
+    parser.add_argument("--max-len", type=int, default=192)
     args = parser.parse_args()
     ws = Path(args.workspace or tempfile.mkdtemp(prefix="studio-e2e-"))
     ws.mkdir(parents=True, exist_ok=True)
@@ -155,11 +156,11 @@ def main() -> int:
     from studio.templates import describe
 
     report = {"model": args.model, "template": describe(load_tokenizer(args.model))}
-    store.prepare(ROOT / "assets" / "medical_demo.jsonl", args.model, args.name, max_len=256, eval_split=0.1,
+    store.prepare(ROOT / args.data, args.model, args.name, max_len=args.max_len, eval_split=0.1,
                   cot_style="answer", overwrite=True)
     spec = RunSpec(name=args.name, dataset=args.name, model=ModelSpec(ref=args.model, quant="fp32"),
                    lora=LoraSpec(r=16, alpha=32, dropout=0.0, target_modules="all-linear"),
-                   train=TrainSpec(max_seq_len=256, micro_batch=1, grad_accum=1, lr=1e-3, warmup_ratio=0.0,
+                   train=TrainSpec(max_seq_len=args.max_len, micro_batch=1, grad_accum=1, lr=1e-3, warmup_ratio=0.0,
                                    max_steps=args.steps, save_steps=1000, eval_steps=0,
                                    gradient_checkpointing=False, optimizer="adamw_torch", precision="fp32",
                                    packing=False))

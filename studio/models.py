@@ -266,11 +266,16 @@ def load_model(ref: str = BUNDLED, quant: str = "fp32", device: str | None = Non
     path = resolve(ref, progress)
     progress(0.8 if ref == BUNDLED else 0.2, f"Loading {ref} ({quant}) on {device}...")
     tokenizer = load_tokenizer(path, trust_remote_code)
+    kwargs = dict(dtype=_torch_dtype(quant, device), quantization_config=qconfig,
+                  device_map={"": device} if (qconfig is not None or device.startswith("cuda")) else None,
+                  trust_remote_code=trust_remote_code, low_cpu_mem_usage=True)
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=_torch_dtype(quant, device), quantization_config=qconfig,
-            device_map={"": device} if (qconfig is not None or device.startswith("cuda")) else None,
-            trust_remote_code=trust_remote_code, attn_implementation="sdpa", low_cpu_mem_usage=True)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa", **kwargs)
+        except ValueError as exc:  # e.g. Gemma-2 (soft-capped attention) has no SDPA kernel: eager it is
+            if "attention implementation" not in str(exc):
+                raise
+            model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager", **kwargs)
     except torch.cuda.OutOfMemoryError as exc:
         raise ModelError(f"Out of GPU memory while loading {ref} in {quant}.",
                          "Choose 4bit, or a smaller model, or close other GPU programs.") from exc

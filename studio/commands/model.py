@@ -72,7 +72,6 @@ def info(args) -> int:
 def generate(args) -> int:
     from studio.inference import GenerationSettings, stream_chat
     from studio.models import load_model
-
     from studio.templates import describe
 
     loaded = load_model(args.model, args.quant, trust_remote_code=args.trust_remote_code, progress=_progress)
