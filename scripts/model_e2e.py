@@ -64,6 +64,8 @@ def first_loss_check(ref: str, name: str, run_dir: Path) -> dict:
             no_bos = row_losses(model, tok, ids[1:], mask[1:]) if ids[0] == tok.bos_token_id else with_bos
             best = {"with_bos": with_bos, "without_bos": no_bos, "bos_count": ids.count(tok.bos_token_id)
                     if tok.bos_token_id is not None else 0}
+            if abs(with_bos - first) < 1e-4:
+                break  # found the row the first step trained on
     return {"first_step_loss": first, "transformers_loss_with_bos": round(best["with_bos"], 4),
             "same_row_without_bos": round(best["without_bos"], 4), "bos_in_row": best["bos_count"],
             "equal": abs(best["with_bos"] - first) < 2e-3}
@@ -122,7 +124,7 @@ def gguf_check(ref: str, run_id: str, name: str, llama_bin: Path) -> dict:
             text = text[len(tok.bos_token):]  # llama.cpp adds BOS itself (tokenizer.ggml.add_bos_token)
         done = subprocess.run([str(llama_bin / "llama-simple"), "-m", str(gguf), "-n", "32", text],
                               capture_output=True, text=True, timeout=600)
-        llama_text = done.stdout.rstrip("\n")
+        llama_text = done.stdout[:-1] if done.stdout.endswith("\n") else done.stdout  # llama-simple ends with \n
         result["prompts"].append({"prompt": prompt, "transformers": hf_text, "llama_cpp_tail": llama_text[-300:],
                                   "match": bool(hf_text) and llama_text.endswith(hf_text)})
     done = subprocess.run([str(llama_bin / "llama-tokenize"), "-m", str(gguf), "-p", TRICKY, "--ids",
