@@ -273,6 +273,11 @@ def _turn_pieces(tokenizer, template: str) -> dict[str, str]:
     return {"user_pre": u_pre, "user_suf": u_suf, "assistant_pre": a_pre, "assistant_suf": a_suf}
 
 
+def _role_slot(user_pre: str) -> str:
+    """Templates that write the role's name (ChatML, Llama-3) serve system and user turns alike."""
+    return user_pre.replace("user", "{{ .Role }}", 1) if user_pre.count("user") == 1 else user_pre
+
+
 def modelfile_text(gguf_name: str, tokenizer) -> str:
     """An Ollama Modelfile: FROM the GGUF, the chat template as a Go template, one stop per stop token."""
     from studio import templates
@@ -280,7 +285,7 @@ def modelfile_text(gguf_name: str, tokenizer) -> str:
     choice = templates.current(tokenizer)
     p = _turn_pieces(tokenizer, choice.template)
     template = ("{{- range .Messages }}{{- if eq .Role \"assistant\" }}" + p["assistant_pre"] + "{{ .Content }}"
-                + p["assistant_suf"] + "{{- else }}" + p["user_pre"] + "{{ .Content }}" + p["user_suf"]
+                + p["assistant_suf"] + "{{- else }}" + _role_slot(p["user_pre"]) + "{{ .Content }}" + p["user_suf"]
                 + "{{- end }}{{- end }}" + p["assistant_pre"])
     stops = [tokenizer.convert_ids_to_tokens(i) for i in choice.stop_ids]
     lines = [f"FROM ./{gguf_name}", f'TEMPLATE """{template}"""']
