@@ -46,6 +46,8 @@ class Status:
     def beat_forever(self) -> None:
         while True:
             time.sleep(HEARTBEAT_SEC)
+            if self.data.get("state") not in ("running", "stopping"):
+                return  # the run ended (a foreground run's process lives on): never rewrite a final state
             self.update()
 
 
@@ -362,15 +364,24 @@ def train(run_dir: Path, foreground: bool = False) -> str:
         step = int(checkpoint.name.split("-")[-1])
         rewind_events(run_dir, step)
         append_event(run_dir, {"type": "resume", "step": step})
-    status.update(message=f"Resuming from {checkpoint.name}." if checkpoint else "Training.")
-    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    if (run_dir / STOP_FILE).exists():
+    status.update(message=f"Training (resumed from {checkpoint.name})." if checkpoint else "Training.")
+    if checkpoint is not None and _all_steps_done(checkpoint):  # resume never trains past max_steps
+        result = _restore_finished(trainer, checkpoint)
+    else:
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    finished = trainer.state.max_steps > 0 and trainer.state.global_step >= trainer.state.max_steps
+    if (run_dir / STOP_FILE).exists() and not finished:
         if is_main:
             (run_dir / STOP_FILE).unlink(missing_ok=True)
             append_event(run_dir, {"type": "stop", "step": trainer.state.global_step})
-            status.update(state="stopped", finished=time.time(),
-                          message=f"Stopped at step {trainer.state.global_step}; press Resume to continue.")
+            from studio.jobs.manager import resume_hint
+
+            status.update(state="stopped", finished=time.time(), message=f"Stopped at step "
+                          f"{trainer.state.global_step}. {resume_hint(run_dir.name, latest_checkpoint(run_dir))}")
         return "stopped"
+    # every step is done: a Stop that lands now lets the final evaluation and save finish
+    (run_dir / STOP_FILE).unlink(missing_ok=True)
+    status.update(phase="saving", message="All steps done: evaluating and saving the adapter...")
     metrics = {"train_loss": round(result.training_loss, 4), "steps": trainer.state.global_step}
     if eval_ds is not None:
         step = trainer.state.global_step
@@ -379,9 +390,32 @@ def train(run_dir: Path, foreground: bool = False) -> str:
         metrics["eval_loss"] = round(done[-1] if done else trainer.evaluate()["eval_loss"], 4)
     if is_main:
         save_adapter(trainer, spec, run_dir, prepared, metrics, time.time() - start)
-        status.update(state="completed", finished=time.time(), step=trainer.state.global_step,
-                      metrics=metrics, message="Done: the adapter is in the Chat tab.")
+        (run_dir / STOP_FILE).unlink(missing_ok=True)  # a Stop pressed during the save changes nothing
+        status.update(state="completed", finished=time.time(), step=trainer.state.global_step, phase=None,
+                      metrics=metrics, message=f"Done: the adapter run:{run_dir.name} is ready in the Chat tab.")
     return "completed"
+
+
+def _all_steps_done(checkpoint: Path) -> bool:
+    """Whether a checkpoint was saved at the run's last step (a Stop or kill landed during the final save)."""
+    from transformers import TrainerState
+
+    state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+    return state.max_steps > 0 and state.global_step >= state.max_steps
+
+
+def _restore_finished(trainer, checkpoint: Path):
+    """Load the last checkpoint's adapter and state instead of training a step past max_steps."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+    from transformers import TrainerState
+    from transformers.trainer_utils import TrainOutput
+
+    set_peft_model_state_dict(trainer.model, load_file(str(checkpoint / "adapter_model.safetensors")))
+    trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    print(f"[studio] {checkpoint.name} is the last step: saving its adapter, training nothing more", flush=True)
+    return TrainOutput(trainer.state.global_step, sum(losses) / max(len(losses), 1), {})
 
 
 def explain_failure(exc: BaseException, spec: RunSpec | None = None) -> tuple[str, str]:
