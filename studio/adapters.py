@@ -247,10 +247,14 @@ def import_adapter(src, name: str, base_model=None) -> AdapterInfo:
     return get_adapter(name)
 
 
-def export_zip(name: str) -> Path:
-    """Zip one adapter (config, safetensors, card, README) into exports/<name>.zip."""
+def export_zip(name: str, overwrite: bool = False) -> Path:
+    """Zip one adapter (config, safetensors, card, README) into exports/<name>.zip; an existing zip is
+    refused unless `overwrite`."""
     info = get_adapter(name)
     out = paths.exports_dir() / f"{name.replace(':', '-')}.zip"
+    if out.exists() and not overwrite:
+        raise AdapterError(f"{out} already exists; it was left untouched.",
+                           "Delete or rename it first, or allow overwriting (--overwrite / the Overwrite box).")
     tmp = out.with_suffix(".zip.partial")
     folder = out.stem
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
