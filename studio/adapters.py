@@ -95,6 +95,17 @@ def adapter_names() -> list[str]:
     return [a.name for a in list_adapters()]
 
 
+def trained_precision(name: str | None) -> str | None:
+    """How the base was held when this adapter was trained (its card's quant: 4bit, fp32, ...), if known."""
+    if not name:
+        return None
+    try:
+        quant = get_adapter(name).card.get("quant")
+    except AdapterError:
+        return None
+    return quant if isinstance(quant, str) else None
+
+
 def get_adapter(name: str) -> AdapterInfo:
     """One adapter by its registry name ("run:<id>" or an imported name)."""
     if name.startswith(RUN_PREFIX):
