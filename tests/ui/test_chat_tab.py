@@ -49,13 +49,15 @@ def test_compare_streams_both_panes_before_the_final_answer(setup):
     assert right[-2]["role"] == "user" and _last_text(right[:-1]) == PROMPTS[0]
     partial_rights = [_last_text(u[1]) for u in updates[:-1] if u[1] and u[1][-1]["role"] == "assistant"]
     assert any(0 < len(t) < len(_last_text(right)) for t in partial_rights)  # partial text came first
-    assert "set_adapter" in timing and " ms" in timing and prompt_box == ""
+    assert "Both answers in one pass" in timing and "base in fp32 (your choice)" in timing and prompt_box == ""
+    assert "set_adapter" not in timing  # plain words, no internals
 
 
 def test_chat_mode_keeps_the_conversation_and_shows_swap_ms(setup):
     client, ref, _ = setup
     history, timing, _ = client.predict(ref, "fp32", "ui-phrase-b", PROMPTS[1], "", *GEN, [], api_name="/chat")
-    assert _last_text(history).startswith(PHRASE_B) and "swap" in timing and "ms" in timing
+    assert _last_text(history).startswith(PHRASE_B) and "Answered by ui-phrase-b" in timing
+    assert ("switching to the adapter took" in timing and " ms" in timing) or "already active" in timing
     history, _, _ = client.predict(ref, "fp32", "(base)", PROMPTS[2], "", *GEN, history, api_name="/chat")
     assert [m["role"] for m in history] == ["user", "assistant", "user", "assistant"]
     assert PHRASE_B not in _last_text(history)  # the base answered the second turn
@@ -137,3 +139,17 @@ def test_example_prompts_come_from_the_samples():
         first = json.loads((assets / "medical_demo.jsonl").read_text().splitlines()[0])
         assert first["Question"] in prompts
     assert all(p.strip() for p in prompts)
+
+
+def test_the_base_loads_as_the_adapter_was_trained_unless_chosen(workspace):
+    from studio.ui.shared import default_quant
+    from studio.ui.tabs.chat import AS_TRAINED, precision_for
+
+    folder = workspace / "adapters" / "trained-in-bf16"
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text("{}")
+    (folder / "card.json").write_text(json.dumps({"quant": "bf16"}))
+    assert precision_for(AS_TRAINED, "trained-in-bf16", "(base)") == ("bf16", "base in bf16, as trained-in-bf16 "
+                                                                             "was trained")
+    assert precision_for("8bit", "trained-in-bf16")[0] == "8bit"  # the user's choice wins
+    assert precision_for(AS_TRAINED, "(base)")[0] == default_quant()  # no card: the machine's default (fp32 on a CPU)

@@ -128,6 +128,7 @@ def build(shared: Shared) -> None:
     model_ref = shared.model_ref or gr.Textbox(value="bundled", label="Model")
     with gr.Row():
         dataset = gr.Dropdown(list(current.datasets), value=current.dataset, label="Dataset", elem_id="eval-dataset",
+                              allow_custom_value=True,
                               info="Its eval split is used.")
         adapters = gr.Dropdown(choices=list(current.adapters), value=[current.adapter] if current.adapter else [],
                                multiselect=True, allow_custom_value=True, label="Adapters to compare with the base",

@@ -20,6 +20,7 @@ TITLE = "Presets"
 FROM_MODEL_TAB = "the model chosen in the Model tab"
 DETECTED = "Detected hardware"
 CUSTOM = "Custom"
+EDITED = " (edited)"
 PARTS = ("weights", "lora", "grads", "optimizer", "activations", "logits", "overhead")
 LORA_FIELDS = ("r", "alpha", "dropout", "target_modules")
 TRAIN_FIELDS = ("max_seq_len", "micro_batch", "grad_accum", "lr", "scheduler", "warmup_ratio", "epochs",
@@ -195,6 +196,11 @@ def _fields(values: list) -> list:
     return [quant, *lora, *size, *schedule, *compute, *cadence]
 
 
+def edited(current):
+    name = current.preset or CUSTOM
+    return gr.skip() if name.endswith(EDITED) else replace(current, preset=name + EDITED)
+
+
 def build(shared: Shared) -> None:
     from studio.presets import GPUS, list_presets, list_shapes
 
@@ -236,9 +242,8 @@ def build(shared: Shared) -> None:
     gr.on(triggers, estimate, inputs, outputs, api_name="estimate")
     preset.change(preset_values, preset, fields, api_name="load_preset").then(estimate, inputs, outputs)
     preset.change(shared.set("preset"), [shared.current, preset], shared.current, show_progress="hidden")
-    for field in fields:  # an edited field makes the settings custom: the summary says so
-        field.input(lambda c: gr.skip() if c.preset == CUSTOM else replace(c, preset=CUSTOM), shared.current,
-                    shared.current, show_progress="hidden")
+    for field in fields:  # an edited field: the state line says the preset was edited
+        field.input(edited, shared.current, shared.current, show_progress="hidden")
     hardware.change(hardware_choice, hardware, [device, memory]).then(estimate, inputs, outputs)
     recommend_btn.click(recommend, [model_choice, model_ref, device, memory], preset, api_name="recommend_preset")
     save_btn.click(save, [save_name, device, memory, *fields], preset, api_name="save_preset")

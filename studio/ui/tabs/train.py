@@ -20,6 +20,7 @@ from studio.ui.shared import Shared
 TITLE = "Train"
 POLL_SEC = 2.0  # how often the tab re-reads the run folder
 LOG_LINES = 25  # lines of the worker's log shown (library noise filtered; worker.log keeps everything)
+CHART_WIDTH = 1000  # px: fixed, since a chart drawn in a hidden tab measures its container as 0 px wide
 RUN_COLUMNS = ["run", "state", "step", "total_steps", "loss", "created"]
 
 
@@ -121,11 +122,11 @@ def loss_chart(events: list[dict]):
     if not rows:
         return None
     frame = pd.DataFrame(rows, columns=["step", "loss", "series"])
-    return alt.Chart(frame, title="Loss (lower is better)").mark_line(point=True).encode(
+    return alt.Chart(frame, title="Loss (lower is better)").mark_line(point=alt.OverlayMarkDef(size=50)).encode(
         x=alt.X("step:Q", axis=alt.Axis(tickMinStep=1, format="d"), title="step"),
         y=alt.Y("loss:Q", scale=alt.Scale(zero=False), title="loss"),
         color=alt.Color("series:N", title=None), tooltip=["series", "step", alt.Tooltip("loss:Q", format=".4f")],
-    ).properties(width="container", height=260)
+    ).properties(width=CHART_WIDTH, height=260, usermeta={"embedOptions": {"renderer": "svg", "actions": False}})
 
 
 def runs_table() -> pd.DataFrame:
@@ -202,7 +203,8 @@ def build(shared: Shared) -> None:
     summary = gr.Markdown(what_will_train(current, settings.value), elem_id="train-summary")
     with gr.Row():
         dataset = shared.dataset = gr.Dropdown(list(current.datasets), value=current.dataset, label="Dataset",
-                                               elem_id="train-dataset", info="A dataset saved in the Data tab.")
+                                               elem_id="train-dataset", info="A dataset saved in the Data tab.",
+                                               allow_custom_value=True)
         model = gr.Textbox(current.model_ref, label="Model", elem_id="train-model",
                            info="The base to fine-tune (the same as the Model tab).")
         name = gr.Textbox(label="Run name", value=f"run-{time.strftime('%m%d-%H%M')}", elem_id="train-name",
