@@ -242,7 +242,7 @@ def test_5_chat_offers_the_new_adapter_without_a_refresh(page):
     right = page.locator("#chat-right .bot").last.inner_text()
     assert left.strip() and right.strip()
     no_raw_floats(page)
-    shot(page, "walk-07-chat-compare", "#chat-precision")
+    shot(page, "walk-07-chat-compare", "#chat-left-adapter")
 
 
 def test_6_evaluate_base_vs_tuned(page, app):
@@ -259,7 +259,7 @@ def test_6_evaluate_base_vs_tuned(page, app):
     saved = json.loads(sorted((ws / "runs" / RUN / "eval").glob("perplexity-*.json"))[-1].read_text())
     assert saved["quant"] == "fp32"  # the base as the adapter was trained, not a silent 4-bit load
     no_raw_floats(page)
-    shot(page, "walk-08-evaluate", "#eval-ppl-btn")
+    shot(page, "walk-08-evaluate", "#eval-dataset")
 
 
 def test_7_export_merge_the_adapter(page, app):
