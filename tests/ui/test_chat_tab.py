@@ -92,15 +92,17 @@ def test_import_export_and_delete_with_confirmation(setup, app_workspace):
 
     client, ref, root = setup
     files = [handle_file(str(root / "ui-phrase-a" / f)) for f in ("adapter_config.json", "adapter_model.safetensors")]
-    table, picked, *_ = client.predict(files, "ui-uploaded", api_name="/import_adapter")
-    assert picked["value"] == "ui-uploaded" and "ui-uploaded" in [row[0] for row in table["data"]]
+    status = client.predict(files, "ui-uploaded", api_name="/import_adapter")
+    assert "Imported **ui-uploaded**" in status and (app_workspace / "adapters" / "ui-uploaded").is_dir()
+    table, picked, *_ = client.predict(api_name="/refresh_adapters")
+    assert "ui-uploaded" in [row[0] for row in table["data"]]
     zipped = client.predict("ui-uploaded", api_name="/export_adapter")
     assert Path(zipped).suffix == ".zip" and (app_workspace / "exports" / "ui-uploaded.zip").is_file()
     with pytest.raises(AppError, match="Tick 'Yes, delete this adapter' first"):
         client.predict("ui-uploaded", False, api_name="/delete_adapter")
     assert (app_workspace / "adapters" / "ui-uploaded").is_dir()  # asked first, nothing deleted
-    out = client.predict("ui-uploaded", True, api_name="/delete_adapter")
-    assert "ui-uploaded" not in [row[0] for row in out[0]["data"]] and out[-1] is False
+    assert client.predict("ui-uploaded", True, api_name="/delete_adapter") == "Deleted **ui-uploaded**."
+    assert "ui-uploaded" not in [row[0] for row in client.predict(api_name="/refresh_adapters")[0]["data"]]
     assert not (app_workspace / "adapters" / "ui-uploaded").exists()
 
 

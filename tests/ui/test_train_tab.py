@@ -26,7 +26,7 @@ def test_start_see_events_and_stop(client, app_workspace, tiny_model_dir, tmp_pa
     monkeypatch.setenv("STUDIO_WORKSPACE", str(app_workspace))  # prepare the data where the app looks
     data = prepare(tmp_path, str(tiny_model_dir), name="ui-train-data")
     run = client.predict("ui-run", data, str(tiny_model_dir), 400, 1, api_name="/start_training")
-    assert run["value"] == "ui-run"
+    assert run == "ui-run"
     deadline = time.time() + 300
     while time.time() < deadline:
         table, progress, stats, plot, log = _status(client, "ui-run")

@@ -10,7 +10,7 @@ studio.adapters, which the `python -m studio chat` and `adapters` commands use t
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import gradio as gr
@@ -243,8 +243,7 @@ def import_files(files, name):
         info = import_adapter(paths, (name or "").strip())
     except StudioError as exc:
         raise gr.Error(str(exc)) from exc
-    gr.Info(f"Imported {info.name}.")
-    return _refreshed(info.name)
+    return f"Imported **{info.name}**: it is in every adapter list now."
 
 
 def export(name):
@@ -272,8 +271,7 @@ def delete(name, confirmed):
     except StudioError as exc:
         raise gr.Error(str(exc)) from exc
     forget_adapter(name)
-    gr.Info(f"Deleted {name}.")
-    return (*_refreshed(), False)
+    return f"Deleted **{name}**."
 
 
 def show_mode(mode: str):
@@ -317,6 +315,7 @@ class Registry:
     export_file: gr.File
     confirm: gr.Checkbox
     delete_btn: gr.Button
+    status: gr.Markdown
 
 
 def _registry_ui(names: list[str]) -> Registry:
@@ -336,9 +335,10 @@ def _registry_ui(names: list[str]) -> Registry:
             export_btn = gr.Button("Export zip", elem_id="chat-export")
             confirm = gr.Checkbox(False, label="Yes, delete this adapter", elem_id="chat-delete-confirm")
             delete_btn = gr.Button("Delete", variant="stop", elem_id="chat-delete")
+        status = gr.Markdown(elem_id="chat-registry-status")
         export_file = gr.File(label="Exported zip", elem_id="chat-export-file")
     return Registry(table, picked, upload, import_name, import_btn, refresh_btn, export_btn, export_file, confirm,
-                    delete_btn)
+                    delete_btn, status)
 
 
 def build(shared: Shared) -> None:
@@ -415,10 +415,14 @@ def build(shared: Shared) -> None:
     load_btn.click(load_adapters, [*base, to_load], load_info, api_name="load_adapters")
 
     refreshed = [reg.table, reg.picked, to_load, left, right, single_adapter]
-    reg.import_btn.click(import_files, [reg.upload, reg.import_name], refreshed, api_name="import_adapter")
+    # results and refusals go to a status line (an error there hides no input); the lists follow the shared state
+    reg.import_btn.click(import_files, [reg.upload, reg.import_name], reg.status, api_name="import_adapter").success(
+        lambda c, name: replace(c, adapter=name.strip()).with_disk(), [shared.current, reg.import_name],
+        shared.current)
     reg.refresh_btn.click(refresh, None, refreshed, api_name="refresh_adapters")
     reg.export_btn.click(export, reg.picked, reg.export_file, api_name="export_adapter")
-    reg.delete_btn.click(delete, [reg.picked, reg.confirm], [*refreshed, reg.confirm], api_name="delete_adapter")
+    reg.delete_btn.click(delete, [reg.picked, reg.confirm], reg.status, api_name="delete_adapter").success(
+        lambda c: (False, c.with_disk()), shared.current, [reg.confirm, shared.current])
     # the adapter picked on the right is the one in focus (Evaluate, Export)
     right.input(lambda c, name: shared.set("adapter")(c, name) if _adapter(name) else gr.skip(),
                 [shared.current, right], shared.current)

@@ -8,6 +8,7 @@ loses nothing: the worker keeps training and the tab picks it up again.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import gradio as gr
 import pandas as pd
@@ -52,7 +53,7 @@ def start(name, dataset, model_ref, settings, max_steps, processes=1):
     state = read_status(path).get("state")
     gr.Info(f"Run {path.name} started." if state == "running" else
             f"Run {path.name} is queued: it starts when the run training now ends.")
-    return gr.Dropdown(choices=_run_choices(), value=path.name)
+    return path.name
 
 
 def _act(action, run_id) -> str:
@@ -247,9 +248,10 @@ def _wire(shared, settings, summary, dataset, model, name, max_steps, processes,
                              gr.Dropdown(choices=list(c.runs), value=c.run)), [dataset, model, run])
     shared.follow(what_will_train, [summary], [settings])
     settings.change(what_will_train, [current, settings], summary)
-    started = start_btn.click(start, [name, dataset, model, settings, max_steps, processes], run,
-                              api_name="start_training")
-    started.success(shared.set("run"), [current, run], current)
+    started = gr.Textbox(visible=False)  # the new run's name: a failed Start leaves no error mark on an input
+    start_btn.click(start, [name, dataset, model, settings, max_steps, processes], started,
+                    api_name="start_training").success(lambda c, new: c.with_disk() if c.run == new else
+                                                       replace(c, run=new).with_disk(), [current, started], current)
     stop_btn.click(stop, run, action_info, api_name="stop_training")
     resume_btn.click(resume, run, action_info, api_name="resume_training")
     delete_btn.click(delete, [run, confirm], action_info).success(
