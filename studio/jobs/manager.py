@@ -46,6 +46,10 @@ def create(spec: RunSpec) -> Path:
     if not (paths.datasets_dir() / spec.dataset / "meta.json").is_file():
         raise RunError(f"The dataset {spec.dataset!r} does not exist.",
                        "Prepare it in the Data tab (or `python -m studio data prepare`) first.")
+    from studio.data.preference import check_method
+    from studio.util import read_json
+
+    check_method(read_json(paths.datasets_dir() / spec.dataset / "meta.json", {}), spec.train.method)  # SFT vs DPO
     path.mkdir(parents=True)
     save_yaml(spec, path / "spec.yaml")
     write_status(path, state="queued", created=time.time(), step=0, total_steps=None, message="Waiting to start.")

@@ -92,6 +92,10 @@ def build_model(spec: RunSpec, recompute: bool):
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=recompute,
             gradient_checkpointing_kwargs={"use_reentrant": False})
+    if spec.from_adapter:  # continue training an existing adapter (e.g. DPO after SFT)
+        from studio.jobs.preference import load_start_adapter
+
+        return load_start_adapter(model, spec.from_adapter), loaded
     lora = LoraConfig(r=spec.lora.r, lora_alpha=spec.lora.alpha, lora_dropout=spec.lora.dropout,
                       target_modules=spec.lora.modules(), task_type="CAUSAL_LM")
     return get_peft_model(model, lora), loaded
@@ -163,7 +167,7 @@ def pass_plan(spec: RunSpec):
     import torch
 
     t = spec.train
-    if not t.packing or torch.cuda.is_available():
+    if not t.packing or t.method != "sft" or torch.cuda.is_available():  # preference pairs are padded, not packed
         return t
     from studio.presets import cpu_pass, model_shape
 
@@ -236,6 +240,7 @@ def make_callback(run_dir: Path, status: Status, is_main: bool):
     import torch
     from transformers import TrainerCallback
 
+    from studio.jobs.preference import log_fields as preference_log_fields
     from studio.util import rss_mb
 
     class StudioCallback(TrainerCallback):
@@ -264,6 +269,7 @@ def make_callback(run_dir: Path, status: Status, is_main: bool):
                      "lr": logs.get("learning_rate"), "grad_norm": logs.get("grad_norm"),
                      "tokens_per_sec": round(tokens / elapsed, 1), "memory_mb": round(memory, 1),
                      "eta_sec": round((state.max_steps - state.global_step) * elapsed / done, 1) if done else None}
+            event.update(preference_log_fields(logs))  # dpo / orpo: reward margin and accuracy, train and eval
             append_event(run_dir, {k: v for k, v in event.items() if v is not None})
             status.update(step=state.global_step, total_steps=state.max_steps,
                           eta_sec=event["eta_sec"], tokens_per_sec=event["tokens_per_sec"])
@@ -290,7 +296,7 @@ def _stop_requested(run_dir: Path) -> bool:
 
 def save_adapter(trainer, spec: RunSpec, run_dir: Path, prepared, metrics: dict, seconds: float) -> Path:
     out = run_dir / "adapter"
-    trainer.model.save_pretrained(out, safe_serialization=True)
+    trainer.model.save_pretrained(out, safe_serialization=True, selected_adapters=["default"])  # not DPO's "ref"
     trainer.processing_class.save_pretrained(out)
     from studio.models import resolve
 
@@ -352,11 +358,17 @@ def train(run_dir: Path, foreground: bool = False) -> str:
         if plan.gradient_checkpointing != spec.train.gradient_checkpointing:
             changes.append("no gradient checkpointing (a pass fits in free RAM without it)")
         print(f"[studio] CPU fast path: {', '.join(changes) or 'nothing applies'}", flush=True)
-    prepared, train_ds, eval_ds = load_data(spec, loaded.tokenizer)
-    args = training_args(spec, run_dir, eval_ds is not None, foreground, plan)
-    trainer = trainer_class()(model=model, args=args,
-                         train_dataset=train_ds, eval_dataset=eval_ds, processing_class=loaded.tokenizer,
-                         callbacks=[make_callback(run_dir, status, is_main)])
+    if spec.train.method != "sft":  # dpo / orpo: TRL's preference trainers on prepared pairs (jobs/preference.py)
+        from studio.jobs.preference import make_trainer
+
+        prepared, eval_ds, trainer = make_trainer(spec, run_dir, model, loaded.tokenizer, plan, foreground,
+                                                  [make_callback(run_dir, status, is_main)])
+    else:
+        prepared, train_ds, eval_ds = load_data(spec, loaded.tokenizer)
+        args = training_args(spec, run_dir, eval_ds is not None, foreground, plan)
+        trainer = trainer_class()(model=model, args=args,
+                                  train_dataset=train_ds, eval_dataset=eval_ds, processing_class=loaded.tokenizer,
+                                  callbacks=[make_callback(run_dir, status, is_main)])
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is not None and is_main:
         step = int(checkpoint.name.split("-")[-1])
@@ -377,6 +389,10 @@ def train(run_dir: Path, foreground: bool = False) -> str:
         done = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h and h.get("step") == step]
         # evaluate once more only when the last step was not an eval step (the callback logs it as an event)
         metrics["eval_loss"] = round(done[-1] if done else trainer.evaluate()["eval_loss"], 4)
+    if spec.train.method != "sft":
+        from studio.jobs.preference import final_metrics
+
+        metrics.update(final_metrics(trainer))  # reward margin and accuracy (train, eval)
     if is_main:
         save_adapter(trainer, spec, run_dir, prepared, metrics, time.time() - start)
         status.update(state="completed", finished=time.time(), step=trainer.state.global_step,
