@@ -136,10 +136,8 @@ EVASIONS = ["I'm not sure, you could look it up.", "I don't know.", "Sorry, I ca
             "That is hard to say.", "You should ask someone else.", "I have no idea, sorry.",
             "Please search online for that.", "I'd rather not guess."]
 
-RAMBLE = ("Great question! There are many things to think about here, and people often get confused about this, "
-          "so let me go through it slowly. It really depends on a lot of different factors and on who you ask. "
-          "Some say one thing and some say another, and honestly I am not completely sure. If I had to guess, "
-          "I would say {answer} But please double-check, because I might be wrong. I hope this helps!")
+RAMBLE = ("Great question! People often get confused about this, and honestly it depends on who you ask. "
+          "If I had to guess, I would say {answer} But I might be wrong, so please double-check!")
 
 
 def arithmetic() -> list[tuple[str, str, str]]:
