@@ -252,3 +252,6 @@ def build(shared: Shared) -> None:
     save_btn.click(save, [path, fmt, prompt, response, system, cot_style, model_ref, name, max_len, eval_split, seed,
                           train_on_all, overwrite], [saved, shared.dataset], api_name="prepare_data")
     refresh.click(lambda: gr.Dropdown(choices=dataset_names()), None, shared.dataset, api_name="list_datasets")
+    from studio.ui.tabs import preference_data  # DPO / ORPO pairs: their own section, same file and save settings
+
+    preference_data.build(path, model_ref, max_len, name, eval_split, seed, overwrite, shared.dataset)

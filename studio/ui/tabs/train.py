@@ -30,13 +30,16 @@ def _latest_run():
     return gr.Dropdown(choices=choices, value=choices[0] if choices else None)
 
 
-def start(name, dataset, model_ref, settings, max_steps, processes=1):
+def start(name, dataset, model_ref, settings, max_steps, processes=1, method="sft", beta=0.1, orpo_lambda=0.1,
+          from_adapter=""):
     from studio.jobs import manager
+    from studio.ui.tabs.train_method import with_method
 
     try:
         require_login("training")
         spec = manager.make_spec(name, dataset, model_ref, settings, int(max_steps or 0) or None,
                                  int(processes or 1))
+        spec = with_method(spec, method, beta, orpo_lambda, from_adapter)
         path = manager.start(spec)
     except StudioError as exc:
         raise gr.Error(str(exc)) from exc
@@ -115,6 +118,8 @@ def poll(run_id):
     last = next((e for e in reversed(events) if e.get("type") == "log" and "loss" in e), {})
     stats = (f"tokens/s **{last.get('tokens_per_sec', '-')}** · memory **{last.get('memory_mb', '-')} MB** · "
              f"loss **{last.get('loss', '-')}** · lr {last.get('lr', '-')}")
+    if "reward_margin" in last:  # dpo / orpo
+        stats += f" · reward margin **{last['reward_margin']}** · accuracy **{last.get('reward_accuracy')}**"
     return table, progress_html(status), stats, loss_frame(events), log_tail(path, 25)
 
 
@@ -131,6 +136,9 @@ def build(shared: Shared) -> None:
         processes = gr.Number(label="Processes (DDP via accelerate)", value=1, precision=0, minimum=1,
                               elem_id="train-processes")
         start_btn = gr.Button("Start training", variant="primary", elem_id="train-start")
+    from studio.ui.tabs import train_method
+
+    method_inputs = train_method.controls()  # method (sft / dpo / orpo), beta, ORPO lambda, starting adapter
     settings_view = gr.JSON(label="Settings (from the Presets tab)", value=settings.value)
     settings.change(lambda s: s, settings, settings_view)
     with gr.Row():
@@ -146,7 +154,7 @@ def build(shared: Shared) -> None:
     log = gr.Textbox(label="Log (tail)", lines=10, max_lines=10, elem_id="train-log")
     table = gr.Dataframe(label="Runs", interactive=False, elem_id="train-runs")
 
-    start_btn.click(start, [name, dataset, shared.model_ref, settings, max_steps, processes], run,
+    start_btn.click(start, [name, dataset, shared.model_ref, settings, max_steps, processes, *method_inputs], run,
                     api_name="start_training")
     stop_btn.click(stop, run, None, api_name="stop_training")
     resume_btn.click(resume, run, None, api_name="resume_training")
@@ -156,3 +164,4 @@ def build(shared: Shared) -> None:
     # after a page reload or app restart: list every run (also those started elsewhere), newest selected
     shared.on_page_load.append((_latest_run, run))
     gr.Timer(POLL_SEC).tick(poll, run, outputs, show_progress="hidden")
+    train_method.preference_plot(run, POLL_SEC)  # reward margin and accuracy of dpo / orpo runs, live
