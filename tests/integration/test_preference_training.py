@@ -102,3 +102,30 @@ def test_dpo_reference_is_the_base_with_the_adapter_disabled(tmp_path, tiny_mode
     assert not torch.allclose(torch.tensor(policy), torch.tensor(expected), atol=1e-3)  # the adapter did learn
     after = model.get_base_model().state_dict()
     assert all(torch.equal(base_before[k], after[k]) for k in base_before)  # frozen base weights unchanged
+
+
+def test_dpo_continues_an_sft_adapter_against_it_as_the_reference(tmp_path, tiny_model_dir):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from studio.jobs.preference import make_trainer
+
+    sft = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                         LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights=False))
+    sft.save_pretrained(tmp_path / "sft-adapter")  # a non-zero adapter, as an SFT run leaves one
+    data = _pairs(tmp_path, str(tiny_model_dir))
+    spec = _spec("dpo-after-sft", data, str(tiny_model_dir), "dpo", max_steps=1, eval_steps=0,
+                 from_adapter=str(tmp_path / "sft-adapter"))
+    run_dir = manager.create(spec)
+    model, loaded = worker.build_model(spec, recompute=False)
+    _, _, trainer = make_trainer(spec, run_dir, model, loaded.tokenizer, spec.train, False, [])
+    assert set(model.peft_config) == {"default", "ref"}  # the SFT adapter, and a frozen copy as the reference
+    start = {n: p.detach().clone() for n, p in model.named_parameters() if ".default." in n}
+    assert all(not p.requires_grad for n, p in model.named_parameters() if ".ref." in n)
+    trainer.train()
+    params = dict(model.named_parameters())
+    assert any(not torch.equal(start[n], params[n]) for n in start)  # the SFT adapter is trained further
+    assert all(torch.equal(start[n], params[n.replace(".default.", ".ref.")]) for n in start)  # reference frozen
+    model.save_pretrained(tmp_path / "out", selected_adapters=["default"])
+    assert not (tmp_path / "out" / "ref").exists()
