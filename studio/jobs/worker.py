@@ -427,7 +427,7 @@ def oom_advice(spec: RunSpec | None) -> str:
 
         hw = hardware()
         device, memory = ("cuda", hw.cuda_devices[0]["total_gb"]) if hw.cuda_devices else ("cpu", hw.ram_total_gb)
-        advice = recommend(model_shape(spec.model.ref), memory, device)
+        advice = recommend(model_shape(spec.model.ref), memory, device, spec.train.method)
     except Exception:  # noqa: BLE001 - advice is best effort; the generic hint still helps
         return generic
     if advice.preset:
