@@ -77,8 +77,9 @@ CASES = {
                                      {"from": "observation", "value": "Sunny"},
                                      {"from": "gpt", "value": "It is sunny."}],
                    "system": "You help.", "tools": '[{"name": "weather"}]'}],
-                 [[m(S, 'You help.\n\nAvailable tools:\n[{"name": "weather"}]'), m(U, "Weather?"),
-                   m(A, '{"name": "weather"}'), m(U, "Sunny"), m(A, "It is sunny.")]]),
+                 [[m(S, "You help."), m(U, "Weather?"),
+                   m(A, "", tool_calls=[{"type": "function", "function": {"name": "weather", "arguments": {}}}]),
+                   m("tool", "Sunny"), m(A, "It is sunny.")]]),
 }
 
 
@@ -90,6 +91,8 @@ def test_each_format_in_each_file_type_is_detected_and_normalized_exactly(tmp_pa
     assert report.format == fmt.split("_parts")[0], report.detection.evidence
     assert f"{len(records)} of {len(records)} sampled rows" in report.detection.evidence
     assert [messages for _, messages in report.preview] == expected
+    if fmt == "sharegpt":  # the tool definitions go to the template's tools argument, not into the text
+        assert report.preview[0][1].tools == [{"type": "function", "function": {"name": "weather"}}]
     assert (report.rows_in, report.rows_ok, report.rows_invalid) == (len(records), len(records), 0)
 
 
