@@ -161,7 +161,10 @@ def test_forced_format_overrides_detection(tmp_path):
     ([m(U, "Hi"), m(A, "Yo"), m(U, "And?")], "ends with a user message"),
     ([m(U, "Hi"), m(A, "Yo", weight=0)], "weight 0"),
     ([m(S, "sys")], "only a system message"),
-    ([{"role": "tool", "content": "x"}], "role 'tool'"),
+    ([{"role": "tool", "content": "x"}], "message 1 is tool after the start"),
+    ([{"role": "robot", "content": "x"}], "role 'robot'"),
+    ([m(U, "Hi"), m(A, "", tool_calls=[{"function": {"name": "f"}}]), m(A, "Yo")],
+     "message 3 is assistant after assistant tool call \\(expected tool\\)"),
 ])
 def test_invalid_conversations_say_why(messages, reason):
     with pytest.raises(formats.RowError, match=reason):
