@@ -392,9 +392,7 @@ def prepare(path, model_ref: str, name: str, max_len: int = 1024, eval_split: fl
         report, batches = _scan(path, fmt, mapping, cot_style, tokenizer, max_len, train_on_all, progress,
                                 options, long_docs)
         _write_all(tmp, batches)
-        if report.rows_ok == 0:
-            raise DataError(f"Every row of {Path(path).name} is invalid ({report.rows_in} rows): "
-                            f"{_first_reasons(report)}.", "Fix the rows, or choose another format or mapping.")
+        require_usable(report)
         progress(0.92, "Splitting train/eval...")
         n_train, n_eval = _split_files(tmp, report.rows_ok, eval_split, seed)
         _write_problems(tmp / "problems.jsonl", report)
@@ -417,6 +415,14 @@ def _check_settings(max_len: int, eval_split: float, cot_style: str) -> None:
     if cot_style not in formats.COT_STYLES:
         raise DataError(f"Unknown chain-of-thought style {cot_style!r}.",
                         f"Use one of: {', '.join(formats.COT_STYLES)}.")
+
+
+def require_usable(report: Inspection) -> None:
+    """DataError naming the first reasons when no row of the file can be trained on."""
+    if report.rows_ok == 0:
+        raise DataError(f"No row of {Path(report.path).name} is usable ({report.rows_in} rows read): "
+                        f"{_first_reasons(report)}.",
+                        "Fix the rows, choose another format or mapping, or raise the max length.")
 
 
 def _first_reasons(report: Inspection, n: int = 3) -> str:
