@@ -139,8 +139,13 @@ def _print_report(report, tokenized: bool) -> None:
     if report.tool_rows:
         print(f"tools       {report.tool_rows} rows with tool definitions, calls or results")
     if report.placeholders:
-        found = ", ".join(f"{p} ({n} rows)" for p, n in report.placeholders.items())
-        print(f"placeholder {found}: replace them with --replace name=TEXT,author=TEXT")
+        from studio.data.formats import placeholder_key
+
+        replaced = report.options.replacements
+        found = ", ".join(f"{p} ({n} rows, " + (f"replaced by {replaced[placeholder_key(p)]!r})"
+                                                if placeholder_key(p) in replaced else "not replaced)")
+                          for p, n in report.placeholders.items())
+        print(f"placeholder {found}; replace with --replace name=TEXT,author=TEXT")
     if report.identity_rows:
         print(f"identity    {report.identity_rows} rows say who the assistant is; check the name and maker")
     for note in [report.template_warning, *report.notes]:

@@ -478,6 +478,22 @@ def states_identity(messages: list[dict]) -> bool:
     return any(IDENTITY.search(m.get("content") or "") for m in messages if m["role"] in ("assistant", "system"))
 
 
+NAME_KEYS = ("name", "assistant_name", "bot_name", "model_name", "your_name")
+AUTHOR_KEYS = ("author", "creator", "company", "organization", "developer")
+
+
+def identity_replacements(name: str = "", author: str = "") -> dict[str, str]:
+    """Name and author fields -> the placeholders each replaces ({{name}}, <bot_name>, {{author}}, ...)."""
+    out = {key: name.strip() for key in NAME_KEYS if name.strip()}
+    return out | {key: author.strip() for key in AUTHOR_KEYS if author.strip()}
+
+
+def placeholder_key(placeholder: str) -> str:
+    """'{{ Name }}' or '<name>' -> 'name', the key of the replacements."""
+    match = PLACEHOLDER.fullmatch(placeholder)
+    return (match.group(1) or match.group(2)).lower() if match else placeholder.lower()
+
+
 def _replace(text: str, replacements: dict[str, str]) -> str:
     def sub(match):
         key = (match.group(1) or match.group(2)).lower()

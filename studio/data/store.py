@@ -63,7 +63,7 @@ class Inspection:
     chunks: int = 0  # the rows those documents became
     tool_rows: int = 0  # rows with tool definitions, tool calls or tool results
     identity_rows: int = 0  # rows that say who the assistant is
-    placeholders: dict = field(default_factory=dict)  # placeholder as written -> rows holding it
+    placeholders: dict = field(default_factory=dict)  # placeholder as the file writes it -> rows holding it
     options: formats.Options = field(default_factory=formats.Options)
     long_docs: str = "chunk"
     notes: list[str] = field(default_factory=list)  # template facts the user should know
@@ -166,7 +166,8 @@ def _conversations(rows: Iterator, fmt: str, mapping: dict, cot_style: str, repo
             problem = Problem(row, record.reason)
         else:
             try:
-                messages = _convert(record, fmt, mapping, cot_style, report.options)
+                source = formats.to_messages(record, fmt, mapping, cot_style)
+                messages = formats.apply_options(source, report.options, fmt)
             except formats.RowError as exc:
                 problem = Problem(row, exc.reason)
             else:
@@ -177,7 +178,7 @@ def _conversations(rows: Iterator, fmt: str, mapping: dict, cot_style: str, repo
                     report.add_problem(Problem(row, f"exact duplicate of row {seen[key]} (removed)", "duplicate"))
                     continue
                 seen[key] = row
-                _note_row(report, messages)
+                _note_row(report, source)  # placeholders as the file has them, before replacement
                 yield row, messages
                 continue
         report.rows_invalid += 1
