@@ -288,9 +288,10 @@ def build(shared: Shared) -> None:
         system_mode = gr.Radio(SYSTEM_CHOICES, value="keep", label="System prompt for rows without one",
                                info="A row's own system turn always stays. The choice is saved with the dataset.",
                                elem_id="data-system-mode")
-        system_text = gr.Textbox(label="My own system prompt", placeholder="You are ...", elem_id="data-system-text")
-        name_field = gr.Textbox(label="Assistant name (replaces {{name}}, <name>, ...)", elem_id="data-name-field")
-        author_field = gr.Textbox(label="Author (replaces {{author}}, <author>, ...)", elem_id="data-author-field")
+        system_text = gr.Textbox("", label="My own system prompt", placeholder="You are ...",
+                                 elem_id="data-system-text")
+        name_field = gr.Textbox("", label="Assistant name (replaces {{name}}, <name>, ...)", elem_id="data-name-field")
+        author_field = gr.Textbox("", label="Author (replaces {{author}}, <author>, ...)", elem_id="data-author-field")
     template = gr.HighlightedText(label="Chat template (trained tokens in green)", color_map=_TEMPLATE_COLORS,
                                   show_legend=True, elem_id="data-template")
     notes = gr.Markdown(elem_id="data-warning")
