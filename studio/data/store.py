@@ -264,6 +264,9 @@ def _scan_batches(report: Inspection, conversations: Iterator, tokenizer, max_le
         report.notes = _notes(tokenizer, report.options, report.format)
         if report.format == "text" or report.tool_rows == 0:
             report.notes = [n for n in report.notes if n != render.TOOL_FALLBACK_NOTE]
+        if report.identity_rows and report.options.system == "keep" and render.default_system_prompt(tokenizer):
+            report.notes.append(f"{report.identity_rows:,} rows say who the assistant is, which the template's "
+                                f"default system prompt may contradict: consider 'none' or your own.")
     report.seconds += time.time() - start
 
 
