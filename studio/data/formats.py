@@ -261,9 +261,10 @@ def _weight(turn: dict, role: str, index: int) -> int | None:
         part = _parts(turn["content"], index)[1]
         weight = part if weight is None else weight
     if weight is not None and role != "assistant":
-        if weight == 1:
-            return None  # prompts are never trained; a 1 there changes nothing
-        raise RowError(f"message {index} ({role}) has a weight; only assistant turns may")
+        if weight == 0:
+            return None  # prompts are never trained: a 0 there says what happens anyway
+        raise RowError(f"message {index} ({role}) has weight 1, but only assistant turns are trained; "
+                       f"use 'train on everything' (--train-on-all) to train prompts too")
     return weight
 
 
@@ -454,8 +455,9 @@ def looks_like_preference(records: list[dict]) -> bool:
 def preference_error(name: str) -> DataError:
     return DataError(f"{name}: this is preference data (chosen/rejected): use method dpo or orpo.",
                      "Preference pairs teach which of two answers is better, which supervised fine-tuning cannot "
-                     "read. Train them with the dpo or orpo method; for plain fine-tuning keep only the chosen "
-                     "answers (e.g. as prompt/completion columns).")
+                     "read. Train them with the dpo or orpo method; to fine-tune on the chosen answers alone, "
+                     "map them: format 'mapped' with prompt=prompt, response=chosen "
+                     "(CLI: --format mapped --map prompt=prompt,response=chosen).")
 
 
 # ---------------------------------------------------------------- options applied to every row
@@ -524,6 +526,17 @@ class Options:
                 "replacements": dict(self.replacements), "train_tool_calls": self.train_tool_calls}
 
 
+def system_turn(system_prompt: dict | None) -> dict | None:
+    """The system turn a conversation without one gets, from a dataset meta's `system_prompt`
+    ({"mode": "keep"|"none"|"custom", "text": ...}): None for keep (the template adds its default),
+    an empty turn for none (so it does not), the text for custom. Chat and the API call this with
+    the meta of the adapter's dataset, so inference starts the way training did."""
+    mode = (system_prompt or {}).get("mode", "keep")
+    if mode == "keep":
+        return None
+    return {"role": "system", "content": (system_prompt or {}).get("text", "") if mode == "custom" else ""}
+
+
 def apply_options(messages: Conversation, options: Options, fmt: str) -> Conversation:
     """Placeholders replaced, the system prompt chosen (a row's own system turn always stays), tool
     calls left untrained if asked; RowError when nothing is left to train."""
@@ -534,9 +547,9 @@ def apply_options(messages: Conversation, options: Options, fmt: str) -> Convers
         if message.get("tool_calls") and not options.train_tool_calls:
             message["weight"] = 0
         out.append(message)
-    if fmt != "text" and out and out[0]["role"] != "system" and options.system != "keep":
-        # "none": an empty system turn, so the template does not insert its own default
-        out.insert(0, {"role": "system", "content": options.system_text if options.system == "custom" else ""})
+    system = system_turn(options.as_meta()["system_prompt"])
+    if fmt != "text" and out and out[0]["role"] != "system" and system:
+        out.insert(0, system)
     if fmt != "text" and all(m.get("weight", 1) == 0 for m in out if m["role"] == "assistant"):
         raise RowError("every assistant turn is a tool call and tool calls are not trained: nothing to train on")
     return Conversation(out, messages.tools if isinstance(messages, Conversation) else [])

@@ -127,7 +127,7 @@ def _choose(path, fmt: str | None, mapping: dict | None) -> tuple[formats.Detect
         reasons = "; ".join(r.reason for _, r in head[:3])
         raise DataError(f"None of the first {len(head)} rows of {Path(path).name} can be read: {reasons}.",
                         "Check the file type and encoding (JSON Lines need one JSON object per line).")
-    if not fmt and formats.looks_like_preference(good):
+    if fmt != "mapped" and formats.looks_like_preference(good):  # a mapping may pick the chosen answers
         raise formats.preference_error(Path(path).name)
     detection = formats.detect(good)
     fmt = fmt or detection.format

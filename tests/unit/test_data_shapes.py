@@ -294,3 +294,28 @@ def test_inspect_exits_non_zero_when_no_row_is_usable(tmp_path, tiny_model_dir, 
                            False, progress=lambda *a, **k: None)
     assert "No row can be trained on: the conversation ends with a user message" in out[6]
     assert "no tokenizer" not in out[10].lower() and "no row is usable" in out[10]
+
+
+def test_preference_pairs_may_be_mapped_to_their_chosen_answers(tmp_path):
+    rows = [{"prompt": "Capital of France?", "chosen": "Paris.", "rejected": "Lyon."}]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = store.inspect(path, fmt="mapped", mapping={"prompt": "prompt", "response": "chosen"})
+    assert report.preview[0][1] == [{"role": "user", "content": "Capital of France?"},
+                                    {"role": "assistant", "content": "Paris."}]
+
+
+def test_prompt_weights_of_zero_are_accepted_and_of_one_explained():
+    untrained_prompt = {"messages": [{"role": "user", "content": "Hi", "loss_weight": 0},
+                                     {"role": "assistant", "content": "Hello", "loss_weight": 1}]}
+    assert formats.to_messages(untrained_prompt, "openai")[0] == {"role": "user", "content": "Hi"}
+    untrained_prompt["messages"][0]["loss_weight"] = 1
+    with pytest.raises(formats.RowError, match="only assistant turns are trained; use 'train on everything'"):
+        formats.to_messages(untrained_prompt, "openai")
+
+
+def test_system_turn_for_chat_follows_the_saved_choice():
+    assert formats.system_turn({"mode": "keep", "text": ""}) is None
+    assert formats.system_turn({"mode": "none", "text": ""}) == {"role": "system", "content": ""}
+    assert formats.system_turn({"mode": "custom", "text": "You are Asha."}) == {"role": "system",
+                                                                               "content": "You are Asha."}

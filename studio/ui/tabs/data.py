@@ -60,10 +60,17 @@ def _clip(text: str) -> str:
     return text if len(text) <= PREVIEW_CHARS else text[:PREVIEW_CHARS] + "..."
 
 
+def _shown(message: dict) -> str:
+    """A turn's text for the preview table; a tool call as name(arguments)."""
+    calls = [f"{c['function']['name']}({json.dumps(c['function'].get('arguments') or {}, ensure_ascii=False)})"
+             for c in message.get("tool_calls") or []]
+    return "\n".join([message["content"]] * bool(message["content"]) + [f"[tool call] {c}" for c in calls])
+
+
 def preview_table(preview: list[tuple[int, list[dict]]]) -> pd.DataFrame:
     rows = []
     for row, messages in preview:
-        first = {role: next((m["content"] for m in messages if m["role"] == role), "")
+        first = {role: next((_shown(m) for m in messages if m["role"] == role), "")
                  for role in ("system", "user", "assistant")}
         rows.append({"row": row, "turns": len(messages), "system": _clip(first["system"]),
                      "user": _clip(first["user"]), "assistant": _clip(first["assistant"])})
