@@ -19,10 +19,14 @@ def apply_template(tokenizer, messages: list[dict], add_generation_prompt: bool 
                    tools: list[dict] | None = None) -> str:
     """The conversation as the model sees it, through its chat template (ChatML when it has none);
     tool definitions go to the template's `tools` argument, tool calls and names stay on their turns."""
-    template = tokenizer.chat_template or CHATML_TEMPLATE
     clean = [{k: m[k] for k in ("role", "content", "tool_calls", "name") if k in m} for m in messages]
-    return tokenizer.apply_chat_template(clean, chat_template=template, tokenize=False, tools=tools or None,
-                                         add_generation_prompt=add_generation_prompt)
+    return tokenizer.apply_chat_template(clean, chat_template=_chat_template(tokenizer), tokenize=False,
+                                         tools=tools or None, add_generation_prompt=add_generation_prompt)
+
+
+def _chat_template(tokenizer) -> str:
+    """The template text used for this tokenizer (the single place that asks which one)."""
+    return tokenizer.chat_template or CHATML_TEMPLATE
 
 
 # ---------------------------------------------------------------- tools: native or the fallback
@@ -43,7 +47,7 @@ TOOL_FALLBACK_NOTE = ("This model's chat template has no tool support, so tool c
 
 def supports_tools(tokenizer) -> bool:
     """True when the chat template renders tool definitions, tool calls and tool results itself."""
-    template = tokenizer.chat_template or CHATML_TEMPLATE
+    template = _chat_template(tokenizer)
     if template not in _TOOL_SUPPORT:
         try:
             text = tokenizer.apply_chat_template(_PROBE, tools=_PROBE_TOOLS, chat_template=template, tokenize=False)
