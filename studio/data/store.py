@@ -424,9 +424,11 @@ def _check_settings(max_len: int, eval_split: float, cot_style: str) -> None:
 def require_usable(report: Inspection) -> None:
     """DataError naming the first reasons when no row of the file can be trained on."""
     if report.rows_ok == 0:
+        fix = "Fix the rows, or choose another format or mapping."
+        if report.too_long:
+            fix = f"Raise the max length ({report.too_long} rows have no trained token within it), or shorten them."
         raise DataError(f"No row of {Path(report.path).name} is usable ({report.rows_in} rows read): "
-                        f"{_first_reasons(report)}.",
-                        "Fix the rows, choose another format or mapping, or raise the max length.")
+                        f"{_first_reasons(report)}.", fix)
 
 
 def _first_reasons(report: Inspection, n: int = 3) -> str:
