@@ -199,6 +199,22 @@ def _render(tokenizer, fmt: str, conversations: list[list[dict]], max_len: int, 
     return [[r] for r in render.render_batch(tokenizer, conversations, max_len, train_on_all)]
 
 
+def _render_rows(tokenizer, fmt: str, conversations: list[list[dict]], max_len: int, train_on_all: bool,
+                 long_docs: str) -> list:
+    """_render, but a row the chat template refuses (e.g. parallel tool calls where the template
+    allows one) becomes a RowError for that row instead of stopping the whole file."""
+    try:
+        return _render(tokenizer, fmt, conversations, max_len, train_on_all, long_docs)
+    except Exception:  # jinja2's TemplateError or a template's raise_exception; find the rows one by one
+        out = []
+        for conversation in conversations:
+            try:
+                out.append(_render(tokenizer, fmt, [conversation], max_len, train_on_all, long_docs)[0])
+            except Exception as exc:
+                out.append(formats.RowError(f"the chat template cannot render this row ({exc})"))
+        return out
+
+
 def _notes(tokenizer, options: formats.Options, fmt: str) -> list[str]:
     """What the template will do that the data does not say: its default system prompt, no tools."""
     if tokenizer is None or fmt == "text":
@@ -242,10 +258,14 @@ def _scan_batches(report: Inspection, conversations: Iterator, tokenizer, max_le
     start = time.time()
     expected = io.estimate_rows(report.path)
     for batch in _batches(conversations):
-        rendered = (_render(tokenizer, report.format, [m for _, m in batch], max_len, train_on_all, report.long_docs)
-                    if tokenizer is not None else [None] * len(batch))
+        rendered = (_render_rows(tokenizer, report.format, [m for _, m in batch], max_len, train_on_all,
+                                 report.long_docs) if tokenizer is not None else [None] * len(batch))
         kept = []
         for (row, messages), items in zip(batch, rendered, strict=True):
+            if isinstance(items, formats.RowError):
+                report.rows_invalid += 1
+                report.add_problem(Problem(row, items.reason))
+                continue
             if items is not None and not any(any(item.assistant_masks) for item in items):
                 report.too_long += 1
                 report.add_problem(Problem(row, f"no trained token within max_len={max_len} (the row has "
@@ -308,7 +328,10 @@ def preview_row(path, row: int, tokenizer, fmt: str | None = None, mapping: dict
                 ) -> tuple[formats.Conversation, list[render.Rendered]]:
     """One row exactly as `prepare` saves it: its conversation and its rows (ids and masks)."""
     fmt, messages = _row(path, row, fmt, mapping, cot_style, options)
-    return messages, _render(tokenizer, fmt, [messages], max_len, train_on_all, long_docs)[0]
+    items = _render_rows(tokenizer, fmt, [messages], max_len, train_on_all, long_docs)[0]
+    if isinstance(items, formats.RowError):
+        raise DataError(f"Row {row} is invalid: {items.reason}.", "Choose another row, or another model.")
+    return messages, items
 
 
 # ---------------------------------------------------------------- preparing and the store

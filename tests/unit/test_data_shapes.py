@@ -319,3 +319,20 @@ def test_system_turn_for_chat_follows_the_saved_choice():
     assert formats.system_turn({"mode": "none", "text": ""}) == {"role": "system", "content": ""}
     assert formats.system_turn({"mode": "custom", "text": "You are Asha."}) == {"role": "system",
                                                                                "content": "You are Asha."}
+
+
+def test_a_row_the_template_refuses_is_listed_not_fatal(tmp_path, tool_model_dir):
+    """Templates such as Llama 3.1's raise on parallel tool calls: that row is a problem, the rest is kept."""
+    strict = tmp_path / "strict-tools"
+    shutil.copytree(tool_model_dir, strict)
+    tok = load_tokenizer(str(strict))
+    tok.chat_template = TOOL_TEMPLATE.replace(
+        "{%- for tool_call in message.tool_calls %}",
+        "{%- if message.tool_calls | length > 1 %}{{ raise_exception('This model only supports single tool-calls "
+        "at once!') }}{%- endif %}{%- for tool_call in message.tool_calls %}")
+    tok.save_pretrained(strict)
+    report = store.inspect(SHAPES / "sharegpt_tools.jsonl", tokenizer=store.tokenizer_for(str(strict)))
+    assert (report.rows_ok, report.rows_invalid) == (2, 1)
+    assert report.problems[0].row == 2 and "only supports single tool-calls" in report.problems[0].reason
+    with pytest.raises(DataError, match="Row 2 is invalid: the chat template cannot render this row"):
+        store.preview_row(SHAPES / "sharegpt_tools.jsonl", 2, store.tokenizer_for(str(strict)))
