@@ -336,3 +336,16 @@ def test_a_row_the_template_refuses_is_listed_not_fatal(tmp_path, tool_model_dir
     assert report.problems[0].row == 2 and "only supports single tool-calls" in report.problems[0].reason
     with pytest.raises(DataError, match="Row 2 is invalid: the chat template cannot render this row"):
         store.preview_row(SHAPES / "sharegpt_tools.jsonl", 2, store.tokenizer_for(str(strict)))
+
+
+def test_data_tab_shows_raw_text_as_saved_chunks(tiny_model_dir):
+    from studio.ui.tabs import data as tab
+
+    runs, _ = tab.template_view(str(SHAPES / "raw_text.jsonl"), 2, "auto", None, "think", str(tiny_model_dir), 64,
+                                False)
+    labels = [label for _, label in runs]
+    assert labels[0] == "chunk break" and labels.count("chunk break") == 2 and "cut off" not in labels
+    assert "<|im_start|>" not in "".join(text for text, label in runs if label == "trained")
+    runs, _ = tab.template_view(str(SHAPES / "raw_text.jsonl"), 2, "auto", None, "think", str(tiny_model_dir), 64,
+                                False, long_docs="cut")
+    assert runs[-1][1] == "cut off" and "tokens cut off at max length 64" in runs[-1][0]
