@@ -40,9 +40,9 @@ _PROBE = [{"role": "user", "content": "hi"},
 _TOOL_SUPPORT: dict[str, bool] = {}
 TOOL_FALLBACK_NOTE = ("This model's chat template has no tool support, so tool calling is written as text "
                       "(the Hermes/Qwen convention): the tool definitions go into the system turn inside "
-                      "<tools>...</tools>, each tool call into the assistant's text as <tool_call>{\"name\": ..., "
-                      "\"arguments\": ...}</tool_call>, and tool results into a user turn inside "
-                      "<tool_response>...</tool_response>.")
+                      "`<tools>...</tools>`, each tool call into the assistant's text as `<tool_call>{\"name\": ..., "
+                      "\"arguments\": ...}</tool_call>`, and tool results into a user turn inside "
+                      "`<tool_response>...</tool_response>` (see docs/data.md).")
 
 
 def supports_tools(tokenizer) -> bool:
