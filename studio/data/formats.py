@@ -465,8 +465,11 @@ def preference_error(name: str) -> DataError:
 # {{name}}-style placeholders, and a few <name>-style ones (not any <tag>: <think> is real text).
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][\w.-]*)\s*\}\}|<(name|author|model_name|assistant_name|bot_name|"
                          r"creator|company|organization|developer|your_name)>", re.IGNORECASE)
-IDENTITY = re.compile(r"\b(I am|I'm|my name is|you are|you're)\b[^.\n]{0,80}\b(assistant|AI|language model|"
-                      r"chatbot|bot|developed by|created by|trained by|made by|built by)\b", re.IGNORECASE)
+# First-person statements of who the assistant is or who made it ("I am X, an AI assistant developed
+# by Y", "I was created by Y"); a system prompt's "You are a helpful assistant" is not counted.
+IDENTITY = re.compile(r"\b(?:(?:I am|I'm|my name is)\b[^.\n]{0,80}\b(?:assistant|AI|language model|chatbot|"
+                      r"developed by|created by|trained by|made by|built by)|I was (?:developed|created|trained|made|"
+                      r"built) by)\b", re.IGNORECASE)
 SYSTEM_CHOICES = ("keep", "none", "custom")
 
 
@@ -477,7 +480,7 @@ def placeholders(messages: list[dict]) -> set[str]:
 
 def states_identity(messages: list[dict]) -> bool:
     """True when a turn says who the assistant is ('I am ..., an AI assistant developed by ...')."""
-    return any(IDENTITY.search(m.get("content") or "") for m in messages if m["role"] in ("assistant", "system"))
+    return any(IDENTITY.search(m.get("content") or "") for m in messages if m["role"] == "assistant")
 
 
 NAME_KEYS = ("name", "assistant_name", "bot_name", "model_name", "your_name")

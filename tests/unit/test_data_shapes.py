@@ -236,7 +236,7 @@ def test_raw_text_cut_counts_rows_and_tokens_dropped(tiny_model_dir, capsys):
 def test_placeholders_are_found_and_replaced_before_saving(tiny_model_dir):
     path = SHAPES / "identity_alpaca.jsonl"
     report = store.inspect(path)
-    assert report.placeholders == {"{{name}}": 2, "{{author}}": 2} and report.identity_rows == 1
+    assert report.placeholders == {"{{name}}": 2, "{{author}}": 2} and report.identity_rows == 2
     options = formats.Options(replacements=formats.identity_replacements("Asha", "Pune Labs"))
     folder, meta = assert_preview_is_what_trains(path, tiny_model_dir, "identity", options=options)
     saved = [json.loads(r["messages"]) for r in pq.read_table(folder / "train.parquet").to_pylist()]
@@ -312,6 +312,15 @@ def test_prompt_weights_of_zero_are_accepted_and_of_one_explained():
     untrained_prompt["messages"][0]["loss_weight"] = 1
     with pytest.raises(formats.RowError, match="only assistant turns are trained; use 'train on everything'"):
         formats.to_messages(untrained_prompt, "openai")
+
+
+def test_identity_statements_are_first_person_answers():
+    def says(text, role="assistant"):
+        return formats.states_identity([{"role": role, "content": text}])
+
+    assert says("I am Asha, an AI assistant developed by Pune Labs.") and says("I was created by Pune Labs.")
+    assert says("I'm a language model.") and not says("You are a helpful assistant.", "system")
+    assert not says("I am happy to help with your essay.") and not says("The AI was made by hand.")
 
 
 def test_system_turn_for_chat_follows_the_saved_choice():
