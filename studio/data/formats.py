@@ -250,6 +250,8 @@ def _tool_calls(value, index: int) -> list[dict]:
             raise RowError(f"turn {index} is a tool call without a function name")
         arguments = _json(function.get("arguments") or {}, f"turn {index} arguments")
         out.append({"type": "function", "function": {"name": str(function["name"]), "arguments": arguments}})
+        if isinstance(call, dict) and call.get("id"):  # templates such as Mistral's pair calls and results by id
+            out[-1]["id"] = str(call["id"])
     return out
 
 
@@ -275,8 +277,9 @@ def _message(turn: dict, index: int, role: str, content) -> dict:
         message = {"role": role, "content": _content(content, index)}
         if role == "assistant" and turn.get("tool_calls"):
             message["tool_calls"] = _tool_calls(turn["tool_calls"], index)
-        if role == "tool" and turn.get("name"):
-            message["name"] = str(turn["name"])
+        for key in ("name", "tool_call_id"):
+            if role == "tool" and turn.get(key):
+                message[key] = str(turn[key])
     if _weight(turn, message["role"], index) == 0:
         message["weight"] = 0
     return message

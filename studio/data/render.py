@@ -19,7 +19,7 @@ def apply_template(tokenizer, messages: list[dict], add_generation_prompt: bool 
                    tools: list[dict] | None = None) -> str:
     """The conversation as the model sees it, through its chat template (ChatML when it has none);
     tool definitions go to the template's `tools` argument, tool calls and names stay on their turns."""
-    clean = [{k: m[k] for k in ("role", "content", "tool_calls", "name") if k in m} for m in messages]
+    clean = [{k: m[k] for k in ("role", "content", "tool_calls", "name", "tool_call_id") if k in m} for m in messages]
     return tokenizer.apply_chat_template(clean, chat_template=_chat_template(tokenizer), tokenize=False,
                                          tools=tools or None, add_generation_prompt=add_generation_prompt)
 

@@ -86,6 +86,7 @@ class Inspection:
                 "chunks": self.chunks, "long_docs": self.long_docs, "tool_rows": self.tool_rows,
                 "identity_rows": self.identity_rows, "placeholders": self.placeholders,
                 "options": self.options.as_meta(), "notes": self.notes,
+                "cuts": self.cuts_line() if self.token_stats is not None else None,
                 "token_stats": self.token_stats, "seconds": round(self.seconds, 2)}
 
     def cuts_line(self) -> str:

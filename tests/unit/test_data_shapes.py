@@ -358,3 +358,17 @@ def test_data_tab_shows_raw_text_as_saved_chunks(tiny_model_dir):
     runs, _ = tab.template_view(str(SHAPES / "raw_text.jsonl"), 2, "auto", None, "think", str(tiny_model_dir), 64,
                                 False, long_docs="cut")
     assert runs[-1][1] == "cut off" and "tokens cut off at max length 64" in runs[-1][0]
+
+
+def test_openai_tool_call_ids_are_kept_for_templates_that_pair_them():
+    record = {"messages": [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function",
+             "function": {"name": "get_weather", "arguments": '{"city": "Pune"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "31 C"},
+        {"role": "assistant", "content": "31 degrees."}]}
+    convo = formats.to_messages(record, "openai")
+    assert convo[1]["tool_calls"] == [{"type": "function", "id": "call_1",
+                                       "function": {"name": "get_weather", "arguments": {"city": "Pune"}}}]
+    assert convo[2] == {"role": "tool", "content": "31 C", "tool_call_id": "call_1"}
