@@ -183,11 +183,12 @@ def _spans_by_prefix(tokenizer, messages: list[dict], tools, full: str, calls: b
             continue
         before = apply_template(tokenizer, messages[:i], add_generation_prompt=True, tools=tools)
         upto = apply_template(tokenizer, messages[: i + 1], tools=tools)
-        if not (full.startswith(upto) and upto.startswith(before)):
-            return None
-        if calls:
-            spans.append([len(before), len(upto.rstrip())])
+        consistent = full.startswith(upto) and upto.startswith(before)
+        if calls:  # a call the template renders differently in a prefix stays untrained; the others count
+            spans += [[len(before), len(upto.rstrip())]] if consistent else []
             continue
+        if not consistent:
+            return None
         content = m["content"].strip()  # templates often trim; the turn's own text is what is trained
         start = upto.find(content, len(before))
         if start < 0:
