@@ -183,6 +183,7 @@ class Engine:
         self._scheduler = None
         self.stop_ids = frozenset(stop_token_ids(self.tokenizer, self.loaded.model))
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.stop_ids)
+        self.cache_arg = _cache_arg(self.loaded.model)  # the forward's name for the KV cache
 
     @property
     def device(self):
@@ -467,6 +468,12 @@ def _request_stats(request) -> dict:
     tokens = len(request.tokens)
     return {"prompt_tokens": len(request.prompt_ids), "tokens": tokens, "seconds": round(seconds, 3),
             "tokens_per_s": round(tokens / seconds, 1) if seconds else None, "finish_reason": request.finish_reason}
+
+
+def _cache_arg(model) -> str:
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def _free_bytes(device) -> int:

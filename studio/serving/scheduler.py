@@ -204,16 +204,20 @@ class _Batch:
         cache = self.engine.new_cache()
         kwargs = self.engine.prepare_step([r.adapter for r in self.rows + requests], [r.adapter for r in requests])
         with torch.inference_mode():
-            out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                        use_cache=True, logits_to_keep=1, **kwargs)
+            out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1,
+                        **{self.engine.cache_arg: cache}, **kwargs)
         for request in requests:
             if request.sampling.temperature > 0:
-                request.generator = torch.Generator(device=device).manual_seed(request.sampling.seed or 0)
+                request.generator = torch.Generator(device=device)
+                if request.sampling.seed is None:
+                    request.generator.seed()  # no seed asked for: a fresh random one
+                else:
+                    request.generator.manual_seed(request.sampling.seed)
         seen = [torch.tensor(r.prompt_ids, device=device) for r in requests]
         logits = out.logits[:, -1].float()
         last = torch.tensor([self._pick(r, seen[i], logits[i]) for i, r in enumerate(requests)], device=device)
         seen = [torch.cat([s, last[i:i + 1]]) for i, s in enumerate(seen)]
-        self._join(requests, out.past_key_values, mask, mask.sum(-1), last, seen)
+        self._join(requests, _cache_of(out), mask, mask.sum(-1), last, seen)
         for request in requests:
             self._emit(request)
 
@@ -251,10 +255,10 @@ class _Batch:
         kwargs = self.engine.prepare_step([r.adapter for r in self.rows], [r.adapter for r in self.rows])
         with torch.inference_mode():
             out = self.engine.model(input_ids=self.last[:, None], attention_mask=self.mask,
-                                    position_ids=self.positions[:, None], past_key_values=self.cache,
+                                    position_ids=self.positions[:, None], use_cache=True, logits_to_keep=1,
                                     cache_position=torch.tensor([length], device=self.mask.device),
-                                    use_cache=True, logits_to_keep=1, **kwargs)
-        self.cache = out.past_key_values
+                                    **{self.engine.cache_arg: self.cache}, **kwargs)
+        self.cache = _cache_of(out)
         self.positions = self.positions + 1
         logits = out.logits[:, -1].float()
         picked = [self._pick(r, self.seen[i], logits[i]) for i, r in enumerate(self.rows)]
@@ -344,6 +348,11 @@ class _Batch:
                 request.finish_reason = "error"
                 request.sink.put((request, "error", exc))
         self.rows, self.cache, self.mask, self.positions, self.last, self.seen = [], None, None, None, None, []
+
+
+def _cache_of(out):
+    cache = getattr(out, "cache", None)  # transformers >= 5.2x names it `cache`, before `past_key_values`
+    return cache if cache is not None else out.past_key_values
 
 
 def _pad_left(tensor, n: int):
