@@ -181,6 +181,7 @@ class Engine:
         self._loads = 0  # adapters attached so far: numbers each PEFT name once
         self.max_batch, self.max_queue = max_batch, max_queue
         self._scheduler = None
+        self.mixed_steps = 0  # forwards that ran more than one adapter (or adapters and the base) together
         self.stop_ids = frozenset(stop_token_ids(self.tokenizer, self.loaded.model))
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.stop_ids)
         self.cache_arg = _cache_arg(self.loaded.model)  # the forward's name for the KV cache
@@ -306,6 +307,7 @@ class Engine:
             self._activate(self._peft_names[batch[0]])
             return {}
         self._unfold()
+        self.mixed_steps += 1
         return {"adapter_names": [self._peft_names[a] if a is not None else BASE_PEFT_NAME for a in rows]}
 
     # ------------------------------------------------ merged decoding
