@@ -74,8 +74,9 @@ class Backend:
         return self.engine_factory()
 
     def base_id(self, engine) -> str:
-        ref = str(engine.ref)
-        return Path(ref).name if Path(ref).exists() else ref
+        from studio.serving.snippets import model_id
+
+        return model_id(engine.ref)
 
     def model_ids(self, engine) -> list[str]:
         from studio.adapters import adapter_names
