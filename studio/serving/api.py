@@ -44,9 +44,11 @@ class ApiError(Exception):
         super().__init__(message)
         self.status, self.message, self.type, self.code, self.param = status, message, type_, code, param
 
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
     def response(self) -> JSONResponse:
-        body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-        return JSONResponse(body, status_code=self.status)
+        return JSONResponse(self.body(), status_code=self.status)
 
 
 def _from_studio(exc: StudioError) -> ApiError:
@@ -378,7 +380,7 @@ async def _stream_chat(request, http: HttpRequest, head: dict, parsed: Parsed):
             if kind == "text" and not parsed.tools:  # with tools, the answer is parsed whole at the end
                 yield delta({"content": payload})
     except StudioError as exc:
-        yield _sse({"error": _from_studio(exc).response().body.decode()})
+        yield _sse(_from_studio(exc).body())  # headers are sent: the error goes in the stream
         return
     if request.finish_reason == "cancelled":
         return
@@ -405,7 +407,7 @@ async def _stream_completion(request, http: HttpRequest, head: dict, parsed: Par
             if kind == "text":
                 yield piece(payload)
     except StudioError as exc:
-        yield _sse({"error": _from_studio(exc).response().body.decode()})
+        yield _sse(_from_studio(exc).body())  # headers are sent: the error goes in the stream
         return
     if request.finish_reason == "cancelled":
         return

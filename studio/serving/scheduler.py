@@ -130,11 +130,12 @@ class Scheduler:
 
     def _run(self) -> None:
         while True:
-            with self._cv:
-                while not self._waiting and not self._batch.rows:
-                    self._cv.wait()
-                admit = self._admissible()
+            admit: list[Request] = []
             try:
+                with self._cv:
+                    while not self._waiting and not self._batch.rows:
+                        self._cv.wait()
+                    admit = self._admissible()
                 with self.engine.lock:  # one step at a time: loads and other users slot in between
                     self._batch.admit(admit)
                     if self._batch.rows:
