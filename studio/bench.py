@@ -102,7 +102,8 @@ def cuda_workloads(quick: bool, steps: int | None = None) -> list[Workload]:
     for shape, micro_batch in (("tinyllama-1.1b", 4), ("llama-3-8b", 1)):
         train = TrainSpec(max_seq_len=2048, micro_batch=micro_batch, grad_accum=1, lr=2e-4, scheduler="constant",
                           warmup_ratio=0.0, max_steps=steps, gradient_checkpointing=True,
-                          optimizer="paged_adamw_8bit", precision="bf16", packing=True, logging_steps=1,
+                          optimizer="paged_adamw_8bit", precision="bf16", packing=True, liger_kernel=True,
+                          logging_steps=1,
                           eval_steps=0, save_steps=10_000)
         out.append(Workload(name=f"cuda-{shape}-4bit", model_ref=f"shape:{shape}", quant="4bit", max_len=2048,
                             lora=lora, train=train, variants=[("baseline", "bf16"), ("studio", "bf16")],
