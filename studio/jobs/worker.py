@@ -200,6 +200,25 @@ def recorded_pass_plan(spec: RunSpec, run_dir: Path, free_gb: float | None = Non
     return from_dict(TrainSpec, json.loads(path.read_text(encoding="utf-8")))
 
 
+def _sharded() -> str | None:
+    """"FSDP" or "DeepSpeed" when `accelerate launch` was asked for one (it sets these before the worker starts)."""
+    for name, variable in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED")):
+        if os.environ.get(variable, "").lower() in ("1", "true"):
+            return name
+    return None
+
+
+def launch_note(spec: RunSpec, distributed_type: str) -> str:
+    """What accelerate runs for the spec's config; on a machine without GPUs FSDP/DeepSpeed become plain DDP."""
+    asked = _sharded()
+    ran = {"MULTI_CPU": "DDP over gloo on the CPU", "MULTI_GPU": "DDP over NCCL", "NO": "one process",
+           "FSDP": "FSDP", "DEEPSPEED": "DeepSpeed"}.get(distributed_type, distributed_type)
+    note = f"accelerate config {Path(spec.accelerate_config).name}: {ran}"
+    if asked and distributed_type in ("MULTI_CPU", "NO"):
+        note += f" ({asked} shards only across GPUs; accelerate trains the same config unsharded here)"
+    return note
+
+
 def autocast_bf16(spec: RunSpec) -> bool:
     """bf16 autocast when the spec asks for it and the hardware has it (emulated bf16 is slower than fp32)."""
     import torch
@@ -356,7 +375,8 @@ def _max_over_ranks(flag: bool, device):
 
 def save_adapter(trainer, spec: RunSpec, run_dir: Path, prepared, metrics: dict, seconds: float) -> Path:
     out = run_dir / "adapter"
-    trainer.model.save_pretrained(out, safe_serialization=True)
+    if not _sharded():  # sharded runs saved the weights already, every rank taking part (save_sharded_weights)
+        trainer.model.save_pretrained(out, safe_serialization=True)
     trainer.processing_class.save_pretrained(out)
     from studio.models import resolve
 
@@ -368,6 +388,15 @@ def save_adapter(trainer, spec: RunSpec, run_dir: Path, prepared, metrics: dict,
     write_json_atomic(out / "card.json", card)
     (out / "README.md").write_text(model_card(card), encoding="utf-8")
     return out
+
+
+def save_sharded_weights(trainer, run_dir: Path) -> None:
+    """Under FSDP or ZeRO-3 each rank holds a shard: Trainer.save_model gathers the adapter on every rank
+    (a collective: all ranks must call it) and rank 0 writes it. A no-op elsewhere."""
+    if _sharded():
+        trainer.save_model(str(run_dir / "adapter"))
+        if _rank() == 0:
+            (run_dir / "adapter" / "training_args.bin").unlink(missing_ok=True)  # a pickle: adapters hold safetensors
 
 
 def model_card(card: dict) -> str:
@@ -423,6 +452,8 @@ def train(run_dir: Path, foreground: bool = False) -> str:
     trainer = trainer_class()(model=model, args=args,
                          train_dataset=train_ds, eval_dataset=eval_ds, processing_class=loaded.tokenizer,
                          callbacks=[make_callback(run_dir, status, is_main)])
+    if spec.accelerate_config:
+        print(f"[studio] {launch_note(spec, trainer.accelerator.distributed_type.name)}", flush=True)
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is not None and is_main:
         step = int(checkpoint.name.split("-")[-1])
@@ -443,6 +474,7 @@ def train(run_dir: Path, foreground: bool = False) -> str:
         done = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h and h.get("step") == step]
         # evaluate once more only when the last step was not an eval step (the callback logs it as an event)
         metrics["eval_loss"] = round(done[-1] if done else trainer.evaluate()["eval_loss"], 4)
+    save_sharded_weights(trainer, run_dir)
     if is_main:
         save_adapter(trainer, spec, run_dir, prepared, metrics, time.time() - start)
         status.update(state="completed", finished=time.time(), step=trainer.state.global_step,
