@@ -24,7 +24,7 @@ from .training_helpers import prepare, tiny_spec
 def test_every_shipped_config_is_a_launchable_accelerate_file():
     shipped = launch_configs.shipped()
     assert set(shipped) == {"fsdp.yaml", "deepspeed-zero3.yaml"}
-    for name, path in shipped.items():
+    for path in shipped.values():
         data = yaml.safe_load(open(path, encoding="utf-8"))
         assert data["distributed_type"] in ("FSDP", "DEEPSPEED") and data["num_processes"] >= 2
         assert data["mixed_precision"] == "no"  # the run's train.precision decides, not the config

@@ -76,3 +76,18 @@ def test_liger_is_a_recipe_choice_off_unless_asked(tmp_path, capsys):
 def test_warmup_ratio_reaches_transformers_as_a_share_of_the_steps(tmp_path):
     args = worker.training_args(_spec(warmup_ratio=0.1), tmp_path, False, False)
     assert args.get_warmup_steps(200) == 20  # transformers >= 5 reads a float below 1 as a ratio
+
+
+def test_requirements_pin_the_recipes_floor_and_constraints_hold_the_versions_ci_ran():
+    from importlib.metadata import version
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    requirements = (root / "requirements.txt").read_text()
+    assert "transformers>=5," in requirements and "torch>=2.5" in requirements
+    pins = dict(line.split("==", 1) for line in (root / "constraints.txt").read_text().splitlines()
+                if "==" in line and not line.startswith("#"))
+    for package in ("transformers", "peft", "trl", "accelerate", "datasets"):
+        assert pins[package] == version(package), f"constraints.txt: {package} is not the version tests run"
+    assert "torch" not in pins  # the Makefile picks the CPU or CUDA build
+    assert "-c constraints.txt" in (root / "Makefile").read_text()
