@@ -7,6 +7,8 @@ import time
 
 import pytest
 
+from studio.ui.tabs.train import NO_CONFIG
+
 
 @pytest.fixture(scope="module")
 def client(app_url):
@@ -43,8 +45,9 @@ def test_dpo_run_from_the_data_and_train_tabs(client, tiny_model_dir):
     assert "ui-prefs" in saved and "dpo" in saved
 
     with pytest.raises(Exception, match="preference data"):  # the SFT method on pairs is refused at Start
-        client.predict("ui-sft-on-pairs", "ui-prefs", model, 2, 1, "sft", 0.1, 0.1, "", api_name="/start_training")
-    run = client.predict("ui-dpo", "ui-prefs", model, 3, 1, "dpo", 0.2, 0.1, "", api_name="/start_training")
+        client.predict("ui-sft-on-pairs", "ui-prefs", model, 2, 1, NO_CONFIG, "sft", 0.1, 0.1, "",
+                       api_name="/start_training")
+    run = client.predict("ui-dpo", "ui-prefs", model, 3, 1, NO_CONFIG, "dpo", 0.2, 0.1, "", api_name="/start_training")
     assert run["value"] == "ui-dpo"
     progress = _wait_for_state(client, "ui-dpo", ("completed", "failed"))
     assert "data-state='completed'" in progress, client.predict("ui-dpo", api_name="/run_status")[4]
