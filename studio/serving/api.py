@@ -262,13 +262,18 @@ async def _submit(engine, ids: list[int], adapter: str | None, sampling):
 
 async def _events(request, http: HttpRequest):
     """The request's events as they come; cancels it when the client disconnects."""
+    checked = time.monotonic()
     try:
         while True:
             try:
                 _, kind, payload = await asyncio.to_thread(request.sink.get, True, POLL_S)
             except queue.Empty:
+                kind = payload = None
+            if time.monotonic() - checked >= POLL_S:  # by the clock: a busy stream never leaves the queue empty
+                checked = time.monotonic()
                 if await http.is_disconnected():
                     return
+            if kind is None:
                 continue
             if kind == "error":
                 raise payload
