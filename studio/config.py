@@ -68,6 +68,7 @@ class TrainSpec:
     optimizer: str = "paged_adamw_8bit"
     precision: str = "bf16"  # compute dtype for the forward and backward passes
     packing: bool = True  # concatenate rows into full sequences, no padding, no cross-row attention
+    liger_kernel: bool = False  # Liger's fused Triton kernels (CUDA with liger-kernel installed; else off, logged)
     logging_steps: int = 1
     eval_steps: int = 10  # evaluate on the eval split every N steps (0: only at the end)
     save_steps: int = 10  # checkpoint every N steps, so a killed run loses at most N steps

@@ -60,7 +60,11 @@ def _sequence_bounds(cu_seq_lens, position_ids, length: int) -> list[int] | None
 
 
 def use_packed_attention(model) -> bool:
-    """Switch the model to `packed_attention`; False (and unchanged) where it does not apply."""
+    """Switch the model to `packed_attention`; False (and unchanged) where it does not apply.
+
+    Raises (with the model back on its own attention) where transformers no longer offers what this
+    relies on, or where the switched model fails `_probe_packed`: the caller turns this change off.
+    """
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
@@ -68,10 +72,36 @@ def use_packed_attention(model) -> bool:
     windowed = getattr(config, "sliding_window", None) or getattr(config, "attn_logit_softcapping", None)
     if windowed or getattr(config, "attention_dropout", 0.0):
         return False  # sliding windows, soft-capping and attention dropout need the general path
+    previous = config._attn_implementation
+    expected = _probe_logits(model)
     AttentionInterface.register(ATTENTION, packed_attention)
     ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION, sdpa_mask)  # the fallback path still gets its mask
-    model.set_attn_implementation(ATTENTION)
-    return model.config._attn_implementation == ATTENTION
+    try:
+        model.set_attn_implementation(ATTENTION)
+        if model.config._attn_implementation != ATTENTION:
+            return False
+        got = _probe_logits(model)
+        if not torch.allclose(got, expected, atol=1e-4, rtol=1e-3):
+            raise RuntimeError(f"packed attention gave other logits than {previous} "
+                               f"(max difference {(got - expected).abs().max():.2e})")
+    except Exception:
+        model.set_attn_implementation(previous)
+        raise
+    return True
+
+
+def _probe_logits(model, lengths: tuple[int, ...] = (5, 3)):
+    """Logits of two short conversations packed in one row (fp32, no dropout), for comparing attention paths."""
+    vocab = model.config.vocab_size
+    ids = (torch.arange(sum(lengths)) * 7919 % vocab)[None].to(model.device)
+    positions = torch.cat([torch.arange(n) for n in lengths])[None].to(model.device)
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), torch.autocast(model.device.type, enabled=False):
+            return model(input_ids=ids, position_ids=positions, use_cache=False).logits.float()
+    finally:
+        model.train(training)
 
 
 class _Dropout(torch.autograd.Function):
@@ -111,17 +141,29 @@ class FastDropout(torch.nn.Module):
 
 
 def use_fast_dropout(model) -> int:
-    """Replace the LoRA layers' `nn.Dropout` with `FastDropout`; returns how many were replaced."""
+    """Replace the LoRA layers' `nn.Dropout` with `FastDropout`; returns how many were replaced.
+
+    All or nothing: the layers are found first, `FastDropout` is checked on a probe tensor, then swapped in.
+    """
     from peft.tuners.lora import LoraLayer
 
-    replaced = 0
-    for module in model.modules():
-        if isinstance(module, LoraLayer):
-            for name, dropout in module.lora_dropout.items():
-                if isinstance(dropout, torch.nn.Dropout) and dropout.p > 0:
-                    module.lora_dropout[name] = FastDropout(dropout.p)
-                    replaced += 1
-    return replaced
+    found = [(module.lora_dropout, name, dropout.p) for module in model.modules() if isinstance(module, LoraLayer)
+             for name, dropout in module.lora_dropout.items()
+             if isinstance(dropout, torch.nn.Dropout) and dropout.p > 0]
+    if found:
+        _probe_dropout(found[0][2])
+    for dropouts, name, p in found:
+        dropouts[name] = FastDropout(p)
+    return len(found)
+
+
+def _probe_dropout(p: float) -> None:
+    x = torch.ones(4096, requires_grad=True)
+    y = FastDropout(p).train()(x)
+    y.sum().backward()
+    kept = (y != 0).float().mean().item()
+    if y.shape != x.shape or not torch.equal(x.grad, y.detach()) or abs(kept - (1 - p)) > 0.1:
+        raise RuntimeError(f"16-bit dropout kept {kept:.2f} of the values, not about {1 - p:.2f}")
 
 
 def store_frozen_in_bf16(model) -> int:
@@ -130,11 +172,10 @@ def store_frozen_in_bf16(model) -> int:
     The input embeddings stay fp32 (so does an LM head tied to them): the residual stream keeps fp32.
     """
     embeddings = model.get_input_embeddings().weight
-    changed = 0
-    for module in model.modules():
-        weight = getattr(module, "weight", None)
-        if (isinstance(module, torch.nn.Linear) and weight is not None and not weight.requires_grad
-                and weight.dtype == torch.float32 and weight is not embeddings):
-            module.weight.data = weight.data.to(torch.bfloat16)
-            changed += 1
-    return changed
+    frozen = [module for module in model.modules()
+              if isinstance(module, torch.nn.Linear) and getattr(module, "weight", None) is not None
+              and not module.weight.requires_grad and module.weight.dtype == torch.float32
+              and module.weight is not embeddings]
+    for module in frozen:  # found first, then cast: a failure above leaves every weight as it was
+        module.weight.data = module.weight.data.to(torch.bfloat16)
+    return len(frozen)

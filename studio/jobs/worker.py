@@ -152,7 +152,7 @@ def _forward_takes_logits_to_keep(model_class: type) -> bool:
     return "logits_to_keep" in inspect.signature(model_class.forward).parameters
 
 
-def pass_plan(spec: RunSpec):
+def pass_plan(spec: RunSpec, free_gb: float | None = None):
     """The TrainSpec the trainer runs: as written on CUDA; on CPU with packing, `presets.cpu_pass`.
 
     On CPU the packed rows of a step go through in passes of about 1,024 tokens (the rest is gradient
@@ -167,8 +167,56 @@ def pass_plan(spec: RunSpec):
         return t
     from studio.presets import cpu_pass, model_shape
 
-    free_gb = psutil.virtual_memory().available / 1e9 * 0.75 / spec.num_processes
+    if free_gb is None:
+        free_gb = psutil.virtual_memory().available / 1e9 * 0.75 / spec.num_processes
     return cpu_pass(model_shape(spec.model.ref), spec.model.quant, spec.lora, t, free_gb)
+
+
+PLAN_FILE = "pass_plan.json"  # the pass plan of the run's first launch; every resume reuses it
+
+
+def recorded_pass_plan(spec: RunSpec, run_dir: Path, free_gb: float | None = None):
+    """`pass_plan` chosen once per run: the first launch records it in the run folder, resumes read it.
+
+    Free RAM differs between a launch and its resume; a different plan would change the rows per pass and
+    the recomputation halfway through a run (and the optimizer state saved in the checkpoint). The first
+    rank to get here writes the file (an atomic link: never two plans), every rank then reads the same one.
+    """
+    import json
+
+    from studio.config import TrainSpec, from_dict
+
+    path = run_dir / PLAN_FILE
+    if not path.is_file():
+        plan = to_dict(pass_plan(spec, free_gb))
+        tmp = run_dir / f".{PLAN_FILE}.{os.getpid()}"
+        tmp.write_text(json.dumps(plan, indent=2), encoding="utf-8")
+        try:
+            os.link(tmp, path)  # fails when another rank (or an earlier launch) recorded one first
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+    return from_dict(TrainSpec, json.loads(path.read_text(encoding="utf-8")))
+
+
+def _sharded() -> str | None:
+    """"FSDP" or "DeepSpeed" when `accelerate launch` was asked for one (it sets these before the worker starts)."""
+    for name, variable in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED")):
+        if os.environ.get(variable, "").lower() in ("1", "true"):
+            return name
+    return None
+
+
+def launch_note(spec: RunSpec, distributed_type: str) -> str:
+    """What accelerate runs for the spec's config; on a machine without GPUs FSDP/DeepSpeed become plain DDP."""
+    asked = _sharded()
+    ran = {"MULTI_CPU": "DDP over gloo on the CPU", "MULTI_GPU": "DDP over NCCL", "NO": "one process",
+           "FSDP": "FSDP", "DEEPSPEED": "DeepSpeed"}.get(distributed_type, distributed_type)
+    note = f"accelerate config {Path(spec.accelerate_config).name}: {ran}"
+    if asked and distributed_type in ("MULTI_CPU", "NO"):
+        note += f" ({asked} shards only across GPUs; accelerate trains the same config unsharded here)"
+    return note
 
 
 def autocast_bf16(spec: RunSpec) -> bool:
@@ -181,23 +229,35 @@ def autocast_bf16(spec: RunSpec) -> bool:
 
 
 def speed_up_cpu(model, spec: RunSpec) -> list[str]:
-    """Apply studio.jobs.cpu_speed to a CPU run; returns what was changed, for the log."""
+    """Apply studio.jobs.cpu_speed to a CPU run; returns what was changed, for the log.
+
+    Each change sits behind its own capability check: where a transformers or PEFT release renamed what it
+    relies on (or it fails its probe), that one change is off, one line in the log says why, and the run
+    trains on the general path.
+    """
     from studio.jobs import cpu_speed
 
-    done = []
-    if spec.train.packing and cpu_speed.use_packed_attention(model):
-        done.append("attention per packed sequence")
-    if cpu_speed.use_fast_dropout(model):
-        done.append("16-bit dropout masks")
-    if autocast_bf16(spec) and cpu_speed.store_frozen_in_bf16(model):
-        done.append("frozen weights in bf16")
-    return done
+    changes = []
+    if spec.train.packing:
+        changes.append(("attention per packed sequence", cpu_speed.use_packed_attention))
+    changes.append(("16-bit dropout masks", cpu_speed.use_fast_dropout))
+    if autocast_bf16(spec):
+        changes.append(("frozen weights in bf16", cpu_speed.store_frozen_in_bf16))
+    return [name for name, change in changes if _try_change(name, change, model)]
+
+
+def _try_change(name: str, change, model) -> bool:
+    """Run one fast-path change; on any failure, log one line and report it as not applied."""
+    try:
+        return bool(change(model))
+    except Exception as exc:  # noqa: BLE001 - a fast-path change must never stop a run
+        print(f"[studio] CPU fast path: {name} off, the general path instead ({type(exc).__name__}: {exc})",
+              flush=True)
+        return False
 
 
 def training_args(spec: RunSpec, run_dir: Path, has_eval: bool, foreground: bool, plan=None):
     """SFTConfig for the spec; `plan` (from `pass_plan`) sets the rows per pass, accumulation and checkpointing."""
-    import importlib.util
-
     import torch
     from trl import SFTConfig
 
@@ -224,9 +284,24 @@ def training_args(spec: RunSpec, run_dir: Path, has_eval: bool, foreground: bool
         include_num_input_tokens_seen="all" if t.packing else "non_padding",
         dataloader_num_workers=0, use_cpu=not cuda,
         ddp_find_unused_parameters=False, save_only_model=False,
-        # Liger's Triton RMSNorm/SwiGLU/RoPE kernels (CUDA only, when installed); TRL keeps its chunked LM-head loss
-        use_liger_kernel=cuda and importlib.util.find_spec("liger_kernel") is not None,
+        use_liger_kernel=use_liger(spec),
     )
+
+
+def use_liger(spec: RunSpec) -> bool:
+    """Liger's Triton RMSNorm/SwiGLU/RoPE kernels: only when the recipe asks (`train.liger_kernel`), on CUDA,
+    with the package installed; TRL keeps its chunked LM-head loss. Asked for but unusable: off, and said."""
+    import importlib.util
+
+    import torch
+
+    if not spec.train.liger_kernel:
+        return False
+    if torch.cuda.is_available() and importlib.util.find_spec("liger_kernel") is not None:
+        return True
+    why = "no CUDA device" if not torch.cuda.is_available() else "the liger-kernel package is not installed"
+    print(f"[studio] Liger kernels off ({why}); training without them.", flush=True)
+    return False
 
 
 # ---------------------------------------------------------------- the callback
@@ -247,7 +322,7 @@ def make_callback(run_dir: Path, status: Status, is_main: bool):
 
         def on_step_end(self, args, state, control, **kwargs):
             status.update(step=state.global_step)
-            if _stop_requested(run_dir):
+            if _stop_requested(run_dir, args.device):
                 status.update(state="stopping", message="Saving a checkpoint, then stopping.")
                 control.should_save = True
                 control.should_training_stop = True
@@ -271,18 +346,28 @@ def make_callback(run_dir: Path, status: Status, is_main: bool):
     return StudioCallback()
 
 
-def _stop_requested(run_dir: Path) -> bool:
-    """True when the manager asked to stop; under DDP all ranks agree, so they stop on the same step."""
+def _stop_requested(run_dir: Path, device="cpu") -> bool:
+    """True when the manager asked to stop; under DDP all ranks agree, so they stop on the same step.
+
+    `device` is the run's device (the trainer's `args.device`): NCCL, the backend of every multi-GPU run,
+    rejects CPU tensors, so the flag lives where the model does.
+    """
     import torch.distributed as dist
 
     wanted = (run_dir / STOP_FILE).exists()
     if dist.is_available() and dist.is_initialized():
-        import torch
-
-        flag = torch.tensor([1.0 if wanted else 0.0])
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        wanted = bool(flag.item())
+        wanted = bool(_max_over_ranks(wanted, device).item())
     return wanted
+
+
+def _max_over_ranks(flag: bool, device):
+    """A one-element tensor on `device` holding the largest `flag` of all ranks."""
+    import torch
+    import torch.distributed as dist
+
+    tensor = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
 
 
 # ---------------------------------------------------------------- save
@@ -290,7 +375,8 @@ def _stop_requested(run_dir: Path) -> bool:
 
 def save_adapter(trainer, spec: RunSpec, run_dir: Path, prepared, metrics: dict, seconds: float) -> Path:
     out = run_dir / "adapter"
-    trainer.model.save_pretrained(out, safe_serialization=True)
+    if not _sharded():  # sharded runs saved the weights already, every rank taking part (save_sharded_weights)
+        trainer.model.save_pretrained(out, safe_serialization=True)
     trainer.processing_class.save_pretrained(out)
     from studio.models import resolve
 
@@ -302,6 +388,15 @@ def save_adapter(trainer, spec: RunSpec, run_dir: Path, prepared, metrics: dict,
     write_json_atomic(out / "card.json", card)
     (out / "README.md").write_text(model_card(card), encoding="utf-8")
     return out
+
+
+def save_sharded_weights(trainer, run_dir: Path) -> None:
+    """Under FSDP or ZeRO-3 each rank holds a shard: Trainer.save_model gathers the adapter on every rank
+    (a collective: all ranks must call it) and rank 0 writes it. A no-op elsewhere."""
+    if _sharded():
+        trainer.save_model(str(run_dir / "adapter"))
+        if _rank() == 0:
+            (run_dir / "adapter" / "training_args.bin").unlink(missing_ok=True)  # a pickle: adapters hold safetensors
 
 
 def model_card(card: dict) -> str:
@@ -343,7 +438,7 @@ def train(run_dir: Path, foreground: bool = False) -> str:
     if is_main:
         threading.Thread(target=status.beat_forever, daemon=True).start()
     start = time.time()
-    plan = pass_plan(spec)
+    plan = recorded_pass_plan(spec, run_dir)
     model, loaded = build_model(spec, plan.gradient_checkpointing)
     if _device() == "cpu":
         changes = speed_up_cpu(model, spec)
@@ -357,6 +452,8 @@ def train(run_dir: Path, foreground: bool = False) -> str:
     trainer = trainer_class()(model=model, args=args,
                          train_dataset=train_ds, eval_dataset=eval_ds, processing_class=loaded.tokenizer,
                          callbacks=[make_callback(run_dir, status, is_main)])
+    if spec.accelerate_config:
+        print(f"[studio] {launch_note(spec, trainer.accelerator.distributed_type.name)}", flush=True)
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is not None and is_main:
         step = int(checkpoint.name.split("-")[-1])
@@ -377,6 +474,7 @@ def train(run_dir: Path, foreground: bool = False) -> str:
         done = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h and h.get("step") == step]
         # evaluate once more only when the last step was not an eval step (the callback logs it as an event)
         metrics["eval_loss"] = round(done[-1] if done else trainer.evaluate()["eval_loss"], 4)
+    save_sharded_weights(trainer, run_dir)
     if is_main:
         save_adapter(trainer, spec, run_dir, prepared, metrics, time.time() - start)
         status.update(state="completed", finished=time.time(), step=trainer.state.global_step,

@@ -109,10 +109,10 @@ def test_frozen_weights_in_bf16_give_the_same_autocast_result(tiny_model_dir):
 
 
 def test_cpu_trainer_scores_only_labelled_positions_with_the_same_loss(tiny_model_dir, tmp_path):
+    from datasets import Dataset
     from transformers import AutoTokenizer
     from trl import SFTConfig
 
-    from datasets import Dataset
     from studio.jobs.worker import trainer_class
 
     model = _peft_model(tiny_model_dir, dropout=0.0)

@@ -30,13 +30,23 @@ def _latest_run():
     return gr.Dropdown(choices=choices, value=choices[0] if choices else None)
 
 
-def start(name, dataset, model_ref, settings, max_steps, processes=1):
-    from studio.jobs import manager
+NO_CONFIG = "none (one process, or DDP)"
+
+
+def _config_choices() -> list[str]:
+    from studio.jobs import launch_configs
+
+    return list(launch_configs.shipped())
+
+
+def start(name, dataset, model_ref, settings, max_steps, processes=1, accelerate_config=NO_CONFIG):
+    from studio.jobs import launch_configs, manager
 
     try:
         require_login("training")
+        config = launch_configs.shipped().get(accelerate_config, "")  # only the shipped examples are offered
         spec = manager.make_spec(name, dataset, model_ref, settings, int(max_steps or 0) or None,
-                                 int(processes or 1))
+                                 int(processes or 1), config)
         path = manager.start(spec)
     except StudioError as exc:
         raise gr.Error(str(exc)) from exc
@@ -130,6 +140,9 @@ def build(shared: Shared) -> None:
         max_steps = gr.Number(label="Max steps (0 = from the preset)", value=0, precision=0, elem_id="train-max-steps")
         processes = gr.Number(label="Processes (DDP via accelerate)", value=1, precision=0, minimum=1,
                               elem_id="train-processes")
+        accelerate_config = gr.Dropdown(label="Accelerate config (examples/accelerate)", value=NO_CONFIG,
+                                        choices=[NO_CONFIG, *_config_choices()], elem_id="train-accelerate-config",
+                                        info="FSDP / DeepSpeed ZeRO-3 across GPUs; its num_processes applies")
         start_btn = gr.Button("Start training", variant="primary", elem_id="train-start")
     settings_view = gr.JSON(label="Settings (from the Presets tab)", value=settings.value)
     settings.change(lambda s: s, settings, settings_view)
@@ -146,7 +159,7 @@ def build(shared: Shared) -> None:
     log = gr.Textbox(label="Log (tail)", lines=10, max_lines=10, elem_id="train-log")
     table = gr.Dataframe(label="Runs", interactive=False, elem_id="train-runs")
 
-    start_btn.click(start, [name, dataset, shared.model_ref, settings, max_steps, processes], run,
+    start_btn.click(start, [name, dataset, shared.model_ref, settings, max_steps, processes, accelerate_config], run,
                     api_name="start_training")
     stop_btn.click(stop, run, None, api_name="stop_training")
     resume_btn.click(resume, run, None, api_name="resume_training")
