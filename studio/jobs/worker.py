@@ -118,14 +118,61 @@ def trainer_class():
         return SFTTrainer
 
     class CpuSFTTrainer(SFTTrainer):
+        fused_loss: bool | None = None  # decided on the first step (`_fused_loss_holds`)
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             inputs["use_cache"] = False  # packed rows are kept apart only without a KV cache
+            if inputs.get("labels") is not None and not return_outputs and self._use_fused(model, inputs):
+                from studio.jobs.cpu_speed import fused_lm_loss, lm_parts
+
+                with self.accelerator.autocast():  # the bypassed model forward carried the run's autocast
+                    return fused_lm_loss(lm_parts(model), inputs, num_items_in_batch)
             if inputs.get("labels") is not None and _keeps_logits(self.accelerator.unwrap_model(model)):
                 inputs = score_labelled_only(inputs)
             return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
                                         num_items_in_batch=num_items_in_batch)
 
+        def _use_fused(self, model, inputs) -> bool:
+            if self.fused_loss is None:
+                name = "LM head in chunks over trained positions"
+                with self.accelerator.autocast():
+                    self.fused_loss = self.accelerator.num_processes == 1 and _try_change(
+                        name, lambda m: _fused_loss_holds(m, inputs), model)
+                if self.fused_loss:
+                    print(f"[studio] CPU fast path: {name}", flush=True)
+            return self.fused_loss
+
     return CpuSFTTrainer
+
+
+LOGIT_SCALES = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+
+
+def _fused_loss_holds(model, inputs: dict) -> bool:
+    """Whether `cpu_speed.fused_lm_loss` gives the model's own loss on a slice of this batch (raises if not).
+
+    Models that scale or soft-cap their logits (Gemma 2/3, Cohere, Granite) give another loss: they keep the
+    model's own loss through `score_labelled_only`, as does any head that is not a plain frozen Linear.
+    """
+    import torch
+
+    from studio.jobs.cpu_speed import fused_lm_loss, lm_parts
+
+    parts = lm_parts(model)
+    if parts is None:
+        return False
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    scaled = [k for k in LOGIT_SCALES if getattr(base.config, k, None) not in (None, 1.0)]
+    if scaled:  # a probe at random init may not see it: small logits pass a soft cap almost unchanged
+        raise RuntimeError(f"the model changes its logits after the LM head ({', '.join(scaled)})")
+    ids = inputs["input_ids"][:1, :32]
+    probe = {"input_ids": ids, "labels": ids}
+    with torch.no_grad():
+        own = model(input_ids=ids, labels=ids, use_cache=False).loss
+        fused = fused_lm_loss(parts, probe)
+    if not torch.allclose(own.float(), fused.float(), rtol=1e-3, atol=1e-4):
+        raise RuntimeError(f"the chunked loss {float(fused):.4f} differs from the model's own {float(own):.4f}")
+    return True
 
 
 def score_labelled_only(inputs: dict) -> dict:
