@@ -41,12 +41,22 @@ def run_dir(run_id: str) -> Path:
 def create(spec: RunSpec) -> Path:
     """Write runs/<name>/ for a new run and queue it. An existing name is never overwritten."""
     spec.validate()
+    if spec.accelerate_config:  # checked now, recorded as the absolute path of the file the run uses
+        from dataclasses import replace
+
+        from studio.jobs import launch_configs
+
+        spec = replace(spec, accelerate_config=str(launch_configs.check(spec.accelerate_config, spec.model.quant)))
     path = paths.runs_dir() / spec.name
     if path.exists():
         raise RunError(f"A run named {spec.name!r} already exists.", "Choose another run name, or delete the old run.")
     if not (paths.datasets_dir() / spec.dataset / "meta.json").is_file():
         raise RunError(f"The dataset {spec.dataset!r} does not exist.",
                        "Prepare it in the Data tab (or `python -m studio data prepare`) first.")
+    from studio.data.preference import check_method
+    from studio.util import read_json
+
+    check_method(read_json(paths.datasets_dir() / spec.dataset / "meta.json", {}), spec.train.method)  # SFT vs DPO
     path.mkdir(parents=True)
     save_yaml(spec, path / "spec.yaml")
     write_status(path, state="queued", created=time.time(), step=0, total_steps=None, message="Waiting to start.")
@@ -253,7 +263,7 @@ def wait(run_id: str, timeout: float = 3600, poll: float = 1.0) -> dict:
 
 
 def make_spec(name: str, dataset: str, model_ref: str, settings: dict | None, max_steps: int | None = None,
-              num_processes: int = 1) -> RunSpec:
+              num_processes: int = 1, accelerate_config: str = "") -> RunSpec:
     """A RunSpec from the UI's pieces: the Presets tab's settings dict {quant, lora{}, train{}}."""
     from studio.config import ConfigError, from_dict
 
@@ -261,7 +271,7 @@ def make_spec(name: str, dataset: str, model_ref: str, settings: dict | None, ma
     data = {"name": (name or "").strip(), "dataset": dataset or "",
             "model": {"ref": model_ref or "bundled", "quant": settings.get("quant", "4bit")},
             "lora": dict(settings.get("lora", {})), "train": dict(settings.get("train", {})),
-            "num_processes": int(num_processes or 1)}
+            "num_processes": int(num_processes or 1), "accelerate_config": accelerate_config or ""}
     if max_steps:
         data["train"]["max_steps"] = int(max_steps)
     if not data["name"]:

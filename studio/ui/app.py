@@ -69,6 +69,11 @@ def wire_current(demo: gr.Blocks, shared: Shared, summary: gr.HTML) -> None:
 def launch(host: str = "127.0.0.1", port: int = 7860) -> None:
     demo = build_app()
     from studio.hosted import launch_options
+    from studio.serving.server import mount
 
     demo.queue(default_concurrency_limit=4).launch(server_name=host, server_port=port, show_error=True,
+                                                   prevent_thread_lock=True,
                                                    **launch_options())  # hosted: auth, upload limit
+    mount(demo.server_app)  # the OpenAI-compatible API under /v1: same process, same engine as the Chat tab
+    print(f"OpenAI-compatible API: http://{host}:{port}/v1 (docs/serving.md)", flush=True)
+    demo.block_thread()

@@ -274,6 +274,16 @@ def delete(name, confirmed):
     return f"Deleted **{name}**."
 
 
+def code_snippet(mode, right, adapter, ref, request: gr.Request = None):
+    """curl + Python (openai) for the adapter on screen: the right pane in Compare mode, else Chat's adapter."""
+    from studio.serving.snippets import api_snippet
+
+    headers = getattr(request, "headers", None) or {}
+    host = headers.get("x-forwarded-host") or headers.get("host") or "127.0.0.1:7860"
+    scheme = headers.get("x-forwarded-proto") or "http"
+    return api_snippet(_adapter(right if mode == "Compare" else adapter), ref, f"{scheme}://{host}/v1")
+
+
 def show_mode(mode: str):
     return gr.Group(visible=mode == "Compare"), gr.Group(visible=mode != "Compare")
 
@@ -393,6 +403,9 @@ def build(shared: Shared) -> None:
             top_k = gr.Slider(0, 200, value=50, step=1, label="Top-k")
             repetition = gr.Slider(1.0, 2.0, value=1.1, step=0.05, label="Repetition penalty")
             seed = gr.Number(value=0, precision=0, label="Seed")
+    with gr.Accordion("Call this adapter from your code (OpenAI-compatible API)", open=False):
+        snippet = gr.Markdown(code_snippet("Compare", right.value, None, getattr(shared.model_ref, "value", None)),
+                              elem_id="chat-api-snippet")
     reg = _registry_ui(names)
 
     gen = [max_new, temperature, top_p, top_k, repetition, seed]
@@ -413,6 +426,9 @@ def build(shared: Shared) -> None:
     clear.click(lambda: ([], [], [], ""), None, [left_pane, right_pane, single_pane, swap_ms], api_name="clear_chat")
     mode.change(show_mode, mode, [compare_group, chat_group], api_visibility="private")
     load_btn.click(load_adapters, [*base, to_load], load_info, api_name="load_adapters")
+    snippet_inputs = [mode, right, single_adapter, shared.model_ref]
+    for source in (mode, right, single_adapter):
+        source.change(code_snippet, snippet_inputs, snippet, api_visibility="private")
 
     refreshed = [reg.table, reg.picked, to_load, left, right, single_adapter]
     # results and refusals go to a status line (an error there hides no input); the lists follow the shared state

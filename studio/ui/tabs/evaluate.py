@@ -49,13 +49,14 @@ def _quant(quant, adapters) -> str:
 
 
 def run_perplexity(ref, quant, dataset, adapters, max_rows, request: gr.Request, progress=gr.Progress()):
-    from studio.evaluation import compare_perplexity
+    from studio.data.preference import dataset_kind
+    from studio.evaluation import compare_perplexity, compare_preference
 
     flag = _stop_flag(request)
-    try:
-        report = compare_perplexity(ref, _quant(quant, adapters), _need(dataset), list(adapters or []),
-                                    max_rows=int(max_rows) or None, progress=_progress(progress),
-                                    should_stop=flag.is_set)
+    try:  # a preference dataset (DPO/ORPO pairs) is scored by held-out preference accuracy and reward margin
+        compare = compare_preference if dataset_kind(_need(dataset)) == "preference" else compare_perplexity
+        report = compare(ref, _quant(quant, adapters), dataset, list(adapters or []), max_rows=int(max_rows) or None,
+                         progress=_progress(progress), should_stop=flag.is_set)
     except StudioError as exc:
         raise gr.Error(str(exc)) from exc
     table = fmt.table(pd.DataFrame([{"model": name, **r} for name, r in report["results"].items()]))

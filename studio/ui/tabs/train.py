@@ -36,17 +36,30 @@ def _latest_run():
     return gr.Dropdown(choices=choices, value=choices[0] if choices else None)
 
 
-def start(name, dataset, model_ref, settings, max_steps, processes=1):
-    from studio.jobs import manager
+NO_CONFIG = "none (one process, or DDP)"
+
+
+def _config_choices() -> list[str]:
+    from studio.jobs import launch_configs
+
+    return list(launch_configs.shipped())
+
+
+def start(name, dataset, model_ref, settings, max_steps, processes=1, accelerate_config=NO_CONFIG, method="sft",
+          beta=0.1, orpo_lambda=0.1, from_adapter=""):
+    from studio.jobs import launch_configs, manager
     from studio.jobs.events import read_status
+    from studio.ui.tabs.train_method import with_method
 
     try:
         require_login("training")
         if not dataset:
             raise StudioError("Choose a dataset to train on.",
                               "Save one in the Data tab first; it then shows up in the Dataset list here.")
+        config = launch_configs.shipped().get(accelerate_config, "")  # only the shipped examples are offered
         spec = manager.make_spec(name, dataset, model_ref, settings, int(max_steps or 0) or None,
-                                 int(processes or 1))
+                                 int(processes or 1), config)
+        spec = with_method(spec, method, beta, orpo_lambda, from_adapter)
         path = manager.start(spec)
     except StudioError as exc:
         raise gr.Error(str(exc)) from exc
@@ -141,8 +154,12 @@ def stats_line(events: list[dict]) -> str:
     last = next((e for e in reversed(events) if e.get("type") == "log" and "loss" in e), {})
     if not last:
         return ""
-    return (f"loss **{fmt.number(last.get('loss'))}** · tokens/s **{fmt.number(last.get('tokens_per_sec'))}** · "
+    line = (f"loss **{fmt.number(last.get('loss'))}** · tokens/s **{fmt.number(last.get('tokens_per_sec'))}** · "
             f"memory **{fmt.megabytes(last.get('memory_mb'))}** · learning rate {fmt.number(last.get('lr'))}")
+    if "reward_margin" in last:  # dpo / orpo
+        line += (f" · reward margin **{fmt.number(last['reward_margin'])}** · accuracy "
+                 f"**{fmt.number(last.get('reward_accuracy'))}**")
+    return line
 
 
 def run_spec_line(path) -> str:
@@ -215,7 +232,14 @@ def build(shared: Shared) -> None:
                               info="0 = the preset's number. Fewer steps: a quicker, rougher try.")
         processes = gr.Number(label="Processes", value=1, precision=0, minimum=1, elem_id="train-processes",
                               info="Data-parallel worker processes (accelerate). Leave at 1 on one GPU or a CPU.")
+        accelerate_config = gr.Dropdown(label="Accelerate config (examples/accelerate)", value=NO_CONFIG,
+                                        choices=[NO_CONFIG, *_config_choices()], elem_id="train-accelerate-config",
+                                        info="FSDP / DeepSpeed ZeRO-3 across GPUs; its num_processes applies. "
+                                             "Leave it at none on one GPU or a CPU.")
         start_btn = gr.Button("Start training", variant="primary", elem_id="train-start")
+    from studio.ui.tabs import train_method
+
+    method_inputs = train_method.controls()  # method (sft / dpo / orpo), beta, ORPO lambda, starting adapter
     with gr.Accordion("Settings for the next run (from the Presets tab)", open=False):
         settings_view = gr.JSON(value=settings.value, elem_id="train-settings")
     settings.change(lambda s: s, settings, settings_view)
@@ -234,11 +258,12 @@ def build(shared: Shared) -> None:
                      max_lines=12, autoscroll=True, elem_id="train-log")
     table = gr.Dataframe(runs_table(), headers=RUN_COLUMNS, label="Runs", interactive=False, elem_id="train-runs")
     _wire(shared, settings, summary, dataset, model, name, max_steps, processes, start_btn, run,
-          (stop_btn, resume_btn, confirm, delete_btn, action_info), [table, progress, stats, plot, log])
+          (stop_btn, resume_btn, confirm, delete_btn, action_info), [table, progress, stats, plot, log],
+          [accelerate_config, *method_inputs])
 
 
 def _wire(shared, settings, summary, dataset, model, name, max_steps, processes, start_btn, run, buttons,
-          outputs) -> None:
+          outputs, extra_inputs) -> None:
     stop_btn, resume_btn, confirm, delete_btn, action_info = buttons
     current = shared.current
     dataset.input(shared.set("dataset"), [current, dataset], current)
@@ -249,7 +274,7 @@ def _wire(shared, settings, summary, dataset, model, name, max_steps, processes,
     shared.follow(what_will_train, [summary], [settings])
     settings.change(what_will_train, [current, settings], summary)
     started = gr.Textbox(visible=False)  # the new run's name: a failed Start leaves no error mark on an input
-    start_btn.click(start, [name, dataset, model, settings, max_steps, processes], started,
+    start_btn.click(start, [name, dataset, model, settings, max_steps, processes, *extra_inputs], started,
                     api_name="start_training").success(lambda c, new: c.with_disk() if c.run == new else
                                                        replace(c, run=new).with_disk(), [current, started], current)
     stop_btn.click(stop, run, action_info, api_name="stop_training")
@@ -263,3 +288,6 @@ def _wire(shared, settings, summary, dataset, model, name, max_steps, processes,
     timer = gr.Timer(POLL_SEC)
     timer.tick(poll, run, outputs, show_progress="hidden")
     timer.tick(controls, run, [stop_btn, resume_btn, delete_btn], show_progress="hidden")
+    from studio.ui.tabs import train_method
+
+    train_method.preference_plot(run, POLL_SEC)  # reward margin and accuracy of dpo / orpo runs, live
