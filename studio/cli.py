@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "studio.commands.train",  # train, runs list|show|stop|resume|delete
     "studio.commands.chat",  # chat, adapters list|import|export|delete
     "studio.commands.evaluate",  # eval, prune (and --sweep), export merge|adapter|gguf|push
+    "studio.commands.serve",  # serve (OpenAI-compatible API; --engine vllm)
 )
 
 

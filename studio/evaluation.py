@@ -3,8 +3,9 @@
 Perplexity is measured exactly like the training loss: a token counts only where its
 `assistant_masks` value is 1, token t is predicted from the tokens before it, and the mean is
 token-weighted over the whole split (not a mean of per-batch means). The base and every adapter
-are measured on the same loaded weights: adapters are swapped with `set_adapter`, and the base is
-the same model with adapters disabled.
+are measured on the same loaded weights, the shared chat engine's (studio.inference): it attaches and
+swaps the adapters, and the base is the same model with adapters disabled. Battery answers go through
+the engine's scheduler, batched with whoever else is chatting.
 """
 
 from __future__ import annotations
@@ -14,11 +15,10 @@ import json
 import math
 import time
 from collections.abc import Iterable
-from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from studio import paths
-from studio.errors import AdapterError, DataError
+from studio.errors import DataError
 from studio.util import Progress, ShouldStop, write_json_atomic
 from studio.util import never as _never
 from studio.util import no_progress as _no_progress
@@ -120,73 +120,45 @@ def perplexity(model, tokenizer, dataset_rows: Iterable[dict], batch_size: int =
 # ---------------------------------------------------------------- base and adapters on one model
 
 
-@contextmanager
-def active(model, adapter: str | None):
-    """Run with one adapter active, or the base (adapter None or 'base') with adapters disabled."""
-    if adapter in (None, BASE):
-        ctx = model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()
-        with ctx:
-            yield model
-        return
-    loaded = getattr(model, "peft_config", {}) if hasattr(model, "set_adapter") else {}
-    label = adapter if adapter in loaded else _peft_name(adapter)  # as the chat engine or attach_adapters named it
-    if label not in loaded:
-        raise AdapterError(f"The adapter {adapter!r} is not loaded on this model.",
-                           "Load it first (attach_adapters), or pick one from the list.")
-    previous = model.active_adapter
-    model.set_adapter(label)
-    try:
-        yield model
-    finally:
-        model.set_adapter(previous)
+def _engine_with(ref: str, quant: str, adapters: list[str]):
+    """The shared engine for (ref, quant) with `adapters` attached; {name: folder} for saving results.
 
+    The engine owns the adapters' state (attached, active, merged): evaluation never calls PEFT itself,
+    and shares the one loaded base with the Chat tab and the API.
+    """
+    from studio.adapters import get_adapter
+    from studio.inference import get_engine
 
-def attach_adapters(model, adapters: list[str]):
-    """Load registry adapters onto `model` by name; returns the (PEFT) model and {name: folder}."""
-    from peft import PeftModel
-
-    from studio.adapters import get_adapter, validate_adapter
-
+    engine = get_engine(ref, quant)
     folders = {}
     for name in adapters:
-        if name == BASE:
-            continue
-        info = get_adapter(name)
-        validate_adapter(info.path, model)
-        label = _peft_name(name)
-        if hasattr(model, "load_adapter") and hasattr(model, "peft_config"):
-            if label not in model.peft_config:
-                model.load_adapter(str(info.path), adapter_name=label)
-        else:
-            model = PeftModel.from_pretrained(model, str(info.path), adapter_name=label)
-        folders[name] = info.path
-    model.eval()
-    return model, folders
+        if name != BASE:
+            engine.load_adapter(name)
+            folders[name] = get_adapter(name).path
+    return engine, folders
 
 
-def _peft_name(name: str) -> str:
-    return name.replace(":", "_").replace(".", "_")  # PEFT names become module keys: no ':' or '.'
+def _adapter(name: str) -> str | None:
+    return None if name in (None, BASE) else name
 
 
 def compare_perplexity(ref: str, quant: str, dataset_name: str, adapters: list[str], batch_size: int = 4,
                        max_rows: int | None = None, progress: Progress = _no_progress,
                        should_stop: ShouldStop = _never, save: bool = True) -> dict:
     """Perplexity of the base and each adapter on a prepared dataset's eval split, on one loaded base."""
-    from studio.models import load_model
 
     split_rows(dataset_name, "eval")  # refuse a dataset without an eval split before loading a model
     progress(0.02, f"Loading {ref} ({quant})...")
-    loaded = load_model(ref, quant)
-    rows = split_rows(dataset_name, "eval", loaded.tokenizer)[:max_rows]
-    model, folders = attach_adapters(loaded.model, adapters)
+    engine, folders = _engine_with(ref, quant, adapters)
+    rows = split_rows(dataset_name, "eval", engine.tokenizer)[:max_rows]
     names = [BASE] + [a for a in adapters if a != BASE]
     results = {}
     for i, name in enumerate(names):
         def step(f: float, m: str, i: int = i, name: str = name) -> None:
             progress((i + f) / len(names), f"{name}: {m}")
 
-        with active(model, name):
-            results[name] = perplexity(model, loaded.tokenizer, rows, batch_size, step, should_stop)
+        with engine.use(_adapter(name)) as model:  # holds the step lock: a perplexity pass is one block
+            results[name] = perplexity(model, engine.tokenizer, rows, batch_size, step, should_stop)
     report = {"kind": "perplexity", "model": ref, "quant": quant, "dataset": dataset_name, "results": results,
               "created": time.strftime("%Y-%m-%d %H:%M:%S")}
     if save:
@@ -197,18 +169,15 @@ def compare_perplexity(ref: str, quant: str, dataset_name: str, adapters: list[s
 # ---------------------------------------------------------------- generation, ROUGE, battery
 
 
-def generate_answer(model, tokenizer, messages: list[dict], max_new_tokens: int = 128) -> str:
-    """The greedy answer to the conversation (its last assistant turn removed, if any)."""
-    import torch
+def generate_answer(engine, adapter: str | None, messages: list[dict], max_new_tokens: int = 128) -> str:
+    """The greedy answer of the base (None) or an adapter to the conversation (its last assistant turn removed).
 
-    from studio.inference import GenerationSettings, encode_chat, generate_kwargs
+    It goes through the engine's scheduler, so it batches with other users instead of blocking them."""
+    from studio.inference import GenerationSettings
 
     prompt = messages[:-1] if messages and messages[-1]["role"] == "assistant" else messages
-    ids = encode_chat(tokenizer, prompt).to(next(model.parameters()).device)
     settings = GenerationSettings(max_new_tokens=max_new_tokens, repetition_penalty=1.0)
-    with torch.no_grad():
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **generate_kwargs(tokenizer, settings))
-    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+    return "".join(engine.answer(prompt, settings, adapter)).strip()
 
 
 def rouge(predictions: list[str], references: list[str]) -> dict:
@@ -226,7 +195,7 @@ def rouge(predictions: list[str], references: list[str]) -> dict:
     return {key: round(value / len(predictions), 4) for key, value in totals.items()}
 
 
-def battery(model, tokenizer, rows: list[dict], adapters: list[str], max_new_tokens: int = 128,
+def battery(engine, rows: list[dict], adapters: list[str], max_new_tokens: int = 128,
             progress: Progress = _no_progress, should_stop: ShouldStop = _never) -> dict:
     """Each row's prompt through the base and each loaded adapter: answers, per-answer ROUGE, means."""
     from rouge_score import rouge_scorer
@@ -242,8 +211,7 @@ def battery(model, tokenizer, rows: list[dict], adapters: list[str], max_new_tok
         for j, name in enumerate(names):
             _stop_if(should_stop)
             progress((i * len(names) + j) / (len(rows) * len(names)), f"prompt {i + 1}/{len(rows)}: {name}")
-            with active(model, name):
-                answer = generate_answer(model, tokenizer, messages, max_new_tokens)
+            answer = generate_answer(engine, _adapter(name), messages, max_new_tokens)
             line[f"{name}.answer"] = answer
             if reference:
                 for key, score in scorer.score(reference, answer).items():
@@ -258,14 +226,12 @@ def compare_battery(ref: str, quant: str, dataset_name: str, adapters: list[str]
                     max_new_tokens: int = 128, progress: Progress = _no_progress,
                     should_stop: ShouldStop = _never, save: bool = True) -> dict:
     """N eval prompts through the base and each adapter, with ROUGE against the dataset's answers."""
-    from studio.models import load_model
 
     split_rows(dataset_name, "eval")
     progress(0.02, f"Loading {ref} ({quant})...")
-    loaded = load_model(ref, quant)
-    rows = split_rows(dataset_name, "eval", loaded.tokenizer)[:prompts]
-    model, folders = attach_adapters(loaded.model, adapters)
-    result = battery(model, loaded.tokenizer, rows, adapters, max_new_tokens, progress, should_stop)
+    engine, folders = _engine_with(ref, quant, adapters)
+    rows = split_rows(dataset_name, "eval", engine.tokenizer)[:prompts]
+    result = battery(engine, rows, adapters, max_new_tokens, progress, should_stop)
     report = {"kind": "battery", "model": ref, "quant": quant, "dataset": dataset_name, **result,
               "created": time.strftime("%Y-%m-%d %H:%M:%S")}
     if save:
@@ -313,6 +279,11 @@ def card_metrics(report: dict, name: str) -> dict:
         res = report["results"]
         return {f"eval_perplexity[{dataset}]": res[name]["perplexity"],
                 f"base_perplexity[{dataset}]": res[BASE]["perplexity"]}
+    if report["kind"] == "preference":
+        res = report["results"]
+        return {f"preference_accuracy[{dataset}]": res[name]["preference_accuracy"],
+                f"base_preference_accuracy[{dataset}]": res[BASE]["preference_accuracy"],
+                f"reward_margin[{dataset}]": res[name].get("mean_reward_margin")}
     return {f"{key}[{dataset}]": value for key, value in (report.get("rouge") or {}).get(name, {}).items()}
 
 
@@ -328,3 +299,89 @@ def write_table(rows: list[dict], path: Path) -> Path:
     else:
         path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+# ---------------------------------------------------------------- preference pairs (DPO / ORPO data)
+
+
+def pair_rows(dataset: str, tokenizer=None) -> list[dict]:
+    """The eval split of a prepared preference dataset (prompt_ids, chosen_ids, rejected_ids, pair)."""
+    from studio.data import preference
+    from studio.data.store import check_tokenizer
+
+    prepared = preference.load(dataset)
+    if tokenizer is not None:
+        check_tokenizer(prepared.meta, tokenizer)
+    if prepared.eval is None or len(prepared.eval) == 0:
+        raise DataError(f"The dataset {dataset!r} has no eval split, so no pair is held out to evaluate on.",
+                        "Prepare it again with an eval split above 0 (e.g. 0.1).")
+    return [dict(r) for r in prepared.eval]
+
+
+def answer_logps(model, tokenizer, rows: list[dict], batch_size: int = 8, progress: Progress = _no_progress,
+                 should_stop: ShouldStop = _never) -> tuple[list[float], list[float]]:
+    """Sum of log-probabilities of the chosen and of the rejected answer tokens given the prompt, per row
+    (the quantity DPO trains; the answer ends with its end-of-turn token)."""
+    import torch
+
+    sequences = [(r["prompt_ids"], r[f"{side}_ids"]) for side in ("chosen", "rejected") for r in rows]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    device = next(model.parameters()).device
+    sums: list[float] = []
+    was_training = model.training
+    model.eval()
+    for start in range(0, len(sequences), batch_size):
+        _stop_if(should_stop)
+        ids, attn, labels = _batch([{"input_ids": list(p) + list(a), "assistant_masks": [0] * len(p) + [1] * len(a)}
+                                    for p, a in sequences[start:start + batch_size]], pad_id)
+        ids, attn, labels = ids.to(device), attn.to(device), labels.to(device)
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=attn, use_cache=False).logits[:, :-1].float()
+        targets = labels[:, 1:]
+        logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        sums += (logp * (targets != IGNORE)).sum(dim=1).tolist()
+        progress(min(1.0, (start + batch_size) / len(sequences)), f"{min(start + batch_size, len(sequences))}/"
+                 f"{len(sequences)} answers scored")
+    model.train(was_training)
+    return sums[:len(rows)], sums[len(rows):]
+
+
+def preference_scores(chosen: list[float], rejected: list[float], base: tuple[list[float], list[float]] | None,
+                      beta: float) -> dict:
+    """Preference accuracy (chosen more likely than rejected), mean log-prob margin, and, against the base as
+    reference, DPO's implicit reward margin beta * (log-ratio chosen - log-ratio rejected) and its accuracy."""
+    n = len(chosen)
+    margins = [c - r for c, r in zip(chosen, rejected, strict=True)]
+    scores = {"pairs": n, "preference_accuracy": round(sum(m > 0 for m in margins) / n, 4),
+              "mean_logp_margin": round(sum(margins) / n, 4)}
+    if base is not None:
+        rewards = [beta * ((c - bc) - (r - br)) for c, r, bc, br in zip(chosen, rejected, *base, strict=True)]
+        scores["mean_reward_margin"] = round(sum(rewards) / n, 4)
+        scores["reward_accuracy"] = round(sum(x > 0 for x in rewards) / n, 4)
+    return scores
+
+
+def compare_preference(ref: str, quant: str, dataset_name: str, adapters: list[str], beta: float = 0.1,
+                       max_rows: int | None = None, batch_size: int = 8, progress: Progress = _no_progress,
+                       should_stop: ShouldStop = _never, save: bool = True) -> dict:
+    """Held-out preference accuracy and mean reward margin of the base and each adapter (SFT, DPO, ORPO ...),
+    on one loaded base; the base is the reference of the reward margin (0 for itself)."""
+    pair_rows(dataset_name)  # refuse a dataset without an eval split (or not preference data) before loading
+    progress(0.02, f"Loading {ref} ({quant})...")
+    engine, folders = _engine_with(ref, quant, adapters)
+    rows = pair_rows(dataset_name, engine.tokenizer)[:max_rows]
+    names = [BASE] + [a for a in adapters if a != BASE]
+    logps: dict[str, tuple[list[float], list[float]]] = {}
+    for i, name in enumerate(names):
+        def step(f: float, m: str, i: int = i, name: str = name) -> None:
+            progress((i + f) / len(names), f"{name}: {m}")
+
+        with engine.use(_adapter(name)) as model:  # the engine swaps adapters; the base is adapters disabled
+            logps[name] = answer_logps(model, engine.tokenizer, rows, batch_size, step, should_stop)
+    results = {name: preference_scores(*logps[name], logps[BASE] if name != BASE else None, beta) for name in names}
+    results[BASE].update(mean_reward_margin=0.0, reward_accuracy=None)
+    report = {"kind": "preference", "model": ref, "quant": quant, "dataset": dataset_name, "beta": beta,
+              "results": results, "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if save:
+        report["saved_to"] = [str(p) for p in save_results(report, folders)]
+    return report

@@ -1,14 +1,17 @@
-"""Streamed chat generation: one loaded base model, many named LoRA adapters swapped in milliseconds.
+"""Streamed chat generation: one loaded base model, many named LoRA adapters, many users at once.
 
 - `stream_chat(model, tokenizer, messages, settings)`: stream one answer from any model.
 - `Engine(ref, quant)`: loads a base once (the shared loader), attaches any number of adapters
-  with PEFT `load_adapter`, switches with `set_adapter`, answers as the base with adapters
-  disabled, and compares two of them side by side in one batched pass (PEFT mixed-adapter
-  batches). Every generation runs under the engine's lock, so a request never sees another
-  request's adapter. `get_engine(ref, quant)` shares engines within a process.
-- Merged decoding: on a 16/32-bit base, the adapter answering alone is merged into the weights while
-  it stays active, so it decodes as fast as a merged export; the merged weights live in separate
-  buffers and the base tensors are swapped back on any change, so the base is restored bit for bit.
+  with PEFT `load_adapter`, and answers every request through its scheduler
+  (studio/serving/scheduler.py): requests for the base and for different adapters decode together,
+  one forward per token for the whole batch (PEFT mixed-adapter batches), so users do not wait for
+  each other's answers. The engine is the single owner of the adapters' state (attached, active,
+  merged); nothing else calls PEFT's adapter methods. `get_engine(ref, quant)` shares engines
+  within a process; a load never blocks the users of another engine.
+- Merged decoding: on a 16/32-bit base, when every running request asks for the same adapter it is
+  merged into the weights, so it decodes as fast as a merged export; the merged weights live in
+  separate buffers and the base tensors are swapped back on any change (and before PEFT attaches
+  another adapter), so the base is restored bit for bit.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,13 +62,68 @@ def check_messages(messages: list[dict]) -> None:
                           "Shorten the prompt or clear the chat history.")
 
 
-def encode_chat(tokenizer, messages: list[dict]):
+def encode_chat(tokenizer, messages: list[dict], tools: list[dict] | None = None):
     """Token ids (1 x T tensor) of a conversation ready for the assistant's next turn."""
     import torch
 
     from studio import templates
 
-    return torch.tensor([templates.encode(tokenizer, messages, add_generation_prompt=True)])
+    text = render_prompt(tokenizer, messages, tools)
+    ids = templates.with_bos(tokenizer, tokenizer(text, add_special_tokens=False)["input_ids"])  # BOS once
+    return torch.tensor([ids])
+
+
+# The template and stop-id lookups live in these two functions only, so that one module (the planned
+# studio/templates.py) can own them for training, chat, the API and export alike.
+
+def render_prompt(tokenizer, messages: list[dict], tools: list[dict] | None = None) -> str:
+    """The conversation as the model sees it (the chat template training used), ready for the next turn.
+
+    Tools (OpenAI function definitions) and tool turns are rendered as training rendered them: natively
+    where the template supports tools, else the documented text fallback (studio.data.render).
+    """
+    from studio.data.render import apply_template, supports_tools, tool_fallback, uses_tools
+
+    if (tools or uses_tools(messages)) and not supports_tools(tokenizer):
+        return apply_template(tokenizer, tool_fallback(messages, tools), add_generation_prompt=True)
+    return apply_template(tokenizer, messages, add_generation_prompt=True, tools=tools)
+
+
+def adapter_system_turn(adapter: str | None) -> dict | None:
+    """The system turn the adapter's training data started conversations with (the dataset's saved
+    system-prompt choice), for a conversation that brings none; None where there is no such choice."""
+    from studio import paths
+    from studio.adapters import get_adapter
+    from studio.data.formats import system_turn
+    from studio.errors import StudioError
+    from studio.util import read_json
+
+    if adapter is None:
+        return None
+    try:
+        dataset = str(get_adapter(adapter).card.get("dataset") or "")
+        meta = read_json(paths.datasets_dir() / dataset / "meta.json", {}) if dataset else {}
+    except (StudioError, OSError, ValueError):
+        return None  # an adapter given by folder, or a dataset since deleted: the template's own default
+    return system_turn((meta or {}).get("system_prompt")) if isinstance(meta, dict) else None
+
+
+def stop_token_ids(tokenizer, model) -> list[int]:
+    """Token ids that end an answer: the generation config's eos ids (an int or a list) and the tokenizer's."""
+    found = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = list(found) if isinstance(found, (list, tuple)) else [found]
+    ids.append(tokenizer.eos_token_id)
+    from studio import templates
+
+    ids += templates.current(tokenizer).stop_ids  # every end-of-turn id of the template training used
+    return sorted({int(i) for i in ids if i is not None})
+
+
+def _stop_ids(tokenizer) -> list[int]:
+    """Every end-of-turn id and EOS (studio.templates): answers stop by themselves."""
+    from studio import templates
+
+    return templates.current(tokenizer).stop_ids
 
 
 def generate_kwargs(tokenizer, settings: GenerationSettings) -> dict:
@@ -76,13 +134,6 @@ def generate_kwargs(tokenizer, settings: GenerationSettings) -> dict:
     else:
         kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
     return kwargs
-
-
-def _stop_ids(tokenizer) -> list[int]:
-    """Every end-of-turn id and EOS (studio.templates): answers stop by themselves."""
-    from studio import templates
-
-    return templates.current(tokenizer).stop_ids
 
 
 def stream_chat(model, tokenizer, messages: list[dict], settings: GenerationSettings = GenerationSettings()
@@ -118,70 +169,29 @@ def stream_chat(model, tokenizer, messages: list[dict], settings: GenerationSett
 # ---------------------------------------------------------------- one base, many adapters
 
 BASE_LABEL = "(base)"  # how the UI and CLI name "no adapter" (adapter=None); no adapter name has "("
-STREAM_TIMEOUT_S = 600  # a generation step slower than this means the worker thread died
+BASE_PEFT_NAME = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter batch
 MAX_ENGINES = 2  # engines (each a loaded base) kept per process; older ones are dropped
 
 
-class _RowsStreamer:
-    """A `generate` streamer for a batch of rows: yields a tuple of each row's text so far.
+def sampling_of(settings: GenerationSettings, stop: tuple[str, ...] = ()):
+    """The scheduler's per-request settings for the Chat tab's / CLI's GenerationSettings."""
+    from studio.serving.scheduler import Sampling
 
-    (transformers' TextIteratorStreamer only takes batch size 1.) The first `put` is the prompt.
-    """
-
-    def __init__(self, tokenizer, rows: int):
-        self.tokenizer = tokenizer
-        self.tokens: list[list[int]] = [[] for _ in range(rows)]
-        self.done = [False] * rows
-        self.queue: queue.Queue = queue.Queue()
-        self.seen_prompt = False
-        self.ended = False
-        self.eos = set(_stop_ids(tokenizer))
-
-    def put(self, value) -> None:
-        if not self.seen_prompt:
-            self.seen_prompt = True
-            return
-        for row, token in enumerate(value.view(-1).tolist()):
-            if self.done[row]:
-                continue
-            if token in self.eos:
-                self.done[row] = True  # after eos, generate pads a finished row: nothing more to show
-            else:
-                self.tokens[row].append(token)
-        # A trailing U+FFFD is half of a multi-byte character: show it once the rest arrives.
-        self.queue.put(tuple(self.text(row).rstrip("\ufffd") for row in range(len(self.tokens))))
-
-    def text(self, row: int) -> str:
-        return self.tokenizer.decode(self.tokens[row], skip_special_tokens=True)
-
-    def end(self) -> None:
-        if not self.ended:
-            self.ended = True
-            self.queue.put(None)
-
-    def __iter__(self) -> Iterator[tuple[str, ...]]:
-        while (item := self.queue.get(timeout=STREAM_TIMEOUT_S)) is not None:
-            yield item
-        yield tuple(self.text(row) for row in range(len(self.tokens)))  # complete, nothing held back
-
-
-def _cancel_criteria(event: threading.Event):
-    """Stop generating as soon as the reader goes away (a closed tab, a Stop button)."""
-    import torch
-    from transformers import StoppingCriteria, StoppingCriteriaList
-
-    class Cancelled(StoppingCriteria):
-        def __call__(self, input_ids, scores, **kwargs):
-            return torch.full((input_ids.shape[0],), event.is_set(), dtype=torch.bool, device=input_ids.device)
-
-    return StoppingCriteriaList([Cancelled()])
+    return Sampling(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature, top_p=settings.top_p,
+                    top_k=settings.top_k, repetition_penalty=settings.repetition_penalty, seed=settings.seed, stop=stop)
 
 
 class Engine:
-    """One loaded base model and the named LoRA adapters attached to it."""
+    """One loaded base model and the named LoRA adapters attached to it; the only code that calls PEFT's
+    adapter methods, so what it reports (active, merged) is what runs.
+
+    Locks: `lock` is held for one forward step (by the scheduler) or one `use` block, never for a whole
+    answer; `_load_lock` orders adapter loads, which read and check their files outside `lock` and hold
+    it only to attach.
+    """
 
     def __init__(self, ref: str = "bundled", quant: str = "fp32", device: str | None = None,
-                 progress: Callable[[float, str], None] | None = None):
+                 progress: Callable[[float, str], None] | None = None, max_batch: int = 8, max_queue: int = 64):
         import peft  # noqa: F401 - imported now, so adapter load times measure loading, not the import
 
         from studio.models import load_model
@@ -190,7 +200,8 @@ class Engine:
         self.ref, self.quant = ref, quant
         self.tokenizer = self.loaded.tokenizer
         self.model = self.loaded.model  # becomes a PeftModel when the first adapter is attached
-        self.lock = threading.RLock()  # held for set_adapter + generate, and by `use`
+        self.lock = threading.RLock()  # one decode step, one `use` block, one attach
+        self._load_lock = threading.Lock()  # one adapter load at a time (two requests for it attach it once)
         self._peft_names: dict[str, str] = {}  # registry name or path -> PEFT adapter name
         self.load_ms: dict[str, float] = {}
         self.swap_ms: list[float] = []  # every set_adapter call, in milliseconds
@@ -199,6 +210,16 @@ class Engine:
         self._originals: list = []  # (LoRA layer, its own base weight tensor) while an adapter is merged
         self._merged_weights: dict = {}  # LoRA layer -> the tensor that holds its merged weight
         self._loads = 0  # adapters attached so far: numbers each PEFT name once
+        self.max_batch, self.max_queue = max_batch, max_queue
+        self._scheduler = None
+        self.mixed_steps = 0  # forwards that ran more than one adapter (or adapters and the base) together
+        self.stop_ids = frozenset(stop_token_ids(self.tokenizer, self.loaded.model))
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.stop_ids)
+        self.cache_arg = _cache_arg(self.loaded.model)  # the forward's name for the KV cache
+
+    @property
+    def device(self):
+        return self.loaded.model.device
 
     # ------------------------------------------------ adapters
 
@@ -212,10 +233,11 @@ class Engine:
 
         The adapter is checked against this base first (safetensors only, shapes, target layers), so a
         refused adapter leaves the loaded model untouched. Loading an attached name again costs 0 ms.
+        The check runs while others generate; only the attach itself waits for the current step.
         """
         from studio.adapters import validate_adapter
 
-        with self.lock:  # check and attach together: two requests for one new adapter attach it once
+        with self._load_lock:
             if name in self._peft_names:
                 return 0.0
             folder = Path(path) if path is not None else self._locate(name)
@@ -223,11 +245,13 @@ class Engine:
             if warning:
                 print(warning, file=sys.stderr, flush=True)  # a different base name with the same shapes
             start = time.perf_counter()
-            self._loads += 1
-            peft_name = f"adapter_{self._loads}"  # PEFT names become module keys: no '.' or ':'
-            self._attach(folder, peft_name)
+            with self.lock:
+                self._loads += 1
+                peft_name = f"adapter_{self._loads}"  # PEFT names become module keys: no '.' or ':'
+                self._unfold()  # PEFT's load ends in set_adapter, which would unmerge by subtraction
+                self._attach(folder, peft_name)
+                self._peft_names[name] = peft_name
             elapsed = (time.perf_counter() - start) * 1000
-            self._peft_names[name] = peft_name
             self.load_ms[name] = elapsed
         return elapsed
 
@@ -256,7 +280,7 @@ class Engine:
 
     def unload_adapter(self, name: str) -> None:
         """Detach an adapter (e.g. after it was deleted from disk)."""
-        with self.lock:
+        with self._load_lock, self.lock:
             peft_name = self._peft_names.pop(name, None)
             if peft_name is not None:
                 self._unfold()
@@ -277,24 +301,47 @@ class Engine:
 
         The adapter is merged into the weights where that is exact and fits (`_fold`).
         """
+        if adapter is not None:
+            self._peft_name(adapter)  # load outside the step lock
         with self.lock:
             if adapter is None:
                 self._unfold()
-            if adapter is None:
                 if self._peft_names:
                     with self.model.disable_adapter():
                         yield self.model
                 else:
                     yield self.model
                 return
-            peft_name = self._peft_name(adapter)
-            if self._folded != peft_name:
-                self._unfold()  # PEFT would unmerge by subtraction, which drifts: put the base tensors back
-                start = time.perf_counter()
-                self.model.set_adapter(peft_name, inference_mode=True)
-                self.swap_ms.append((time.perf_counter() - start) * 1000)
-                self._fold(peft_name)
-            yield self.model  # (already active and merged: no swap at all)
+            self._activate(self._peft_names[adapter])
+            yield self.model
+
+    def _activate(self, peft_name: str) -> None:
+        """Make `peft_name` the active adapter, merged where possible (no-op when it already is)."""
+        if self._folded == peft_name:
+            return  # already active and merged: no swap at all
+        self._unfold()  # PEFT would unmerge by subtraction, which drifts: put the base tensors back
+        if self.model.active_adapter != peft_name or self.quant not in ("4bit", "8bit"):
+            start = time.perf_counter()
+            self.model.set_adapter(peft_name, inference_mode=True)
+            self.swap_ms.append((time.perf_counter() - start) * 1000)
+        self._fold(peft_name)
+
+    def prepare_step(self, batch: list[str | None], rows: list[str | None]) -> dict:
+        """Put the weights in the state that serves `batch` (the adapters of every running row) and return
+        the forward kwargs for `rows` (the rows of this forward). Called under `lock`.
+
+        One adapter for every row: it is active (and merged where `_fold` allows). Otherwise every adapter
+        stays unmerged and PEFT routes each row through its own (`adapter_names`, "__base__" = base).
+        """
+        if not self._peft_names:
+            return {}
+        kinds = set(batch)
+        if len(kinds) == 1 and None not in kinds:
+            self._activate(self._peft_names[batch[0]])
+            return {}
+        self._unfold()
+        self.mixed_steps += 1
+        return {"adapter_names": [self._peft_names[a] if a is not None else BASE_PEFT_NAME for a in rows]}
 
     # ------------------------------------------------ merged decoding
 
@@ -316,7 +363,7 @@ class Engine:
         if any(peft_name in m.lora_variant or m.lora_bias[peft_name] for m in layers):
             return
         weights = [m.get_base_layer().weight for m in layers]
-        if sum(w.numel() * w.element_size() for w in weights) > _free_bytes(self.model.device) / 4:
+        if sum(w.numel() * w.element_size() for w in weights) > _free_bytes(self.device) / 4:
             return
         start = time.perf_counter()
         self._folded = peft_name
@@ -346,7 +393,43 @@ class Engine:
                 "mean_fold_ms": round(sum(self.fold_ms) / len(self.fold_ms), 1) if self.fold_ms else None,
                 "folded": next((k for k, v in self._peft_names.items() if v == self._folded), None)}
 
-    # ------------------------------------------------ generation
+    # ------------------------------------------------ generation (all of it through the scheduler)
+
+    @property
+    def scheduler(self):
+        """The batching scheduler of this engine (started on first use)."""
+        with self._load_lock if self._scheduler is None else nullcontext():
+            if self._scheduler is None:
+                from studio.serving.scheduler import Scheduler
+
+                self._scheduler = Scheduler(self, self.max_batch, self.max_queue)
+        return self._scheduler
+
+    def new_cache(self):
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self.loaded.model.config)
+
+    def context_length(self) -> int:
+        """The longest prompt + answer the base was built for."""
+        config = self.loaded.model.config.get_text_config(decoder=True)
+        return int(getattr(config, "max_position_embeddings", 0) or 2048)
+
+    def submit(self, prompt_ids: list[int], adapter: str | None, sampling, sink: queue.Queue | None = None):
+        """Queue one answer (adapter loaded first, outside the step lock); returns its `Request`."""
+        return self.submit_many([(prompt_ids, adapter)], sampling, sink)[0]
+
+    def submit_many(self, prompts: list[tuple[list[int], str | None]], sampling, sink: queue.Queue | None = None):
+        """Queue answers that start in the same step (compare mode); each may ask for another adapter."""
+        from studio.serving.scheduler import Request
+
+        for ids, adapter in prompts:
+            if adapter is not None:
+                self._peft_name(adapter)
+            check_context(len(ids), sampling.max_new_tokens, self.context_length())
+        requests = [Request(ids, adapter, sampling, sink) for ids, adapter in prompts]
+        self.scheduler.submit(requests)
+        return requests
 
     def answer(self, messages: list[dict], settings: GenerationSettings = GenerationSettings(),
                adapter: str | None = None, stats: dict | None = None) -> Iterator[str]:
@@ -356,86 +439,76 @@ class Engine:
         """
         settings.validate()
         check_messages(messages)
-        if adapter is not None:
-            self._peft_name(adapter)  # load (and validate) before anything is generated
-        input_ids = encode_chat(self.tokenizer, messages)
-
-        def work(streamer, cancel, record) -> None:
-            record["prompt_tokens"] = int(input_ids.shape[1])
-            swaps, folds = len(self.swap_ms), len(self.fold_ms)
-            with self.use(adapter):
-                record["adapter"] = adapter
-                record["swap_ms"] = self.swap_ms[-1] if len(self.swap_ms) > swaps else 0.0
-                record["merge_ms"] = self.fold_ms[-1] if len(self.fold_ms) > folds else 0.0
-                self._generate(input_ids, settings, streamer, cancel)
-
-        shown = ""
-        for (text,) in self._stream(work, 1, stats):
-            if text.startswith(shown) and len(text) > len(shown):
-                yield text[len(shown):]
-                shown = text
+        ids = encode_chat(self.tokenizer, messages)[0].tolist()
+        swaps, folds = len(self.swap_ms), len(self.fold_ms)
+        request = self.submit(ids, adapter, sampling_of(settings))
+        yield from request.stream()
+        if stats is not None:
+            stats.update(_request_stats(request), adapter=adapter,
+                         swap_ms=self.swap_ms[-1] if len(self.swap_ms) > swaps else 0.0,
+                         merge_ms=self.fold_ms[-1] if len(self.fold_ms) > folds else 0.0)
 
     def compare(self, messages: list[dict], settings: GenerationSettings = GenerationSettings(),
                 left: str | None = None, right: str | None = None,
                 stats: dict | None = None) -> Iterator[tuple[str, str]]:
         """Stream two answers to the same prompt at the same time: (left text so far, right text so far).
 
-        Both rows run in one batched `generate` with PEFT mixed adapters ("__base__" = adapters off),
-        so they share the prompt, the seed and every step.
+        Both rows start in the same step of the batch (PEFT mixed adapters, "__base__" = adapters off),
+        with the same prompt and seed.
         """
         settings.validate()
         check_messages(messages)
-        names = [self._peft_name(a) if a is not None else "__base__" for a in (left, right)]
-        input_ids = encode_chat(self.tokenizer, messages).repeat(2, 1)
-
-        def work(streamer, cancel, record) -> None:
-            with self.lock:
-                self._unfold()  # the mixed batch runs every adapter unmerged, row by row
-                extra = {"adapter_names": names} if self._peft_names else {}
-                self._generate(input_ids, settings, streamer, cancel, **extra)
-
-        yield from self._stream(work, 2, stats)
-
-    def _generate(self, input_ids, settings: GenerationSettings, streamer, cancel, **extra) -> None:
-        import torch
-
-        input_ids = input_ids.to(self.model.device)
-        torch.manual_seed(settings.seed)
-        with torch.inference_mode():
-            self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), streamer=streamer,
-                                stopping_criteria=_cancel_criteria(cancel),
-                                **generate_kwargs(self.tokenizer, settings), **extra)
-
-    def _stream(self, work, rows: int, stats: dict | None) -> Iterator[tuple[str, ...]]:
-        """Run `work` in a thread and yield what its streamer produces; stop it if the reader leaves."""
-        streamer = _RowsStreamer(self.tokenizer, rows)
-        cancel = threading.Event()
-        record: dict = {}
-        errors: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                work(streamer, cancel, record)
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the reader's thread below
-                errors.append(exc)
-            finally:
-                streamer.end()
-
+        ids = encode_chat(self.tokenizer, messages)[0].tolist()
+        sink: queue.Queue = queue.Queue()
+        pair = self.submit_many([(ids, left), (ids, right)], sampling_of(settings), sink)
+        texts = {id(r): "" for r in pair}
         start = time.perf_counter()
-        thread = threading.Thread(target=run, daemon=True)
-        thread.start()
+        ended = 0
         try:
-            yield from streamer
+            while ended < len(pair):  # count "done" events: `done` flips in the scheduler before they are read
+                request, kind, payload = sink.get(timeout=STREAM_TIMEOUT_S)
+                if kind == "error":
+                    raise payload
+                ended += kind == "done"
+                if kind == "text":
+                    texts[id(request)] += payload
+                    yield texts[id(pair[0])], texts[id(pair[1])]
         finally:
-            cancel.set()
-        thread.join()
-        if errors:
-            raise errors[0]
+            for request in pair:
+                request.cancel()
+        yield texts[id(pair[0])], texts[id(pair[1])]
         if stats is not None:
+            tokens = sum(len(r.tokens) for r in pair)
             seconds = time.perf_counter() - start
-            tokens = sum(len(t) for t in streamer.tokens)
-            stats.update(record, tokens=tokens, seconds=round(seconds, 3),
+            stats.update(tokens=tokens, seconds=round(seconds, 3),
                          tokens_per_s=round(tokens / seconds, 1) if seconds else None)
+
+
+STREAM_TIMEOUT_S = 600  # a generation step slower than this means the scheduler thread died
+
+
+def check_context(prompt_tokens: int, max_new_tokens: int, context: int) -> None:
+    if prompt_tokens + max_new_tokens > context:
+        raise ContextError(f"The prompt is {prompt_tokens} tokens and asks for up to {max_new_tokens} more, "
+                           f"over this model's context of {context} tokens.",
+                           "Shorten the conversation, or ask for fewer new tokens (max_tokens).")
+
+
+class ContextError(ConfigError):
+    """The prompt and the answer asked for do not fit the model's context."""
+
+
+def _request_stats(request) -> dict:
+    seconds = request.finished_s or (time.perf_counter() - request.submitted)
+    tokens = len(request.tokens)
+    return {"prompt_tokens": len(request.prompt_ids), "tokens": tokens, "seconds": round(seconds, 3),
+            "tokens_per_s": round(tokens / seconds, 1) if seconds else None, "finish_reason": request.finish_reason}
+
+
+def _cache_arg(model) -> str:
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def _free_bytes(device) -> int:
@@ -448,18 +521,36 @@ def _free_bytes(device) -> int:
 
 
 _engines: dict[tuple[str, str], Engine] = {}
-_engines_lock = threading.Lock()
+_engines_lock = threading.Lock()  # guards the dict only, never a model load
+_loading: dict[tuple[str, str], threading.Lock] = {}  # one lock per (ref, quant) being loaded
 
 
 def get_engine(ref: str = "bundled", quant: str = "fp32", progress=None) -> Engine:
-    """The process-wide engine for (ref, quant), loaded on first use (at most MAX_ENGINES kept)."""
+    """The process-wide engine for (ref, quant), loaded on first use (at most MAX_ENGINES kept).
+
+    A load holds only its own (ref, quant) lock: users of engines already loaded are not kept waiting.
+    """
     key = (ref, quant)
     with _engines_lock:
-        if key not in _engines:
+        if key in _engines:
+            return _engines[key]
+        loading = _loading.setdefault(key, threading.Lock())
+    with loading:
+        with _engines_lock:
+            if key in _engines:
+                return _engines[key]
+        engine = Engine(ref, quant, progress=progress)
+        with _engines_lock:
             if len(_engines) >= MAX_ENGINES:
                 _engines.pop(next(iter(_engines)))
-            _engines[key] = Engine(ref, quant, progress=progress)
-        return _engines[key]
+            _engines[key] = engine
+            _loading.pop(key, None)
+        return engine
+
+
+def loaded_engines() -> list[Engine]:
+    with _engines_lock:
+        return list(_engines.values())
 
 
 def forget_adapter(name: str) -> None:

@@ -1,14 +1,21 @@
 """Detect a dataset's format and convert every row to one conversation schema.
 
-The schema: a list of {"role": "system"|"user"|"assistant", "content": str} with an optional
-"weight": 0 on an assistant turn that must not be trained (OpenAI fine-tuning files). A system turn
-comes first if at all, then user and assistant alternate, and the last turn is the assistant's.
+The schema: a `Conversation`, a list of {"role": "system"|"user"|"assistant"|"tool", "content": str}
+with an optional "weight": 0 on an assistant turn that must not be trained (OpenAI fine-tuning files,
+or `loss_weight`), "tool_calls" on an assistant turn that calls tools ([{"type": "function",
+"function": {"name", "arguments"}}], as transformers' chat templates expect) and "name" on a tool
+result; the conversation's tool definitions ride on it as `.tools` (the `tools` argument of
+`apply_chat_template`). A system turn comes first if at all, then a user turn; an assistant answer
+follows each user turn, an assistant tool call is followed by one or more tool results and then
+the assistant again; the last turn is the assistant's.
 
 Formats (names are what `detect` returns and what the user may force):
 - alpaca: instruction / input / output, optional system and history ([[question, answer], ...]).
 - sharegpt: a list of turns under `conversations` (or another key) with from/value (human, gpt,
   system, function_call, observation) or role/content; optional top-level `system` and `tools`.
-- openai: `messages` with role/content, content a string or a list of {"type": "text"} parts.
+  function_call turns become assistant tool calls, observation turns tool results.
+- openai: `messages` with role/content, content a string or a list of text parts ({"type": "text"}
+  or "input_text"/"output_text", the text under "text" or "value"); tool_calls and tool turns.
 - prompt_completion: TRL's prompt/completion, as strings or as lists of messages.
 - reasoning: question / chain of thought / response (e.g. medical-o1-reasoning-SFT's
   Question / Complex_CoT / Response); the chain of thought goes into the answer per `cot_style`.
@@ -19,6 +26,7 @@ Formats (names are what `detect` returns and what the user may force):
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -27,13 +35,14 @@ from studio.errors import DataError
 FORMATS = ("alpaca", "sharegpt", "openai", "prompt_completion", "reasoning", "text", "mapped")
 COT_STYLES = ("think", "answer")  # <think>CoT</think> then the answer; or the answer alone
 SAMPLE_ROWS = 200  # rows looked at by detect(): enough to vote, quick even on huge files
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
+TEXT_PARTS = ("text", "input_text", "output_text")  # OpenAI's content part types that hold text
 
-# ShareGPT speakers -> our roles. Tool calls are the assistant speaking; tool results come back
-# to it as a user turn (the schema has no tool role), so the alternation still holds.
+# ShareGPT speakers -> our roles. A function_call turn is the assistant calling a tool (its value is
+# the call as JSON); an observation is the tool's result, in the tool role.
 SPEAKERS = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "bot": "assistant",
-            "model": "assistant", "chatgpt": "assistant", "system": "system", "function_call": "assistant",
-            "observation": "user", "tool": "user", "function": "user"}
+            "model": "assistant", "chatgpt": "assistant", "system": "system", "function_call": "tool_call",
+            "tool_call": "tool_call", "observation": "tool", "tool": "tool", "function": "tool"}
 TURN_LIST_KEYS = ("conversations", "conversation", "messages", "dialog", "dialogue", "chat", "turns")
 
 # Column names (lower case) that identify each part, most specific first.
@@ -43,6 +52,14 @@ REASONING_KEYS = {"question": ("question", "problem", "query"),
 MAP_GUESSES = {"prompt": ("prompt", "question", "query", "input", "instruction", "user", "q", "source"),
                "response": ("response", "answer", "output", "completion", "reply", "target", "assistant", "a"),
                "system": ("system", "system_prompt")}
+
+
+class Conversation(list):
+    """A list of messages that also carries the conversation's tool definitions (`tools`)."""
+
+    def __init__(self, messages=(), tools: list | None = None):
+        super().__init__(messages)
+        self.tools = list(tools or [])
 
 
 class RowError(ValueError):
@@ -166,20 +183,109 @@ def _get(record: dict, name: str | None):
     return record.get(_keys(record).get(name.lower(), ""))
 
 
+def _part_weight(part: dict, where: str):
+    weight = part.get("weight", part.get("loss_weight"))
+    if weight is None:
+        return None
+    if isinstance(weight, bool) or weight not in (0, 1):
+        raise RowError(f"{where} has weight {weight!r}; it must be 0 or 1")
+    return int(weight)
+
+
+def _parts(value: list, index: int) -> tuple[str, int | None]:
+    """Text parts joined by newlines, and their common weight (None when no part has one)."""
+    texts, weights = [], set()
+    for n, part in enumerate(value, start=1):
+        kind = part.get("type", "text") if isinstance(part, dict) else type(part).__name__
+        if kind not in TEXT_PARTS:
+            raise RowError(f"message {index} has a '{kind}' part: only text is supported, so the row is left "
+                           f"out (images and audio need a multimodal model)")
+        text = part.get("text", part.get("value"))
+        texts.append(_text(text, f"message {index} part {n}"))
+        weights.add(_part_weight(part, f"message {index} part {n}"))
+    if len(weights - {None}) > 1:
+        raise RowError(f"message {index} mixes trained and untrained parts; split it into two messages")
+    known = weights - {None}
+    return "\n".join(texts), (known.pop() if known else None)
+
+
 def _content(value, index: int) -> str:
-    """OpenAI content: a string, or a list of {"type": "text", "text": ...} parts joined by newlines."""
+    """OpenAI content: a string, or a list of text parts (text under "text" or "value") joined by newlines."""
     if isinstance(value, list):
-        parts = []
-        for part in value:
-            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-            if kind != "text":
-                raise RowError(f"message {index} has a '{kind}' part; only text parts are supported")
-            parts.append(_text(part.get("text"), f"message {index} text"))
-        return "\n".join(parts)
+        return _parts(value, index)[0]
     return _text(value, f"message {index} content")
 
 
-def from_openai(record: dict, key: str = "messages") -> list[dict]:
+def _json(value, what: str):
+    """A JSON value that may arrive as a string (ShareGPT keeps tools and calls as JSON text)."""
+    if isinstance(value, str):
+        if not value.strip():
+            return None
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise RowError(f"{what} is not valid JSON ({exc.msg} at character {exc.pos})") from exc
+    return value
+
+
+def _tools(value) -> list[dict]:
+    """Tool definitions as transformers expects them ({"type": "function", "function": {...}});
+    an empty list (or "[]") adds nothing."""
+    tools = _json(value, "tools") or []
+    if isinstance(tools, dict):
+        tools = [tools]
+    if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+        raise RowError("tools must be a list of function definitions")
+    return [t if "function" in t else {"type": "function", "function": t} for t in tools]
+
+
+def _tool_calls(value, index: int) -> list[dict]:
+    """One or more calls ({"name", "arguments"} or OpenAI's {"type", "function": {...}}) as tool_calls."""
+    calls = _json(value, f"turn {index} (a tool call)")
+    calls = calls if isinstance(calls, list) else [calls]
+    out = []
+    for call in calls:
+        function = call.get("function", call) if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not function.get("name"):
+            raise RowError(f"turn {index} is a tool call without a function name")
+        arguments = _json(function.get("arguments") or {}, f"turn {index} arguments")
+        out.append({"type": "function", "function": {"name": str(function["name"]), "arguments": arguments}})
+        if isinstance(call, dict) and call.get("id"):  # templates such as Mistral's pair calls and results by id
+            out[-1]["id"] = str(call["id"])
+    return out
+
+
+def _weight(turn: dict, role: str, index: int) -> int | None:
+    """A message's 0/1 weight from `weight`/`loss_weight` or its parts' (None where absent: Parquet
+    fills missing struct fields with null)."""
+    weight = _part_weight(turn, f"message {index}")
+    if isinstance(turn.get("content"), list):
+        part = _parts(turn["content"], index)[1]
+        weight = part if weight is None else weight
+    if weight is not None and role != "assistant":
+        if weight == 0:
+            return None  # prompts are never trained: a 0 there says what happens anyway
+        raise RowError(f"message {index} ({role}) has weight 1, but only assistant turns are trained; "
+                       f"use 'train on everything' (--train-on-all) to train prompts too")
+    return weight
+
+
+def _message(turn: dict, index: int, role: str, content) -> dict:
+    if role == "tool_call":
+        message = {"role": "assistant", "content": "", "tool_calls": _tool_calls(content, index)}
+    else:
+        message = {"role": role, "content": _content(content, index)}
+        if role == "assistant" and turn.get("tool_calls"):
+            message["tool_calls"] = _tool_calls(turn["tool_calls"], index)
+        for key in ("name", "tool_call_id"):
+            if role == "tool" and turn.get(key):
+                message[key] = str(turn[key])
+    if _weight(turn, message["role"], index) == 0:
+        message["weight"] = 0
+    return message
+
+
+def from_openai(record: dict, key: str = "messages") -> Conversation:
     turns = _get(record, key)
     if not isinstance(turns, list):
         raise RowError(f"'{key}' is missing or not a list")
@@ -189,31 +295,18 @@ def from_openai(record: dict, key: str = "messages") -> list[dict]:
             raise RowError(f"message {i} is not an object")
         role = turn.get("role")
         if role not in ROLES:
-            raise RowError(f"message {i} has role {role!r}; use system, user or assistant")
-        message = {"role": role, "content": _content(turn.get("content"), i)}
-        weight = turn.get("weight")  # None where absent (Parquet fills missing struct fields with null)
-        if weight is not None:
-            if weight not in (0, 1) or isinstance(weight, bool):
-                raise RowError(f"message {i} has weight {weight!r}; it must be 0 or 1")
-            if role != "assistant":
-                raise RowError(f"message {i} ({role}) has a weight; only assistant turns may")
-            if weight == 0:
-                message["weight"] = 0
-        messages.append(message)
-    return messages
+            raise RowError(f"message {i} has role {role!r}; use system, user, assistant or tool")
+        messages.append(_message(turn, i, role, turn.get("content")))
+    return Conversation(messages, _tools(_get(record, "tools")))
 
 
-def from_sharegpt(record: dict, key: str = "conversations") -> list[dict]:
+def from_sharegpt(record: dict, key: str = "conversations") -> Conversation:
     turns = _get(record, key)
     if not isinstance(turns, list):
         raise RowError(f"'{key}' is missing or not a list")
     messages = []
     system = _text(_get(record, "system"), "system")
-    tools = _get(record, "tools")
-    if tools:
-        tools = tools if isinstance(tools, str) else json.dumps(tools, ensure_ascii=False)
-        system = f"{system}\n\nAvailable tools:\n{tools}".strip()
-    if system:
+    if system.strip():
         messages.append({"role": "system", "content": system})
     for i, turn in enumerate(turns, start=1):
         if not isinstance(turn, dict):
@@ -222,8 +315,8 @@ def from_sharegpt(record: dict, key: str = "conversations") -> list[dict]:
         role = SPEAKERS.get(str(speaker).lower())
         if role is None:
             raise RowError(f"turn {i} is from {speaker!r}; known speakers: {', '.join(SPEAKERS)}")
-        messages.append({"role": role, "content": _text(turn.get("value", turn.get("content")), f"turn {i}")})
-    return messages
+        messages.append(_message(turn, i, role, turn.get("value", turn.get("content"))))
+    return Conversation(messages, _tools(_get(record, "tools")))
 
 
 def from_alpaca(record: dict, mapping: dict | None = None) -> list[dict]:
@@ -293,32 +386,46 @@ def from_mapped(record: dict, mapping: dict | None) -> list[dict]:
                        {"role": "assistant", "content": _text(record[mapping["response"]], "response")}]
 
 
+def _expected(previous: dict | None) -> tuple[str, ...]:
+    """The roles that may follow a message."""
+    if previous is None or previous["role"] == "assistant" and not previous.get("tool_calls"):
+        return ("user",)
+    if previous["role"] == "user":
+        return ("assistant",)
+    if previous["role"] == "tool":
+        return ("tool", "assistant")
+    return ("tool",)  # after a tool call, its result
+
+
 def check_conversation(messages: list[dict], fmt: str = "openai") -> list[dict]:
-    """RowError unless: optional system first, user/assistant alternating, ending with a non-empty answer."""
+    """RowError unless: optional system first, then user -> assistant, assistant tool call -> tool
+    result(s) -> assistant, ending with a non-empty answer (or tool call) to train on."""
     if fmt == "text":
         return messages
     if not messages:
         raise RowError("the conversation has no messages")
-    body = messages[1:] if messages[0]["role"] == "system" else messages
+    offset = 1 if messages[0]["role"] == "system" else 0
+    body = messages[offset:]
     if not body:
         raise RowError("the conversation has only a system message")
     for i, message in enumerate(body):
-        expected = "user" if i % 2 == 0 else "assistant"
-        if message["role"] != expected:
-            number = i + 1 + (len(messages) - len(body))
+        expected = _expected(body[i - 1] if i else None)
+        number = i + 1 + offset
+        if message["role"] not in expected:
             previous = body[i - 1]["role"] if i else "the start"
+            previous += " tool call" if i and body[i - 1].get("tool_calls") else ""
             raise RowError(f"turns do not alternate: message {number} is {message['role']} after {previous} "
-                           f"(expected {expected})")
-        if not message["content"].strip():
-            raise RowError(f"the {message['role']} turn {i + 1 + (len(messages) - len(body))} is empty")
+                           f"(expected {' or '.join(expected)})")
+        if not message["content"].strip() and not message.get("tool_calls"):
+            raise RowError(f"the {message['role']} turn {number} is empty")
     if body[-1]["role"] != "assistant":
-        raise RowError("the conversation ends with a user message: there is no answer to train on")
+        raise RowError(f"the conversation ends with a {body[-1]['role']} message: there is no answer to train on")
     if all(m.get("weight", 1) == 0 for m in body if m["role"] == "assistant"):
         raise RowError("every assistant turn has weight 0: nothing to train on")
     return messages
 
 
-def to_messages(record: dict, fmt: str, mapping: dict | None = None, cot_style: str = "think") -> list[dict]:
+def to_messages(record: dict, fmt: str, mapping: dict | None = None, cot_style: str = "think") -> Conversation:
     """One record in `fmt` -> a checked conversation; RowError (with the reason) when it does not fit."""
     if fmt not in FORMATS:
         raise DataError(f"Unknown format {fmt!r}.", f"Use one of: {', '.join(FORMATS)}.")
@@ -333,4 +440,122 @@ def to_messages(record: dict, fmt: str, mapping: dict | None = None, cot_style: 
     else:
         converter = {"alpaca": from_alpaca, "prompt_completion": from_prompt_completion, "text": from_text}[fmt]
         messages = converter(record, mapping)
-    return check_conversation(messages, fmt)
+    return check_conversation(messages if isinstance(messages, Conversation) else Conversation(messages), fmt)
+
+
+# ---------------------------------------------------------------- preference pairs
+
+PREFERENCE_KEYS = ("chosen", "rejected")
+
+
+def looks_like_preference(records: list[dict]) -> bool:
+    """True when most rows hold a chosen and a rejected answer (DPO/ORPO data, not SFT)."""
+    rows = [r for r in records[:SAMPLE_ROWS] if isinstance(r, dict)]
+    hits = sum(all(k in _keys(r) for k in PREFERENCE_KEYS) for r in rows)
+    return bool(rows) and hits * 2 > len(rows)
+
+
+def preference_error(name: str) -> DataError:
+    return DataError(f"{name}: this is preference data (chosen/rejected): use method dpo or orpo.",
+                     "Preference pairs teach which of two answers is better, which supervised fine-tuning cannot "
+                     "read. Train them with the dpo or orpo method; to fine-tune on the chosen answers alone, "
+                     "map them: format 'mapped' with prompt=prompt, response=chosen "
+                     "(CLI: --format mapped --map prompt=prompt,response=chosen).")
+
+
+# ---------------------------------------------------------------- options applied to every row
+
+# {{name}}-style placeholders, and a few <name>-style ones (not any <tag>: <think> is real text).
+PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][\w.-]*)\s*\}\}|<(name|author|model_name|assistant_name|bot_name|"
+                         r"creator|company|organization|developer|your_name)>", re.IGNORECASE)
+# First-person statements of who the assistant is or who made it ("I am X, an AI assistant developed
+# by Y", "I was created by Y"); a system prompt's "You are a helpful assistant" is not counted.
+IDENTITY = re.compile(r"\b(?:(?:I am|I'm|my name is)\b[^.\n]{0,80}\b(?:assistant|AI|language model|chatbot|"
+                      r"developed by|created by|trained by|made by|built by)|I was (?:developed|created|trained|made|"
+                      r"built) by)\b", re.IGNORECASE)
+SYSTEM_CHOICES = ("keep", "none", "custom")
+
+
+def placeholders(messages: list[dict]) -> set[str]:
+    """The placeholders (as written, e.g. '{{name}}') found in a conversation."""
+    return {m.group(0) for message in messages for m in PLACEHOLDER.finditer(message.get("content") or "")}
+
+
+def states_identity(messages: list[dict]) -> bool:
+    """True when a turn says who the assistant is ('I am ..., an AI assistant developed by ...')."""
+    return any(IDENTITY.search(m.get("content") or "") for m in messages if m["role"] == "assistant")
+
+
+NAME_KEYS = ("name", "assistant_name", "bot_name", "model_name", "your_name")
+AUTHOR_KEYS = ("author", "creator", "company", "organization", "developer")
+
+
+def identity_replacements(name: str = "", author: str = "") -> dict[str, str]:
+    """Name and author fields -> the placeholders each replaces ({{name}}, <bot_name>, {{author}}, ...)."""
+    out = {key: name.strip() for key in NAME_KEYS if name.strip()}
+    return out | {key: author.strip() for key in AUTHOR_KEYS if author.strip()}
+
+
+def placeholder_key(placeholder: str) -> str:
+    """'{{ Name }}' or '<name>' -> 'name', the key of the replacements."""
+    match = PLACEHOLDER.fullmatch(placeholder)
+    return (match.group(1) or match.group(2)).lower() if match else placeholder.lower()
+
+
+def _replace(text: str, replacements: dict[str, str]) -> str:
+    def sub(match):
+        key = (match.group(1) or match.group(2)).lower()
+        return replacements.get(key, match.group(0))
+
+    return PLACEHOLDER.sub(sub, text) if replacements and text else text
+
+
+@dataclass(frozen=True)
+class Options:
+    """Choices applied to every converted row, the same for preview, inspect and prepare."""
+
+    system: str = "keep"  # keep the template's default system prompt, "none", or "custom"
+    system_text: str = ""  # the custom system prompt
+    replacements: dict = field(default_factory=dict)  # placeholder name (lower case) -> text
+    train_tool_calls: bool = True  # train the assistant's tool calls (tool results never are)
+
+    def check(self) -> Options:
+        if self.system not in SYSTEM_CHOICES:
+            raise DataError(f"Unknown system prompt choice {self.system!r}.",
+                            f"Use one of: {', '.join(SYSTEM_CHOICES)}.")
+        if self.system == "custom" and not self.system_text.strip():
+            raise DataError("The custom system prompt is empty.", "Type the system prompt, or choose keep or none.")
+        return self
+
+    def as_meta(self) -> dict:
+        return {"system_prompt": {"mode": self.system, "text": self.system_text if self.system == "custom" else ""},
+                "replacements": dict(self.replacements), "train_tool_calls": self.train_tool_calls}
+
+
+def system_turn(system_prompt: dict | None) -> dict | None:
+    """The system turn a conversation without one gets, from a dataset meta's `system_prompt`
+    ({"mode": "keep"|"none"|"custom", "text": ...}): None for keep (the template adds its default),
+    an empty turn for none (so it does not), the text for custom. Chat and the API call this with
+    the meta of the adapter's dataset, so inference starts the way training did."""
+    mode = (system_prompt or {}).get("mode", "keep")
+    if mode == "keep":
+        return None
+    return {"role": "system", "content": (system_prompt or {}).get("text", "") if mode == "custom" else ""}
+
+
+def apply_options(messages: Conversation, options: Options, fmt: str) -> Conversation:
+    """Placeholders replaced, the system prompt chosen (a row's own system turn always stays), tool
+    calls left untrained if asked; RowError when nothing is left to train."""
+    replacements = {k.lower(): v for k, v in options.replacements.items() if v}
+    out = []
+    for message in messages:
+        message = {**message, "content": _replace(message["content"], replacements)}
+        if message.get("tool_calls") and not options.train_tool_calls:
+            message["weight"] = 0
+        out.append(message)
+    system = system_turn(options.as_meta()["system_prompt"])
+    if fmt != "text" and out and out[0]["role"] != "system" and system:
+        out.insert(0, system)
+    if fmt != "text" and all(m.get("weight", 1) == 0 for m in out if m["role"] == "assistant"):
+        raise RowError("every assistant turn is a tool call and tool calls are not trained: nothing to train on")
+    return Conversation(out, messages.tools if isinstance(messages, Conversation) else [])

@@ -9,11 +9,110 @@ from dataclasses import dataclass
 import numpy as np
 
 
-def apply_template(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
-    """The conversation as the model sees it, through the template studio.templates chose."""
+def apply_template(tokenizer, messages: list[dict], add_generation_prompt: bool = False,
+                   tools: list[dict] | None = None) -> str:
+    """The conversation as the model sees it, through its chat template (ChatML when it has none);
+    tool definitions go to the template's `tools` argument, tool calls and names stay on their turns."""
+    clean = [{k: m[k] for k in ("role", "content", "tool_calls", "name", "tool_call_id") if k in m} for m in messages]
+    return tokenizer.apply_chat_template(clean, chat_template=_chat_template(tokenizer), tokenize=False,
+                                         tools=tools or None, add_generation_prompt=add_generation_prompt)
+
+
+def _chat_template(tokenizer) -> str:
+    """The template text used for this tokenizer (the single place that asks which one)."""
     from studio import templates
 
-    return templates.apply(tokenizer, messages, add_generation_prompt)
+    return templates.current(tokenizer).template  # own, the family's, or the generic fallback (studio.templates)
+
+
+# ---------------------------------------------------------------- tools: native or the fallback
+
+_PROBE_TOOLS = [{"type": "function", "function": {"name": "probe_tool_def", "description": "A probe.",
+                                                  "parameters": {"type": "object", "properties": {}}}}]
+_PROBE = [{"role": "user", "content": "hi"},
+          {"role": "assistant", "content": "",
+           "tool_calls": [{"type": "function", "function": {"name": "probe_call_fn", "arguments": {"x": 1}}}]},
+          {"role": "tool", "content": "probe_tool_result"}, {"role": "assistant", "content": "ok"}]
+_TOOL_SUPPORT: dict[str, bool] = {}
+TOOL_FALLBACK_NOTE = ("This model's chat template has no tool support, so tool calling is written as text "
+                      "(the Hermes/Qwen convention): the tool definitions go into the system turn inside "
+                      "`<tools>...</tools>`, each tool call into the assistant's text as `<tool_call>{\"name\": ..., "
+                      "\"arguments\": ...}</tool_call>`, and tool results into a user turn inside "
+                      "`<tool_response>...</tool_response>` (see docs/data.md).")
+
+
+def supports_tools(tokenizer) -> bool:
+    """True when the chat template renders tool definitions, tool calls and tool results itself."""
+    template = _chat_template(tokenizer)
+    if template not in _TOOL_SUPPORT:
+        try:
+            text = tokenizer.apply_chat_template(_PROBE, tools=_PROBE_TOOLS, chat_template=template, tokenize=False)
+            _TOOL_SUPPORT[template] = all(p in text for p in ("probe_tool_def", "probe_call_fn", "probe_tool_result"))
+        except Exception:  # a template that raises on tool turns (jinja raise_exception) has no support
+            _TOOL_SUPPORT[template] = False
+    return _TOOL_SUPPORT[template]
+
+
+def uses_tools(messages: list[dict]) -> bool:
+    return bool(getattr(messages, "tools", None)) or any(m["role"] == "tool" or m.get("tool_calls") for m in messages)
+
+
+def _call_text(call: dict) -> str:
+    function = call.get("function", call)
+    body = {"name": function["name"], "arguments": function.get("arguments") or {}}
+    return f"<tool_call>\n{json.dumps(body, ensure_ascii=False)}\n</tool_call>"
+
+
+def tool_fallback(messages: list[dict], tools: list[dict] | None) -> list[dict]:
+    """Tool turns as plain system/user/assistant text, for templates without tool support
+    (TOOL_FALLBACK_NOTE says how)."""
+    out: list[dict] = []
+    for m in messages:
+        if m["role"] == "tool":
+            text = f"<tool_response>\n{m['content']}\n</tool_response>"
+            if out and out[-1].get("_results"):
+                out[-1]["content"] += "\n" + text
+            else:
+                out.append({"role": "user", "content": text, "_results": True})
+        elif m.get("tool_calls"):
+            pieces = ([m["content"]] if m["content"].strip() else []) + [_call_text(c) for c in m["tool_calls"]]
+            out.append({**{k: v for k, v in m.items() if k != "tool_calls"}, "content": "\n".join(pieces)})
+        else:
+            out.append(dict(m))
+    out = [{k: v for k, v in m.items() if k != "_results"} for m in out]
+    if tools:
+        block = ("# Tools\n\nYou may call these functions. Write each call as <tool_call>{\"name\": ..., "
+                 "\"arguments\": ...}</tool_call>.\n<tools>\n"
+                 + "\n".join(json.dumps(t, ensure_ascii=False) for t in tools) + "\n</tools>")
+        if out and out[0]["role"] == "system":
+            out[0] = {**out[0], "content": f"{out[0]['content']}\n\n{block}".strip()}
+        else:
+            out.insert(0, {"role": "system", "content": block})
+    return out
+
+
+def for_template(tokenizer, messages: list[dict]) -> tuple[list[dict], list[dict] | None]:
+    """(messages, tools) as this tokenizer's template takes them: native tool turns where it
+    supports them, else the documented text fallback."""
+    tools = getattr(messages, "tools", None) or None
+    if not uses_tools(messages) or supports_tools(tokenizer):
+        return list(messages), tools
+    return tool_fallback(messages, tools), None
+
+
+def default_system_prompt(tokenizer) -> str:
+    """The system prompt the template adds when a conversation has none ('' when it adds none)."""
+    user = [{"role": "user", "content": "\ue002"}]
+    try:
+        alone = apply_template(tokenizer, user)
+        marked = apply_template(tokenizer, [{"role": "system", "content": "\ue003"}, *user])
+        empty = apply_template(tokenizer, [{"role": "system", "content": ""}, *user])
+    except Exception:  # a template that refuses a system turn has no default to show
+        return ""
+    before, _, after = marked.partition("\ue003")
+    if alone == empty or not (alone.startswith(before) and alone.endswith(after)):
+        return ""
+    return alone[len(before):len(alone) - len(after)].strip()
 
 
 # ---------------------------------------------------------------- warnings and fingerprints
@@ -34,24 +133,22 @@ def tokenizer_fingerprint(tokenizer) -> str:
     tokenizer must not be trained with another."""
     specials = sorted((str(t), int(tokenizer.convert_tokens_to_ids(t))) for t in tokenizer.all_special_tokens)
     blob = json.dumps({"vocab_size": len(tokenizer), "special_tokens": specials,
-                       "chat_template": _template(tokenizer)}, sort_keys=True)
+                       "chat_template": _chat_template(tokenizer)}, sort_keys=True)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]  # 64 bits: collisions are not a concern
-
-
-def _template(tokenizer) -> str:
-    from studio import templates
-
-    return templates.current(tokenizer).template
 
 
 # ---------------------------------------------------------------- rendering with trained spans
 
 
+def _trained(m: dict, calls: bool) -> bool:
+    return m["role"] == "assistant" and m.get("weight", 1) != 0 and bool(m.get("tool_calls")) == calls
+
+
 def _marked(messages: list[dict], train_on_all: bool) -> list[dict]:
     out = []
     for m in messages:
-        trained = m["role"] == "assistant" and m.get("weight", 1) != 0 and not train_on_all
-        out.append({"role": m["role"], "content": f"{_START}{m['content']}{_END}" if trained else m["content"]})
+        trained = _trained(m, calls=False) and not train_on_all
+        out.append({**m, "content": f"{_START}{m['content']}{_END}" if trained else m["content"]})
     return out
 
 
@@ -70,18 +167,26 @@ def _strip_marks(marked_text: str) -> tuple[str, list[list[int]]]:
     return "".join(clean), spans
 
 
-def _spans_by_prefix(tokenizer, messages: list[dict]) -> list[list[int]] | None:
-    """Fallback: the text each trained turn adds to the rendering of the turns before it."""
-    full = apply_template(tokenizer, messages)
+def _spans_by_prefix(tokenizer, messages: list[dict], tools, full: str, calls: bool = False
+                     ) -> list[list[int]] | None:
+    """The text each trained turn adds to the rendering of the turns before it: the turn's own
+    content for answers (the fallback for templates that rewrite marks), everything the turn
+    adds (calls and end-of-turn token) for tool calls, whose text the template writes itself."""
     spans = []
     for i, m in enumerate(messages):
-        if m["role"] != "assistant" or m.get("weight", 1) == 0:
+        if not _trained(m, calls):
             continue
-        before = apply_template(tokenizer, messages[:i], add_generation_prompt=True)
-        upto = apply_template(tokenizer, messages[: i + 1])
+        before = apply_template(tokenizer, messages[:i], add_generation_prompt=True, tools=tools)
+        upto = apply_template(tokenizer, messages[: i + 1], tools=tools)
+        consistent = full.startswith(upto) and upto.startswith(before)
+        if calls:  # a call the template renders differently in a prefix stays untrained; the others count
+            spans += [[len(before), len(upto.rstrip())]] if consistent else []
+            continue
+        if not consistent:
+            return None
         content = m["content"].strip()  # templates often trim; the turn's own text is what is trained
         start = upto.find(content, len(before))
-        if not (full.startswith(upto) and upto.startswith(before)) or start < 0:
+        if start < 0:
             return None
         spans.append([start, start + len(content)])
     return spans
@@ -92,11 +197,11 @@ def _spans_by_search(text: str, messages: list[dict]) -> list[list[int]]:
     spans, cursor = [], 0
     for m in messages:
         content = m["content"].strip()
-        found = text.find(content, cursor)
+        found = text.find(content, cursor) if content else -1
         if found < 0:
             continue
         cursor = found + len(content)
-        if m["role"] == "assistant" and m.get("weight", 1) != 0:
+        if _trained(m, calls=False):
             spans.append([found, cursor])
     return spans
 
@@ -115,18 +220,22 @@ def _with_end_of_turn(text: str, spans: list[list[int]], specials: list[str]) ->
 
 def render_text(tokenizer, messages: list[dict], train_on_all: bool = False) -> tuple[str, list[list[int]]]:
     """The conversation through the chat template, and the character spans that are trained
-    (each trained assistant turn's content plus its end-of-turn token). Exact: the text is what
-    apply_template gives; the spans come from marks that ride through the template, checked
-    against a plain rendering, else from prefix rendering, else from an ordered search."""
-    plain = apply_template(tokenizer, messages)
+    (each trained assistant turn's content plus its end-of-turn token; a trained tool call whole).
+    Exact: the text is what apply_template gives; answer spans come from marks that ride through
+    the template, checked against a plain rendering, else from prefix rendering, else from an
+    ordered search; tool-call spans from prefix rendering. Tool turns go through `for_template`."""
+    messages, tools = for_template(tokenizer, messages)
+    plain = apply_template(tokenizer, messages, tools=tools)
     if train_on_all:
         return plain, [[0, len(plain)]]
-    text, spans = None, None
+    spans = None
     if not any(_START in m["content"] or _END in m["content"] for m in messages):
-        text, spans = _strip_marks(apply_template(tokenizer, _marked(messages, False)))
-    if text != plain:
-        spans = _spans_by_prefix(tokenizer, messages) or _spans_by_search(plain, messages)
-    return plain, _with_end_of_turn(plain, spans, _end_tokens(tokenizer))
+        text, spans = _strip_marks(apply_template(tokenizer, _marked(messages, False), tools=tools))
+        spans = spans if text == plain else None
+    if spans is None:
+        spans = _spans_by_prefix(tokenizer, messages, tools, plain) or _spans_by_search(plain, messages)
+    calls = _spans_by_prefix(tokenizer, messages, tools, plain, calls=True) or []
+    return plain, _with_end_of_turn(plain, sorted(spans + calls), _end_tokens(tokenizer))
 
 
 def _end_tokens(tokenizer) -> list[str]:
@@ -142,8 +251,9 @@ def _end_tokens(tokenizer) -> list[str]:
 class Rendered:
     input_ids: list[int]  # truncated to max_len
     assistant_masks: list[int]  # 1 = trained token
-    length: int  # tokens before truncation
+    length: int  # tokens before truncation (of the whole document, for a chunk)
     text: str  # the rendered text (before truncation)
+    dropped: int = 0  # tokens cut off at max_len (0 for chunks: they keep every token)
 
 
 def _mask_from_offsets(offsets, spans: list[list[int]]) -> list[int]:
@@ -190,7 +300,7 @@ def render_batch(tokenizer, conversations: list[list[dict]], max_len: int,
         shift = len(bos_ids) - len(ids)  # +1: a BOS was added (not trained); -k: duplicate BOS dropped
         mask = [0] * shift + list(mask) if shift >= 0 else list(mask)[-shift:]
         ids = bos_ids
-        out.append(Rendered(list(ids[:max_len]), mask[:max_len], len(ids), text))
+        out.append(Rendered(list(ids[:max_len]), mask[:max_len], len(ids), text, max(0, len(ids) - max_len)))
     return out
 
 
@@ -201,15 +311,30 @@ def render_conversation(tokenizer, messages: list[dict], max_len: int,
     return rendered.input_ids, rendered.assistant_masks
 
 
-def render_plain_batch(tokenizer, texts: list[str], max_len: int) -> list[Rendered]:
+LONG_DOCS = ("chunk", "cut")  # raw text over max_len: split into max_len chunks, or cut at max_len
+
+
+def render_plain_batch(tokenizer, texts: list[str], max_len: int, long_docs: str = "chunk") -> list[list[Rendered]]:
     """Raw text for continued pre-training: the tokenizer's own special tokens plus an end-of-text
-    token, every token trained."""
+    token, every token trained. A document over max_len becomes consecutive max_len chunks ("chunk";
+    a last chunk of one token teaches nothing and is dropped) or is cut ("cut"); each document
+    gives a list of rows."""
+    if long_docs not in LONG_DOCS:
+        raise ValueError(f"long_docs must be one of {LONG_DOCS}")
     enc = tokenizer(list(texts), add_special_tokens=True)
     out = []
     for ids, text in zip(enc["input_ids"], texts, strict=True):
         if tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
             ids = [*ids, tokenizer.eos_token_id]
-        out.append(Rendered(ids[:max_len], [1] * min(len(ids), max_len), len(ids), text))
+        if len(ids) <= max_len or long_docs == "cut":
+            out.append([Rendered(ids[:max_len], [1] * min(len(ids), max_len), len(ids), text,
+                                 max(0, len(ids) - max_len))])
+            continue
+        chunks = [ids[i:i + max_len] for i in range(0, len(ids), max_len)]
+        tail = len(chunks[-1]) if len(chunks[-1]) < 2 else 0
+        chunks = chunks[:-1] if tail else chunks
+        out.append([Rendered(c, [1] * len(c), len(ids), text, tail if n == len(chunks) - 1 else 0)
+                    for n, c in enumerate(chunks)])
     return out
 
 

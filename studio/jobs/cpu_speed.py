@@ -60,7 +60,11 @@ def _sequence_bounds(cu_seq_lens, position_ids, length: int) -> list[int] | None
 
 
 def use_packed_attention(model) -> bool:
-    """Switch the model to `packed_attention`; False (and unchanged) where it does not apply."""
+    """Switch the model to `packed_attention`; False (and unchanged) where it does not apply.
+
+    Raises (with the model back on its own attention) where transformers no longer offers what this
+    relies on, or where the switched model fails `_probe_packed`: the caller turns this change off.
+    """
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
@@ -68,10 +72,36 @@ def use_packed_attention(model) -> bool:
     windowed = getattr(config, "sliding_window", None) or getattr(config, "attn_logit_softcapping", None)
     if windowed or getattr(config, "attention_dropout", 0.0):
         return False  # sliding windows, soft-capping and attention dropout need the general path
+    previous = config._attn_implementation
+    expected = _probe_logits(model)
     AttentionInterface.register(ATTENTION, packed_attention)
     ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION, sdpa_mask)  # the fallback path still gets its mask
-    model.set_attn_implementation(ATTENTION)
-    return model.config._attn_implementation == ATTENTION
+    try:
+        model.set_attn_implementation(ATTENTION)
+        if model.config._attn_implementation != ATTENTION:
+            return False
+        got = _probe_logits(model)
+        if not torch.allclose(got, expected, atol=1e-4, rtol=1e-3):
+            raise RuntimeError(f"packed attention gave other logits than {previous} "
+                               f"(max difference {(got - expected).abs().max():.2e})")
+    except Exception:
+        model.set_attn_implementation(previous)
+        raise
+    return True
+
+
+def _probe_logits(model, lengths: tuple[int, ...] = (5, 3)):
+    """Logits of two short conversations packed in one row (fp32, no dropout), for comparing attention paths."""
+    vocab = model.config.vocab_size
+    ids = (torch.arange(sum(lengths)) * 7919 % vocab)[None].to(model.device)
+    positions = torch.cat([torch.arange(n) for n in lengths])[None].to(model.device)
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), torch.autocast(model.device.type, enabled=False):
+            return model(input_ids=ids, position_ids=positions, use_cache=False).logits.float()
+    finally:
+        model.train(training)
 
 
 class _Dropout(torch.autograd.Function):
@@ -111,17 +141,29 @@ class FastDropout(torch.nn.Module):
 
 
 def use_fast_dropout(model) -> int:
-    """Replace the LoRA layers' `nn.Dropout` with `FastDropout`; returns how many were replaced."""
+    """Replace the LoRA layers' `nn.Dropout` with `FastDropout`; returns how many were replaced.
+
+    All or nothing: the layers are found first, `FastDropout` is checked on a probe tensor, then swapped in.
+    """
     from peft.tuners.lora import LoraLayer
 
-    replaced = 0
-    for module in model.modules():
-        if isinstance(module, LoraLayer):
-            for name, dropout in module.lora_dropout.items():
-                if isinstance(dropout, torch.nn.Dropout) and dropout.p > 0:
-                    module.lora_dropout[name] = FastDropout(dropout.p)
-                    replaced += 1
-    return replaced
+    found = [(module.lora_dropout, name, dropout.p) for module in model.modules() if isinstance(module, LoraLayer)
+             for name, dropout in module.lora_dropout.items()
+             if isinstance(dropout, torch.nn.Dropout) and dropout.p > 0]
+    if found:
+        _probe_dropout(found[0][2])
+    for dropouts, name, p in found:
+        dropouts[name] = FastDropout(p)
+    return len(found)
+
+
+def _probe_dropout(p: float) -> None:
+    x = torch.ones(4096, requires_grad=True)
+    y = FastDropout(p).train()(x)
+    y.sum().backward()
+    kept = (y != 0).float().mean().item()
+    if y.shape != x.shape or not torch.equal(x.grad, y.detach()) or abs(kept - (1 - p)) > 0.1:
+        raise RuntimeError(f"16-bit dropout kept {kept:.2f} of the values, not about {1 - p:.2f}")
 
 
 def store_frozen_in_bf16(model) -> int:
@@ -130,11 +172,86 @@ def store_frozen_in_bf16(model) -> int:
     The input embeddings stay fp32 (so does an LM head tied to them): the residual stream keeps fp32.
     """
     embeddings = model.get_input_embeddings().weight
-    changed = 0
-    for module in model.modules():
-        weight = getattr(module, "weight", None)
-        if (isinstance(module, torch.nn.Linear) and weight is not None and not weight.requires_grad
-                and weight.dtype == torch.float32 and weight is not embeddings):
-            module.weight.data = weight.data.to(torch.bfloat16)
-            changed += 1
-    return changed
+    frozen = [module for module in model.modules()
+              if isinstance(module, torch.nn.Linear) and getattr(module, "weight", None) is not None
+              and not module.weight.requires_grad and module.weight.dtype == torch.float32
+              and module.weight is not embeddings]
+    for module in frozen:  # found first, then cast: a failure above leaves every weight as it was
+        module.weight.data = module.weight.data.to(torch.bfloat16)
+    return len(frozen)
+
+
+LM_CHUNK = 1024  # scored positions per LM-head chunk: 1024 x 49,152 fp32 logits is 200 MB at most at once
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Summed cross-entropy of `hidden @ weight.T` against `targets`, chunk by chunk, for a frozen `weight`.
+
+    The gradient for `hidden` is computed in the forward pass while each chunk's logits are at hand
+    (softmax minus one-hot, times the weight), so no logits tensor is kept for the backward pass and none
+    spans all positions. The weight is frozen (the LM head of a LoRA run), so it gets no gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk: int):
+        total = hidden.new_zeros((), dtype=torch.float32)
+        grad = torch.empty_like(hidden)
+        for start in range(0, hidden.shape[0], chunk):
+            h, t = hidden[start:start + chunk], targets[start:start + chunk]
+            logits = (h @ weight.t()).float()
+            lse = torch.logsumexp(logits, dim=-1)
+            total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+            probs = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+            probs[torch.arange(len(t), device=t.device), t] -= 1.0
+            grad[start:start + chunk] = (probs.to(weight.dtype) @ weight).to(hidden.dtype)
+        ctx.save_for_backward(grad)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_output.to(grad.dtype), None, None, None
+
+
+def linear_cross_entropy(hidden, weight, targets, chunk: int = LM_CHUNK):
+    """sum over positions of -log softmax(hidden @ weight.T)[target]; hidden [N, H], weight [V, H], targets [N].
+
+    Under autocast both matmuls run in the autocast dtype, as the model's own LM head would; the
+    log-sum-exp is taken in fp32.
+    """
+    device = hidden.device.type
+    if torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)
+        hidden, weight = hidden.to(dtype), weight.to(dtype)
+    with torch.autocast(device, enabled=False):
+        return _LinearCrossEntropy.apply(hidden, weight, targets, chunk)
+
+
+def lm_parts(model):
+    """(backbone, LM head) where the head is a plain frozen bias-free Linear the loss may bypass, else None."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = base.get_output_embeddings()
+    backbone = getattr(base, getattr(base, "base_model_prefix", ""), None)
+    if (type(head) is not torch.nn.Linear or head.bias is not None or head.weight.requires_grad
+            or not isinstance(backbone, torch.nn.Module)):
+        return None
+    return backbone, head
+
+
+def fused_lm_loss(parts, inputs: dict, num_items_in_batch=None):
+    """The causal-LM loss of `inputs` (with `labels`) by `linear_cross_entropy` over the trained positions only.
+
+    The backbone runs on every token; the LM head only where the next token is a label, in chunks, never
+    holding the logits of every position. Normalised like the model's own loss: by `num_items_in_batch`
+    when given (the trainer's count over the whole step), else by the number of trained tokens.
+    """
+    backbone, head = parts
+    labels = inputs["labels"]
+    kwargs = {k: v for k, v in inputs.items() if k not in ("labels", "shift_labels", "logits_to_keep")}
+    kwargs["use_cache"] = False
+    hidden = backbone(**kwargs).last_hidden_state[:, :-1]
+    targets = labels[:, 1:]
+    keep = targets != -100
+    total = linear_cross_entropy(hidden[keep], head.weight, targets[keep])
+    count = num_items_in_batch if num_items_in_batch is not None else keep.sum()
+    return total / count

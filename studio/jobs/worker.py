@@ -46,6 +46,8 @@ class Status:
     def beat_forever(self) -> None:
         while True:
             time.sleep(HEARTBEAT_SEC)
+            if self.data.get("state") not in ("running", "stopping"):
+                return  # the run ended (a foreground run's process lives on): never rewrite a final state
             self.update()
 
 
@@ -96,6 +98,10 @@ def build_model(spec: RunSpec, recompute: bool):
 
     choice = templates.current(loaded.tokenizer)
     print(f"[studio] template: {choice.why()}", flush=True)
+    if spec.from_adapter:  # continue training an existing adapter (e.g. DPO after SFT)
+        from studio.jobs.preference import load_start_adapter
+
+        return load_start_adapter(model, spec.from_adapter), loaded
     # Fallback markers were added to the vocabulary: train their embedding rows with the adapter.
     new_rows = [int(loaded.tokenizer.convert_tokens_to_ids(t)) for t in choice.added_tokens]
     lora = LoraConfig(r=spec.lora.r, lora_alpha=spec.lora.alpha, lora_dropout=spec.lora.dropout,
@@ -121,14 +127,61 @@ def trainer_class():
         return SFTTrainer
 
     class CpuSFTTrainer(SFTTrainer):
+        fused_loss: bool | None = None  # decided on the first step (`_fused_loss_holds`)
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             inputs["use_cache"] = False  # packed rows are kept apart only without a KV cache
+            if inputs.get("labels") is not None and not return_outputs and self._use_fused(model, inputs):
+                from studio.jobs.cpu_speed import fused_lm_loss, lm_parts
+
+                with self.accelerator.autocast():  # the bypassed model forward carried the run's autocast
+                    return fused_lm_loss(lm_parts(model), inputs, num_items_in_batch)
             if inputs.get("labels") is not None and _keeps_logits(self.accelerator.unwrap_model(model)):
                 inputs = score_labelled_only(inputs)
             return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
                                         num_items_in_batch=num_items_in_batch)
 
+        def _use_fused(self, model, inputs) -> bool:
+            if self.fused_loss is None:
+                name = "LM head in chunks over trained positions"
+                with self.accelerator.autocast():
+                    self.fused_loss = self.accelerator.num_processes == 1 and _try_change(
+                        name, lambda m: _fused_loss_holds(m, inputs), model)
+                if self.fused_loss:
+                    print(f"[studio] CPU fast path: {name}", flush=True)
+            return self.fused_loss
+
     return CpuSFTTrainer
+
+
+LOGIT_SCALES = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+
+
+def _fused_loss_holds(model, inputs: dict) -> bool:
+    """Whether `cpu_speed.fused_lm_loss` gives the model's own loss on a slice of this batch (raises if not).
+
+    Models that scale or soft-cap their logits (Gemma 2/3, Cohere, Granite) give another loss: they keep the
+    model's own loss through `score_labelled_only`, as does any head that is not a plain frozen Linear.
+    """
+    import torch
+
+    from studio.jobs.cpu_speed import fused_lm_loss, lm_parts
+
+    parts = lm_parts(model)
+    if parts is None:
+        return False
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    scaled = [k for k in LOGIT_SCALES if getattr(base.config, k, None) not in (None, 1.0)]
+    if scaled:  # a probe at random init may not see it: small logits pass a soft cap almost unchanged
+        raise RuntimeError(f"the model changes its logits after the LM head ({', '.join(scaled)})")
+    ids = inputs["input_ids"][:1, :32]
+    probe = {"input_ids": ids, "labels": ids}
+    with torch.no_grad():
+        own = model(input_ids=ids, labels=ids, use_cache=False).loss
+        fused = fused_lm_loss(parts, probe)
+    if not torch.allclose(own.float(), fused.float(), rtol=1e-3, atol=1e-4):
+        raise RuntimeError(f"the chunked loss {float(fused):.4f} differs from the model's own {float(own):.4f}")
+    return True
 
 
 def score_labelled_only(inputs: dict) -> dict:
@@ -159,7 +212,7 @@ def _forward_takes_logits_to_keep(model_class: type) -> bool:
     return "logits_to_keep" in inspect.signature(model_class.forward).parameters
 
 
-def pass_plan(spec: RunSpec):
+def pass_plan(spec: RunSpec, free_gb: float | None = None):
     """The TrainSpec the trainer runs: as written on CUDA; on CPU with packing, `presets.cpu_pass`.
 
     On CPU the packed rows of a step go through in passes of about 1,024 tokens (the rest is gradient
@@ -170,12 +223,60 @@ def pass_plan(spec: RunSpec):
     import torch
 
     t = spec.train
-    if not t.packing or torch.cuda.is_available():
+    if not t.packing or t.method != "sft" or torch.cuda.is_available():  # preference pairs are padded, not packed
         return t
     from studio.presets import cpu_pass, model_shape
 
-    free_gb = psutil.virtual_memory().available / 1e9 * 0.75 / spec.num_processes
+    if free_gb is None:
+        free_gb = psutil.virtual_memory().available / 1e9 * 0.75 / spec.num_processes
     return cpu_pass(model_shape(spec.model.ref), spec.model.quant, spec.lora, t, free_gb)
+
+
+PLAN_FILE = "pass_plan.json"  # the pass plan of the run's first launch; every resume reuses it
+
+
+def recorded_pass_plan(spec: RunSpec, run_dir: Path, free_gb: float | None = None):
+    """`pass_plan` chosen once per run: the first launch records it in the run folder, resumes read it.
+
+    Free RAM differs between a launch and its resume; a different plan would change the rows per pass and
+    the recomputation halfway through a run (and the optimizer state saved in the checkpoint). The first
+    rank to get here writes the file (an atomic link: never two plans), every rank then reads the same one.
+    """
+    import json
+
+    from studio.config import TrainSpec, from_dict
+
+    path = run_dir / PLAN_FILE
+    if not path.is_file():
+        plan = to_dict(pass_plan(spec, free_gb))
+        tmp = run_dir / f".{PLAN_FILE}.{os.getpid()}"
+        tmp.write_text(json.dumps(plan, indent=2), encoding="utf-8")
+        try:
+            os.link(tmp, path)  # fails when another rank (or an earlier launch) recorded one first
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+    return from_dict(TrainSpec, json.loads(path.read_text(encoding="utf-8")))
+
+
+def _sharded() -> str | None:
+    """"FSDP" or "DeepSpeed" when `accelerate launch` was asked for one (it sets these before the worker starts)."""
+    for name, variable in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED")):
+        if os.environ.get(variable, "").lower() in ("1", "true"):
+            return name
+    return None
+
+
+def launch_note(spec: RunSpec, distributed_type: str) -> str:
+    """What accelerate runs for the spec's config; on a machine without GPUs FSDP/DeepSpeed become plain DDP."""
+    asked = _sharded()
+    ran = {"MULTI_CPU": "DDP over gloo on the CPU", "MULTI_GPU": "DDP over NCCL", "NO": "one process",
+           "FSDP": "FSDP", "DEEPSPEED": "DeepSpeed"}.get(distributed_type, distributed_type)
+    note = f"accelerate config {Path(spec.accelerate_config).name}: {ran}"
+    if asked and distributed_type in ("MULTI_CPU", "NO"):
+        note += f" ({asked} shards only across GPUs; accelerate trains the same config unsharded here)"
+    return note
 
 
 def autocast_bf16(spec: RunSpec) -> bool:
@@ -188,23 +289,35 @@ def autocast_bf16(spec: RunSpec) -> bool:
 
 
 def speed_up_cpu(model, spec: RunSpec) -> list[str]:
-    """Apply studio.jobs.cpu_speed to a CPU run; returns what was changed, for the log."""
+    """Apply studio.jobs.cpu_speed to a CPU run; returns what was changed, for the log.
+
+    Each change sits behind its own capability check: where a transformers or PEFT release renamed what it
+    relies on (or it fails its probe), that one change is off, one line in the log says why, and the run
+    trains on the general path.
+    """
     from studio.jobs import cpu_speed
 
-    done = []
-    if spec.train.packing and cpu_speed.use_packed_attention(model):
-        done.append("attention per packed sequence")
-    if cpu_speed.use_fast_dropout(model):
-        done.append("16-bit dropout masks")
-    if autocast_bf16(spec) and cpu_speed.store_frozen_in_bf16(model):
-        done.append("frozen weights in bf16")
-    return done
+    changes = []
+    if spec.train.packing:
+        changes.append(("attention per packed sequence", cpu_speed.use_packed_attention))
+    changes.append(("16-bit dropout masks", cpu_speed.use_fast_dropout))
+    if autocast_bf16(spec):
+        changes.append(("frozen weights in bf16", cpu_speed.store_frozen_in_bf16))
+    return [name for name, change in changes if _try_change(name, change, model)]
+
+
+def _try_change(name: str, change, model) -> bool:
+    """Run one fast-path change; on any failure, log one line and report it as not applied."""
+    try:
+        return bool(change(model))
+    except Exception as exc:  # noqa: BLE001 - a fast-path change must never stop a run
+        print(f"[studio] CPU fast path: {name} off, the general path instead ({type(exc).__name__}: {exc})",
+              flush=True)
+        return False
 
 
 def training_args(spec: RunSpec, run_dir: Path, has_eval: bool, foreground: bool, plan=None):
     """SFTConfig for the spec; `plan` (from `pass_plan`) sets the rows per pass, accumulation and checkpointing."""
-    import importlib.util
-
     import torch
     from trl import SFTConfig
 
@@ -231,9 +344,24 @@ def training_args(spec: RunSpec, run_dir: Path, has_eval: bool, foreground: bool
         include_num_input_tokens_seen="all" if t.packing else "non_padding",
         dataloader_num_workers=0, use_cpu=not cuda,
         ddp_find_unused_parameters=False, save_only_model=False,
-        # Liger's Triton RMSNorm/SwiGLU/RoPE kernels (CUDA only, when installed); TRL keeps its chunked LM-head loss
-        use_liger_kernel=cuda and importlib.util.find_spec("liger_kernel") is not None,
+        use_liger_kernel=use_liger(spec),
     )
+
+
+def use_liger(spec: RunSpec) -> bool:
+    """Liger's Triton RMSNorm/SwiGLU/RoPE kernels: only when the recipe asks (`train.liger_kernel`), on CUDA,
+    with the package installed; TRL keeps its chunked LM-head loss. Asked for but unusable: off, and said."""
+    import importlib.util
+
+    import torch
+
+    if not spec.train.liger_kernel:
+        return False
+    if torch.cuda.is_available() and importlib.util.find_spec("liger_kernel") is not None:
+        return True
+    why = "no CUDA device" if not torch.cuda.is_available() else "the liger-kernel package is not installed"
+    print(f"[studio] Liger kernels off ({why}); training without them.", flush=True)
+    return False
 
 
 # ---------------------------------------------------------------- the callback
@@ -243,6 +371,7 @@ def make_callback(run_dir: Path, status: Status, is_main: bool):
     import torch
     from transformers import TrainerCallback
 
+    from studio.jobs.preference import log_fields as preference_log_fields
     from studio.util import rss_mb
 
     class StudioCallback(TrainerCallback):
@@ -254,7 +383,7 @@ def make_callback(run_dir: Path, status: Status, is_main: bool):
 
         def on_step_end(self, args, state, control, **kwargs):
             status.update(step=state.global_step)
-            if _stop_requested(run_dir):
+            if _stop_requested(run_dir, args.device):
                 status.update(state="stopping", message="Saving a checkpoint, then stopping.")
                 control.should_save = True
                 control.should_training_stop = True
@@ -271,6 +400,7 @@ def make_callback(run_dir: Path, status: Status, is_main: bool):
                      "lr": logs.get("learning_rate"), "grad_norm": logs.get("grad_norm"),
                      "tokens_per_sec": round(tokens / elapsed, 1), "memory_mb": round(memory, 1),
                      "eta_sec": round((state.max_steps - state.global_step) * elapsed / done, 1) if done else None}
+            event.update(preference_log_fields(logs))  # dpo / orpo: reward margin and accuracy, train and eval
             append_event(run_dir, {k: v for k, v in event.items() if v is not None})
             status.update(step=state.global_step, total_steps=state.max_steps,
                           eta_sec=event["eta_sec"], tokens_per_sec=event["tokens_per_sec"])
@@ -278,18 +408,28 @@ def make_callback(run_dir: Path, status: Status, is_main: bool):
     return StudioCallback()
 
 
-def _stop_requested(run_dir: Path) -> bool:
-    """True when the manager asked to stop; under DDP all ranks agree, so they stop on the same step."""
+def _stop_requested(run_dir: Path, device="cpu") -> bool:
+    """True when the manager asked to stop; under DDP all ranks agree, so they stop on the same step.
+
+    `device` is the run's device (the trainer's `args.device`): NCCL, the backend of every multi-GPU run,
+    rejects CPU tensors, so the flag lives where the model does.
+    """
     import torch.distributed as dist
 
     wanted = (run_dir / STOP_FILE).exists()
     if dist.is_available() and dist.is_initialized():
-        import torch
-
-        flag = torch.tensor([1.0 if wanted else 0.0])
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        wanted = bool(flag.item())
+        wanted = bool(_max_over_ranks(wanted, device).item())
     return wanted
+
+
+def _max_over_ranks(flag: bool, device):
+    """A one-element tensor on `device` holding the largest `flag` of all ranks."""
+    import torch
+    import torch.distributed as dist
+
+    tensor = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
 
 
 # ---------------------------------------------------------------- save
@@ -297,7 +437,8 @@ def _stop_requested(run_dir: Path) -> bool:
 
 def save_adapter(trainer, spec: RunSpec, run_dir: Path, prepared, metrics: dict, seconds: float) -> Path:
     out = run_dir / "adapter"
-    trainer.model.save_pretrained(out, safe_serialization=True)
+    if not _sharded():  # sharded runs saved the weights already, every rank taking part (save_sharded_weights)
+        trainer.model.save_pretrained(out, safe_serialization=True, selected_adapters=["default"])  # not DPO's ref
     trainer.processing_class.save_pretrained(out)
     from studio import templates
     from studio.adapters import portable_base_name
@@ -325,6 +466,15 @@ def _set_base_name(adapter_dir: Path, name: str) -> None:
     config = json.loads(path.read_text())
     config["base_model_name_or_path"] = name
     path.write_text(json.dumps(config, indent=2) + "\n")
+
+
+def save_sharded_weights(trainer, run_dir: Path) -> None:
+    """Under FSDP or ZeRO-3 each rank holds a shard: Trainer.save_model gathers the adapter on every rank
+    (a collective: all ranks must call it) and rank 0 writes it. A no-op elsewhere."""
+    if _sharded():
+        trainer.save_model(str(run_dir / "adapter"))
+        if _rank() == 0:
+            (run_dir / "adapter" / "training_args.bin").unlink(missing_ok=True)  # a pickle: adapters hold safetensors
 
 
 def model_card(card: dict) -> str:
@@ -366,7 +516,7 @@ def train(run_dir: Path, foreground: bool = False) -> str:
     if is_main:
         threading.Thread(target=status.beat_forever, daemon=True).start()
     start = time.time()
-    plan = pass_plan(spec)
+    plan = recorded_pass_plan(spec, run_dir)
     model, loaded = build_model(spec, plan.gradient_checkpointing)
     if _device() == "cpu":
         changes = speed_up_cpu(model, spec)
@@ -375,36 +525,81 @@ def train(run_dir: Path, foreground: bool = False) -> str:
         if plan.gradient_checkpointing != spec.train.gradient_checkpointing:
             changes.append("no gradient checkpointing (a pass fits in free RAM without it)")
         print(f"[studio] CPU fast path: {', '.join(changes) or 'nothing applies'}", flush=True)
-    prepared, train_ds, eval_ds = load_data(spec, loaded.tokenizer)
-    args = training_args(spec, run_dir, eval_ds is not None, foreground, plan)
-    trainer = trainer_class()(model=model, args=args,
-                         train_dataset=train_ds, eval_dataset=eval_ds, processing_class=loaded.tokenizer,
-                         callbacks=[make_callback(run_dir, status, is_main)])
+    if spec.train.method != "sft":  # dpo / orpo: TRL's preference trainers on prepared pairs (jobs/preference.py)
+        from studio.jobs.preference import make_trainer
+
+        prepared, eval_ds, trainer = make_trainer(spec, run_dir, model, loaded.tokenizer, plan, foreground,
+                                                  [make_callback(run_dir, status, is_main)])
+    else:
+        prepared, train_ds, eval_ds = load_data(spec, loaded.tokenizer)
+        args = training_args(spec, run_dir, eval_ds is not None, foreground, plan)
+        trainer = trainer_class()(model=model, args=args,
+                                  train_dataset=train_ds, eval_dataset=eval_ds, processing_class=loaded.tokenizer,
+                                  callbacks=[make_callback(run_dir, status, is_main)])
+    if spec.accelerate_config:
+        print(f"[studio] {launch_note(spec, trainer.accelerator.distributed_type.name)}", flush=True)
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is not None and is_main:
         step = int(checkpoint.name.split("-")[-1])
         rewind_events(run_dir, step)
         append_event(run_dir, {"type": "resume", "step": step})
-    status.update(message=f"Resuming from {checkpoint.name}." if checkpoint else "Training.")
-    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    if (run_dir / STOP_FILE).exists():
+    status.update(message=f"Training (resumed from {checkpoint.name})." if checkpoint else "Training.")
+    if checkpoint is not None and _all_steps_done(checkpoint):  # resume never trains past max_steps
+        result = _restore_finished(trainer, checkpoint)
+    else:
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    finished = trainer.state.max_steps > 0 and trainer.state.global_step >= trainer.state.max_steps
+    if (run_dir / STOP_FILE).exists() and not finished:
         if is_main:
             (run_dir / STOP_FILE).unlink(missing_ok=True)
             append_event(run_dir, {"type": "stop", "step": trainer.state.global_step})
-            status.update(state="stopped", finished=time.time(),
-                          message=f"Stopped at step {trainer.state.global_step}; press Resume to continue.")
+            from studio.jobs.manager import resume_hint
+
+            status.update(state="stopped", finished=time.time(), message=f"Stopped at step "
+                          f"{trainer.state.global_step}. {resume_hint(run_dir.name, latest_checkpoint(run_dir))}")
         return "stopped"
+    # every step is done: a Stop that lands now lets the final evaluation and save finish
+    (run_dir / STOP_FILE).unlink(missing_ok=True)
+    status.update(phase="saving", message="All steps done: evaluating and saving the adapter...")
     metrics = {"train_loss": round(result.training_loss, 4), "steps": trainer.state.global_step}
     if eval_ds is not None:
         step = trainer.state.global_step
         done = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h and h.get("step") == step]
         # evaluate once more only when the last step was not an eval step (the callback logs it as an event)
         metrics["eval_loss"] = round(done[-1] if done else trainer.evaluate()["eval_loss"], 4)
+    if spec.train.method != "sft":
+        from studio.jobs.preference import final_metrics
+
+        metrics.update(final_metrics(trainer))  # reward margin and accuracy (train, eval)
+    save_sharded_weights(trainer, run_dir)
     if is_main:
         save_adapter(trainer, spec, run_dir, prepared, metrics, time.time() - start)
-        status.update(state="completed", finished=time.time(), step=trainer.state.global_step,
-                      metrics=metrics, message="Done: the adapter is in the Chat tab.")
+        (run_dir / STOP_FILE).unlink(missing_ok=True)  # a Stop pressed during the save changes nothing
+        status.update(state="completed", finished=time.time(), step=trainer.state.global_step, phase=None,
+                      metrics=metrics, message=f"Done: the adapter run:{run_dir.name} is ready in the Chat tab.")
     return "completed"
+
+
+def _all_steps_done(checkpoint: Path) -> bool:
+    """Whether a checkpoint was saved at the run's last step (a Stop or kill landed during the final save)."""
+    from transformers import TrainerState
+
+    state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+    return state.max_steps > 0 and state.global_step >= state.max_steps
+
+
+def _restore_finished(trainer, checkpoint: Path):
+    """Load the last checkpoint's adapter and state instead of training a step past max_steps."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+    from transformers import TrainerState
+    from transformers.trainer_utils import TrainOutput
+
+    set_peft_model_state_dict(trainer.model, load_file(str(checkpoint / "adapter_model.safetensors")))
+    trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    print(f"[studio] {checkpoint.name} is the last step: saving its adapter, training nothing more", flush=True)
+    return TrainOutput(trainer.state.global_step, sum(losses) / max(len(losses), 1), {})
 
 
 def explain_failure(exc: BaseException, spec: RunSpec | None = None) -> tuple[str, str]:
@@ -434,7 +629,7 @@ def oom_advice(spec: RunSpec | None) -> str:
 
         hw = hardware()
         device, memory = ("cuda", hw.cuda_devices[0]["total_gb"]) if hw.cuda_devices else ("cpu", hw.ram_total_gb)
-        advice = recommend(model_shape(spec.model.ref), memory, device)
+        advice = recommend(model_shape(spec.model.ref), memory, device, spec.train.method)
     except Exception:  # noqa: BLE001 - advice is best effort; the generic hint still helps
         return generic
     if advice.preset:

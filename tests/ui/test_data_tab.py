@@ -43,7 +43,7 @@ def test_medical_sample_button_save_and_dataset_list(client):
     saved, dropdown = client.predict(path, "auto", "(none)", "(none)", "(none)", "answer", "bundled", "medical-ui",
                                      512, 0.1, 42, False, False, api_name="/prepare_data")
     assert "Saved **medical-ui**" in saved and "100 train and 11 eval" in saved
-    assert dropdown["value"] == "medical-ui" and ["medical-ui", "medical-ui"] in dropdown["choices"]
+    assert dropdown == "medical-ui" and "**Next:**" in saved  # handed to the shared state; Train picks it
     from gradio_client.exceptions import AppError
 
     with pytest.raises(AppError, match="already exists"):
@@ -62,3 +62,30 @@ def test_unknown_columns_need_a_mapping(client, tmp_path):
     out = client.predict(handle_file(str(data)), "mapped", "frage", "antwort", "(none)", "think", "bundled", 1024,
                          False, api_name="/upload_data")
     assert "1 rows read: 1 ok" in out[6]
+
+
+SHAPES = Path(__file__).resolve().parents[1] / "data" / "shapes"
+
+
+def test_tool_data_placeholders_and_system_choice_through_the_tab(client):
+    """ShareGPT tool calls keep their roles (the bundled template's text fallback is named); Alpaca
+    placeholders are found, replaced by the name/author fields, and the system choice is saved."""
+    from gradio_client import handle_file
+
+    out = client.predict(handle_file(str(SHAPES / "sharegpt_tools.jsonl")), *SETTINGS, api_name="/upload_data")
+    counts, template, notes = out[6], out[12], out[13]
+    assert "2 rows use tools" in counts and "tool calls are trained, tool results never" in counts
+    assert "no tool support" in notes
+    trained = [p["token"] for p in template if p["class_or_confidence"] == "trained"]
+    assert trained[0].startswith('<tool_call>\n{"name": "get_weather"')
+
+    choices = ["none", "", "Asha", "Pune Labs", True, "chunk"]
+    out = client.predict(handle_file(str(SHAPES / "identity_alpaca.jsonl")), *SETTINGS, *choices,
+                         api_name="/upload_data")
+    assert "`{{name}}` (2 rows, replaced by 'Asha')" in out[6]
+    text = "".join(p["token"] for p in out[12])
+    assert "I am Asha, an AI assistant developed by Pune Labs." in text and "SmolLM" not in text
+    saved, _ = client.predict(str(SHAPES / "identity_alpaca.jsonl"), "auto", "(none)", "(none)", "(none)", "think",
+                              "bundled", "identity-ui", 256, 0.0, 42, False, False, *choices,
+                              api_name="/prepare_data")
+    assert "System prompt: none" in saved and "0 rows cut at max_len (0 tokens dropped)" in saved

@@ -213,7 +213,7 @@ def _cases(tmp: Path) -> list:
                                                                  '{"text": "ok"}\n{"text": oops}\n')),
          DataError, "line 2"),
         ("every-row-invalid", _prepare(tmp, "allbad.jsonl", '{"messages": []}\n{"messages": "x"}\n', fmt="openai"),
-         DataError, "Every row .* is invalid"),
+         DataError, "No row of .* is usable"),
         ("wrong-columns-csv", _prepare(tmp, "cols.csv", "foo,bar\n1,2\n3,4\n"), DataError, "needs a column mapping"),
         ("mapping-to-missing-column", _prepare(tmp, "cols2.csv", "foo,bar\n1,2\n", fmt="mapped",
                                                mapping={"prompt": "question", "response": "answer"}), DataError,

@@ -21,8 +21,14 @@ def test_smoke_run_measures_both_sides_and_writes_the_tables(tmp_path, tiny_mode
         assert run["steps"] == 2 and run["tokens"] > 0 and run["tokens_per_s"] > 0
         assert run["peak_rss_mb"] > 100  # a real child process that loaded torch and a model
         assert math.isfinite(run["heldout_loss"])
-    (row,) = workload["training"]
-    assert row["speedup"] > 0 and isinstance(row["loss_ok"], bool)
+    assert {(r["side"], r["precision"]) for r in workload["runs"]} == {
+        ("baseline", "fp32"), ("baseline", "bf16-weights"), ("studio", "fp32")}
+    fp32, bf16_weights = workload["training"]
+    assert fp32["speedup"] > 0 and isinstance(fp32["loss_ok"], bool)
+    assert bf16_weights["precision"] == "bf16-weights" and "studio" not in bf16_weights  # a baseline only
+    best = workload["against_best"]  # the studio against the fastest plain baseline, whichever precision
+    fastest = max(fp32["baseline"]["tokens_per_s"], bf16_weights["baseline"]["tokens_per_s"])
+    assert best["baseline_tokens_per_s"] == fastest and best["speedup"] > 0
     inference = workload["inference"]
     assert inference["packing_check"]["ok"], inference["packing_check"]  # packed rows never see each other
     for what in ("base", "adapter", "merged"):
@@ -34,6 +40,7 @@ def test_smoke_run_measures_both_sides_and_writes_the_tables(tmp_path, tiny_mode
     assert parts["sequences"] >= 1 and all(r["tokens_per_s"] > 0 for r in parts["rows"])
     table = out.with_suffix(".md").read_text()
     assert "| cpu-tiny | fp32 | baseline |" in table and "| cpu-tiny | fp32 | studio |" in table
+    assert "| cpu-tiny | bf16-weights | baseline |" in table and "best plain baseline" in table
     assert "| + attention per packed sequence |" in table
     assert "real tok/s" in capsys.readouterr().out  # the table is printed too
 
@@ -57,3 +64,15 @@ def test_long_chats_are_multi_turn_conversations(tmp_path):
     for row in rows:
         roles = [m["role"] for m in row["messages"]]
         assert 8 <= len(roles) <= 28 and roles[:2] == ["user", "assistant"]
+
+
+def test_answer_heavy_rows_are_alpaca_with_long_answers(tmp_path):
+    from studio.data.formats import detect
+
+    path = bench.write_answer_heavy(tmp_path / "answers.jsonl", rows=200)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(rows) == 200 and detect(rows).format == "alpaca"
+    answer_share = sum(len(r["output"]) for r in rows) / sum(len(r["output"]) + len(r["instruction"]) for r in rows)
+    assert answer_share > 0.8  # answers are most of each row: little for "logits only where a label is" to skip
+    lengths = sorted(len(r["output"]) for r in rows)
+    assert lengths[-10] > 2.5 * lengths[10]  # lengths spread, as in public instruction sets

@@ -77,8 +77,9 @@ CASES = {
                                      {"from": "observation", "value": "Sunny"},
                                      {"from": "gpt", "value": "It is sunny."}],
                    "system": "You help.", "tools": '[{"name": "weather"}]'}],
-                 [[m(S, 'You help.\n\nAvailable tools:\n[{"name": "weather"}]'), m(U, "Weather?"),
-                   m(A, '{"name": "weather"}'), m(U, "Sunny"), m(A, "It is sunny.")]]),
+                 [[m(S, "You help."), m(U, "Weather?"),
+                   m(A, "", tool_calls=[{"type": "function", "function": {"name": "weather", "arguments": {}}}]),
+                   m("tool", "Sunny"), m(A, "It is sunny.")]]),
 }
 
 
@@ -90,6 +91,8 @@ def test_each_format_in_each_file_type_is_detected_and_normalized_exactly(tmp_pa
     assert report.format == fmt.split("_parts")[0], report.detection.evidence
     assert f"{len(records)} of {len(records)} sampled rows" in report.detection.evidence
     assert [messages for _, messages in report.preview] == expected
+    if fmt == "sharegpt":  # the tool definitions go to the template's tools argument, not into the text
+        assert report.preview[0][1].tools == [{"type": "function", "function": {"name": "weather"}}]
     assert (report.rows_in, report.rows_ok, report.rows_invalid) == (len(records), len(records), 0)
 
 
@@ -158,7 +161,10 @@ def test_forced_format_overrides_detection(tmp_path):
     ([m(U, "Hi"), m(A, "Yo"), m(U, "And?")], "ends with a user message"),
     ([m(U, "Hi"), m(A, "Yo", weight=0)], "weight 0"),
     ([m(S, "sys")], "only a system message"),
-    ([{"role": "tool", "content": "x"}], "role 'tool'"),
+    ([{"role": "tool", "content": "x"}], "message 1 is tool after the start"),
+    ([{"role": "robot", "content": "x"}], "role 'robot'"),
+    ([m(U, "Hi"), m(A, "", tool_calls=[{"function": {"name": "f"}}]), m(A, "Yo")],
+     "message 3 is assistant after assistant tool call \\(expected tool\\)"),
 ])
 def test_invalid_conversations_say_why(messages, reason):
     with pytest.raises(formats.RowError, match=reason):

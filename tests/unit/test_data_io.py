@@ -62,7 +62,7 @@ def test_every_row_invalid_is_an_error_listing_reasons(tmp_path, tiny_model_dir)
     path = jsonl(tmp_path / "bad.jsonl", [json.dumps(bad)] * 3)
     report = store.inspect(path)
     assert (report.rows_ok, report.rows_invalid) == (0, 3)
-    with pytest.raises(DataError, match="Every row of bad.jsonl is invalid .*row 1: the assistant turn 2 is empty"):
+    with pytest.raises(DataError, match="No row of bad.jsonl is usable .*row 1: the assistant turn 2 is empty"):
         store.prepare(path, str(tiny_model_dir), "bad")
     assert not any(p.name.startswith(".") for p in (store.paths.datasets_dir()).iterdir())
 

@@ -24,6 +24,7 @@ def test_prepare_hinglish_sample_writes_train_eval_and_meta(workspace, tiny_mode
     meta = json.loads((folder / "meta.json").read_text())
     assert meta["format"] == "openai" and meta["max_len"] == 256 and meta["train_on_all"] is False
     assert meta["counts"] == {"rows_in": 106, "rows_ok": 106, "rows_invalid": 0, "duplicates": 0, "too_long": 0,
+                              "rows_cut": 0, "tokens_dropped": 0, "rows_chunked": 0, "chunks": 0,
                               "train": 95, "eval": 11, "over_max_len": 0}
     for key in ("source_file", "source_sha256", "mapping", "model_ref", "tokenizer_fingerprint", "token_stats",
                 "created"):

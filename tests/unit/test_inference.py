@@ -152,3 +152,32 @@ def test_an_adapter_answering_alone_runs_merged_and_the_base_comes_back_bit_for_
     left, right = list(engine.compare(ASK, SETTINGS, "good", None))[-1]  # the mixed batch runs unmerged
     assert engine.stats()["folded"] is None and (left, right) == (expected["good"], expected[None])
     assert engine.stats()["mean_fold_ms"] > 0
+
+
+def test_loading_an_adapter_while_another_is_merged_keeps_the_books_right(tiny_model_dir, loras, tmp_path):
+    """The Chat tab's load button while an adapter is merged: PEFT's attach ends in set_adapter, which used to
+    unmerge by subtraction (a warning per layer) while the engine still reported the first adapter merged and
+    answered on W+Δ-Δ. Now the engine puts the base tensors back first: no warning, what it reports is what runs."""
+    import warnings
+
+    import torch
+
+    second = _lora(tiny_model_dir, tmp_path / "second", seed=1)
+    reference = Engine(str(tiny_model_dir), "fp32")
+    reference.load_adapter("good", loras["good"])
+    expected = "".join(reference.answer(ASK, SETTINGS, "good"))
+
+    engine = Engine(str(tiny_model_dir), "fp32")
+    originals = [(p, p.detach().clone()) for p in engine.model.parameters()]
+    engine.load_adapter("good", loras["good"])
+    "".join(engine.answer(ASK, SETTINGS, "good"))
+    assert engine.stats()["folded"] == "good"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        engine.load_adapter("second", second)
+    assert not [w for w in caught if "merged" in str(w.message)], [str(w.message) for w in caught][:3]
+    assert engine.stats()["folded"] is None  # not "already active": the merge was undone before the attach
+    assert all(torch.equal(p, copy) for p, copy in originals)  # the base tensors, bit for bit
+    stats: dict = {}
+    assert "".join(engine.answer(ASK, SETTINGS, "good", stats=stats)) == expected
+    assert stats["merge_ms"] > 0 and engine.stats()["folded"] == "good"  # merged again, and says so

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import gradio as gr
@@ -23,7 +24,8 @@ SAMPLES = {"medical": ASSETS / "medical_demo.jsonl", "hinglish": ASSETS / "hingl
 FORMAT_CHOICES = ["auto", "alpaca", "sharegpt", "openai", "prompt_completion", "reasoning", "text", "mapped"]
 PREVIEW_CHARS = 300  # characters of each turn shown in the preview table
 NONE = "(none)"  # the dropdown choice for "no column"
-_TEMPLATE_COLORS = {"trained": "#86efac"}  # trained tokens in green
+_TEMPLATE_COLORS = {"trained": "#86efac", "chunk break": "#93c5fd", "cut off": "#fca5a5"}  # trained in green
+SYSTEM_CHOICES = [("keep the template's", "keep"), ("none", "none"), ("my own", "custom")]
 
 
 def _mapping(fmt: str, prompt: str | None, response: str | None, system: str | None) -> dict | None:
@@ -32,6 +34,15 @@ def _mapping(fmt: str, prompt: str | None, response: str | None, system: str | N
         return None
     chosen = {"prompt": prompt, "response": response, "system": system}
     return {k: v for k, v in chosen.items() if v and v != NONE} or None
+
+
+def row_options(system_mode: str, system_text: str, name: str, author: str, train_tool_calls: bool):
+    """The Options every row gets (the same object the CLI builds from its flags)."""
+    from studio.data.formats import Options, identity_replacements
+
+    return Options(system=system_mode or "keep", system_text=system_text or "",
+                   replacements=identity_replacements(name or "", author or ""),
+                   train_tool_calls=bool(train_tool_calls)).check()
 
 
 def _tokenizer(model_ref: str | None):
@@ -50,21 +61,52 @@ def _clip(text: str) -> str:
     return text if len(text) <= PREVIEW_CHARS else text[:PREVIEW_CHARS] + "..."
 
 
+def _shown(message: dict) -> str:
+    """A turn's text for the preview table; a tool call as name(arguments)."""
+    calls = [f"{c['function']['name']}({json.dumps(c['function'].get('arguments') or {}, ensure_ascii=False)})"
+             for c in message.get("tool_calls") or []]
+    return "\n".join([message["content"]] * bool(message["content"]) + [f"[tool call] {c}" for c in calls])
+
+
 def preview_table(preview: list[tuple[int, list[dict]]]) -> pd.DataFrame:
     rows = []
     for row, messages in preview:
-        first = {role: next((m["content"] for m in messages if m["role"] == role), "")
+        first = {role: next((_shown(m) for m in messages if m["role"] == role), "")
                  for role in ("system", "user", "assistant")}
         rows.append({"row": row, "turns": len(messages), "system": _clip(first["system"]),
                      "user": _clip(first["user"]), "assistant": _clip(first["assistant"])})
     return pd.DataFrame(rows, columns=["row", "turns", "system", "user", "assistant"])
 
 
+def _findings(report) -> str:
+    """Tool rows, placeholders and identity statements: what the user may want to change before saving."""
+    lines = []
+    if report.token_stats is not None:
+        lines.append(f"Max length: {report.cuts_line()}.")
+    if report.tool_rows:
+        lines.append(f"{report.tool_rows:,} rows use tools (definitions, calls or results); tool calls are "
+                     f"{'trained' if report.options.train_tool_calls else 'not trained'}, tool results never.")
+    if report.placeholders:
+        from studio.data.formats import placeholder_key
+
+        replaced = report.options.replacements
+        found = ", ".join(f"`{p}` ({n:,} rows" + (f", replaced by '{replaced[placeholder_key(p)]}')"
+                                                   if placeholder_key(p) in replaced else ", not replaced)")
+                          for p, n in report.placeholders.items())
+        lines.append(f"Placeholders found: {found}. The name/author fields replace them before saving.")
+    if report.identity_rows:
+        lines.append(f"{report.identity_rows:,} rows say who the assistant is: check the name and maker match yours.")
+    return "\n\n".join(lines)
+
+
 def problems_outputs(report) -> tuple[str, pd.DataFrame, str | None]:
     """A count line, the table and a downloadable JSONL of every listed problem."""
     counts = (f"**{report.rows_in:,} rows read: {report.rows_ok:,} ok, {report.rows_invalid:,} invalid, "
-              f"{report.duplicates:,} duplicates removed, {report.too_long:,} with no trained token within "
-              f"the max length.**")
+              f"{report.duplicates:,} duplicates removed.**")
+    if report.rows_ok == 0:
+        counts += f" No row can be trained on: {report.problems[0].reason if report.problems else 'no rows'}."
+    findings = _findings(report)
+    counts += f"\n\n{findings}" if findings else ""
     table = pd.DataFrame([p.as_dict() for p in report.problems], columns=["row", "kind", "reason"])
     if not report.problems:
         return counts + " No problems.", table, None
@@ -74,38 +116,55 @@ def problems_outputs(report) -> tuple[str, pd.DataFrame, str | None]:
     return counts, table, str(out)
 
 
-def histogram(stats: dict | None):
+def histogram(stats: dict | None, tokenized: bool = True):
     if not stats or not stats.get("rows"):
-        return gr.BarPlot(value=pd.DataFrame({"tokens": [], "rows": []})), "No token counts (no tokenizer)."
+        why = "no row is usable" if tokenized else "the tokenizer did not load (see the notes)"
+        return gr.BarPlot(value=pd.DataFrame({"tokens": [], "rows": []})), f"No token counts: {why}."
     edges, counts = stats["histogram"]["edges"], stats["histogram"]["counts"]
     labels = [f"{int(a)}-{int(b)}" for a, b in zip(edges[:-1], edges[1:], strict=True)]
     df = pd.DataFrame({"tokens": labels, "rows": counts})
     text = (f"Tokens per row: mean {stats['mean']}, median {stats['median']}, p95 {stats['p95']}, max {stats['max']}. "
             f"**{stats['over_max_len']:,} rows ({stats['over_max_len_share']:.1%}) are over the max length of "
-            f"{stats['max_len']}** and will be cut.")
+            f"{stats['max_len']}** (cut, or split into chunks for raw text: see the counts above).")
     return gr.BarPlot(value=df, x="tokens", y="rows", sort=labels), text
 
 
+def _runs(tokenizer, items, max_len: int) -> list[tuple[str, str | None]]:
+    """The saved rows of one source row as highlighted runs, with chunk breaks and cuts marked."""
+    from studio.data.render import highlight
+
+    runs: list[tuple[str, str | None]] = []
+    for n, item in enumerate(items, start=1):
+        if len(items) > 1:
+            runs.append((f" chunk {n} of {len(items)} ", "chunk break"))
+        runs += highlight(tokenizer, item.input_ids, item.assistant_masks)
+        if item.dropped:
+            runs.append((f" {item.dropped:,} tokens cut off at max length {max_len} ", "cut off"))
+    return runs
+
+
 def template_view(path: str, row: float | None, fmt: str, mapping: dict | None, cot_style: str, model_ref: str,
-                  max_len: float, train_on_all: bool):
-    """The chosen row through the chat template, trained tokens highlighted."""
+                  max_len: float, train_on_all: bool, options=None, long_docs: str = "chunk"):
+    """The chosen row exactly as Save writes it (same rendering path), trained tokens highlighted."""
     from studio.data import store
-    from studio.data.render import highlight, render_conversation
+    from studio.data.render import template_warning
 
     tokenizer, warning = _tokenizer(model_ref)
     if not path or row is None:
         return [], warning
-    messages = store.conversation_at(path, int(row), None if fmt == "auto" else fmt, mapping, cot_style)
+    fmt = None if fmt == "auto" else fmt
     if tokenizer is None:
+        messages = store.conversation_at(path, int(row), fmt, mapping, cot_style, options)
         return [(json.dumps(messages, indent=2, ensure_ascii=False), None)], warning
-    from studio.data.render import template_warning
-
-    ids, mask = render_conversation(tokenizer, messages, int(max_len), bool(train_on_all))
-    return highlight(tokenizer, ids, mask), template_warning(tokenizer) or warning
+    _, items = store.preview_row(path, int(row), tokenizer, fmt, mapping, cot_style, options, int(max_len),
+                                 bool(train_on_all), long_docs)
+    return _runs(tokenizer, items, int(max_len)), template_warning(tokenizer) or warning
 
 
 def inspect_data(path: str, fmt: str, prompt: str, response: str, system: str, cot_style: str, model_ref: str,
-                 max_len: float, train_on_all: bool, progress=gr.Progress()):
+                 max_len: float, train_on_all: bool, system_mode: str = "keep", system_text: str = "",
+                 name_field: str = "", author_field: str = "", train_tool_calls: bool = True,
+                 long_docs: str = "chunk", progress=gr.Progress()):
     """Everything the tab shows about a file; the api_name 'inspect_data' event."""
     from studio.data import store
 
@@ -115,11 +174,13 @@ def inspect_data(path: str, fmt: str, prompt: str, response: str, system: str, c
         path = checked_path(path)  # hosted mode: only the studio's own folders
         tokenizer, warning = _tokenizer(model_ref)
         mapping = _mapping(fmt, prompt, response, system)
+        options = row_options(system_mode, system_text, name_field, author_field, train_tool_calls)
         report = store.inspect(path, None if fmt == "auto" else fmt, mapping, cot_style, tokenizer, int(max_len),
-                               bool(train_on_all), progress=lambda f, m: progress(f, desc=m))
+                               bool(train_on_all), progress=lambda f, m: progress(f, desc=m), options=options,
+                               long_docs=long_docs)
         first_row = report.preview[0][0] if report.preview else None
         template, template_note = template_view(path, first_row, fmt, mapping, cot_style, model_ref, max_len,
-                                                train_on_all) if first_row else ([], "")
+                                                train_on_all, options, long_docs) if first_row else ([], "")
     except StudioError as exc:
         raise gr.Error(str(exc)) from exc
     detection = report.detection
@@ -131,23 +192,28 @@ def inspect_data(path: str, fmt: str, prompt: str, response: str, system: str, c
     dropdowns = [gr.Dropdown(choices=columns, value=(chosen if chosen in columns[1:] else guess.get(part, NONE)))
                  for part, chosen in (("prompt", prompt), ("response", response), ("system", system))]
     counts, table, download = problems_outputs(report)
-    plot, stats_text = histogram(report.token_stats)
-    notes = "\n\n".join(n for n in (report.template_warning, template_note, warning) if n)
+    plot, stats_text = histogram(report.token_stats, tokenizer is not None)
+    notes = "\n\n".join(dict.fromkeys(n for n in (report.template_warning, template_note, warning, *report.notes)
+                                      if n))
     return (path, evidence, *dropdowns, preview_table(report.preview), counts, table, download, plot, stats_text,
             first_row, template, notes)
 
 
-def show_row(path, row, fmt, prompt, response, system, cot_style, model_ref, max_len, train_on_all):
+def show_row(path, row, fmt, prompt, response, system, cot_style, model_ref, max_len, train_on_all,
+             system_mode="keep", system_text="", name_field="", author_field="", train_tool_calls=True,
+             long_docs="chunk"):
     try:
         path = checked_path(path)  # hosted mode: only the studio's own folders
+        options = row_options(system_mode, system_text, name_field, author_field, train_tool_calls)
         return template_view(path, row, fmt, _mapping(fmt, prompt, response, system), cot_style, model_ref,
-                             max_len, train_on_all)
+                             max_len, train_on_all, options, long_docs)
     except StudioError as exc:
         raise gr.Error(str(exc)) from exc
 
 
 def save(path, fmt, prompt, response, system, cot_style, model_ref, name, max_len, eval_split, seed, train_on_all,
-         overwrite, progress=gr.Progress()):
+         overwrite, system_mode="keep", system_text="", name_field="", author_field="", train_tool_calls=True,
+         long_docs="chunk", progress=gr.Progress()):
     """Prepare and save the dataset by name; the api_name 'prepare_data' event."""
     from studio.data import store
     from studio.models import default_model_ref
@@ -160,15 +226,18 @@ def save(path, fmt, prompt, response, system, cot_style, model_ref, name, max_le
                                max_len=int(max_len), eval_split=float(eval_split),
                                fmt=None if fmt == "auto" else fmt, mapping=_mapping(fmt, prompt, response, system),
                                cot_style=cot_style, train_on_all=bool(train_on_all), seed=int(seed),
-                               overwrite=bool(overwrite), progress=lambda f, m: progress(f, desc=m))
+                               overwrite=bool(overwrite), progress=lambda f, m: progress(f, desc=m),
+                               options=row_options(system_mode, system_text, name_field, author_field,
+                                                   train_tool_calls), long_docs=long_docs)
     except StudioError as exc:
         raise gr.Error(str(exc)) from exc
     meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
     c = meta["counts"]
-    text = (f"Saved **{meta['name']}** in `{folder}`: {c['train']:,} train and {c['eval']:,} eval rows "
-            f"({c['rows_invalid']:,} invalid, {c['duplicates']:,} duplicates, {c['too_long']:,} too long left out; "
-            f"see problems.jsonl there).")
-    return text, gr.Dropdown(choices=dataset_names(), value=meta["name"])
+    text = (f"Saved **{meta['name']}** in `{folder}`: {c['train']:,} train and {c['eval']:,} eval rows from "
+            f"{c['rows_ok']:,} usable rows ({c['rows_invalid']:,} invalid, {c['duplicates']:,} duplicates left out; "
+            f"see problems.jsonl there). Max length: {meta['cuts']}. System prompt: {meta['system_prompt']['mode']}.")
+    text += "\n\n**Next:** the **Presets** tab (settings for this machine), then **Train** (this dataset is picked)."
+    return text, meta["name"]
 
 
 def dataset_names() -> list[str]:
@@ -179,6 +248,16 @@ def dataset_names() -> list[str]:
 
 def sample_path(which: str) -> str:
     return str(SAMPLES[which])
+
+
+def _preset_max_len(shared: Shared) -> int:
+    """The starting preset's max length, so Data and Presets agree from the start."""
+    from studio.presets import load_preset
+
+    try:
+        return load_preset(shared.current.value.preset or "cpu").train.max_seq_len
+    except StudioError:
+        return 512
 
 
 def build(shared: Shared) -> None:
@@ -197,7 +276,7 @@ def build(shared: Shared) -> None:
         fmt = gr.Dropdown(FORMAT_CHOICES, value="auto", label="Format (auto = detected)", elem_id="data-format")
         cot_style = gr.Radio(["think", "answer"], value="think", label="Chain of thought (reasoning data)",
                              info="think: <think>reasoning</think> then the answer; answer: the answer only",
-                             elem_id="data-cot-style")
+                             elem_id="data-cot-style", visible=False)  # shown for reasoning data only
         inspect_btn = gr.Button("Inspect", elem_id="data-inspect")
     evidence = gr.Markdown(elem_id="data-detected")
     with gr.Accordion("Column mapping (format 'mapped')", open=False):
@@ -209,17 +288,31 @@ def build(shared: Shared) -> None:
                                    elem_id="data-map-response")
             system = gr.Dropdown([NONE], value=NONE, label="System column (optional)", allow_custom_value=True,
                                  elem_id="data-map-system")
-    preview = gr.Dataframe(label="Normalized preview (first rows)", interactive=False, wrap=True,
-                           elem_id="data-preview")
+    preview = gr.Dataframe(headers=["row", "turns", "system", "user", "assistant"], interactive=False, wrap=True,
+                           label="Normalized preview (first rows)", elem_id="data-preview")
     counts = gr.Markdown(elem_id="data-counts")
     with gr.Accordion("Problems (row, reason)", open=False):
-        problems = gr.Dataframe(interactive=False, wrap=True, elem_id="data-problems")
+        problems = gr.Dataframe(headers=["row", "kind", "reason"], interactive=False, wrap=True,
+                                elem_id="data-problems")
         problems_file = gr.File(label="Download problems.jsonl", elem_id="data-problems-file")
     with gr.Row():
         row = gr.Number(label="Row to show through the chat template", precision=0, elem_id="data-row")
-        max_len = gr.Number(1024, label="Max length (tokens)", precision=0, minimum=16, elem_id="data-max-len")
+        max_len = gr.Number(_preset_max_len(shared), label="Max length (tokens)", precision=0, minimum=16,
+                            elem_id="data-max-len", info="The same as the preset's: longer rows are cut.")
         train_on_all = gr.Checkbox(False, label="Train on everything (not only the answers)",
                                    elem_id="data-train-on-all")
+        train_tool_calls = gr.Checkbox(True, label="Train the assistant's tool calls (tool results never)",
+                                       elem_id="data-train-tool-calls")
+        long_docs = gr.Radio([("split into chunks", "chunk"), ("cut (drop the rest)", "cut")], value="chunk",
+                             label="Raw text longer than the max length", elem_id="data-long-docs")
+    with gr.Row():
+        system_mode = gr.Radio(SYSTEM_CHOICES, value="keep", label="System prompt for rows without one",
+                               info="A row's own system turn always stays. The choice is saved with the dataset.",
+                               elem_id="data-system-mode")
+        system_text = gr.Textbox("", label="My own system prompt", placeholder="You are ...",
+                                 elem_id="data-system-text")
+        name_field = gr.Textbox("", label="Assistant name (replaces {{name}}, <name>, ...)", elem_id="data-name-field")
+        author_field = gr.Textbox("", label="Author (replaces {{author}}, <author>, ...)", elem_id="data-author-field")
     template = gr.HighlightedText(label="Chat template (trained tokens in green)", color_map=_TEMPLATE_COLORS,
                                   show_legend=True, elem_id="data-template")
     notes = gr.Markdown(elem_id="data-warning")
@@ -232,13 +325,11 @@ def build(shared: Shared) -> None:
         overwrite = gr.Checkbox(False, label="Overwrite if the name exists", elem_id="data-overwrite")
         save_btn = gr.Button("Save", variant="primary", elem_id="data-save")
     saved = gr.Markdown(elem_id="data-save-result")
-    with gr.Row():
-        shared.dataset = gr.Dropdown(dataset_names(), value=None, label="Prepared dataset (used by Train and "
-                                     "Evaluate)", allow_custom_value=True, elem_id="data-dataset")
-        refresh = gr.Button("Refresh list", elem_id="data-refresh")
+    picked = gr.Dropdown(visible=False, allow_custom_value=True)  # the saved name, handed to the shared state
 
     model_ref = shared.model_ref if shared.model_ref is not None else gr.Textbox(visible=False)
-    settings = [fmt, prompt, response, system, cot_style, model_ref, max_len, train_on_all]
+    choices = [system_mode, system_text, name_field, author_field, train_tool_calls, long_docs]
+    settings = [fmt, prompt, response, system, cot_style, model_ref, max_len, train_on_all, *choices]
     outputs = [path, evidence, prompt, response, system, preview, counts, problems, problems_file, plot, stats,
                row, template, notes]
     upload.upload(inspect_data, [upload, *settings], outputs, api_name="upload_data")
@@ -250,5 +341,12 @@ def build(shared: Shared) -> None:
     fmt.input(inspect_data, [path, *settings], outputs, api_name="inspect_on_format", api_visibility="private")
     row.submit(show_row, [path, row, *settings], [template, notes], api_name="preview_row")
     save_btn.click(save, [path, fmt, prompt, response, system, cot_style, model_ref, name, max_len, eval_split, seed,
-                          train_on_all, overwrite], [saved, shared.dataset], api_name="prepare_data")
-    refresh.click(lambda: gr.Dropdown(choices=dataset_names()), None, shared.dataset, api_name="list_datasets")
+                          train_on_all, overwrite, *choices], [saved, picked], api_name="prepare_data")
+    # a saved dataset (chat or preference pairs) becomes the current one: Train and Evaluate pick it
+    picked.change(lambda c, name: replace(c, dataset=name).with_disk() if name else gr.skip(),
+                  [shared.current, picked], shared.current, show_progress="hidden")
+    evidence.change(lambda text: gr.Radio(visible="reasoning" in (text or "")), evidence, cot_style,
+                    show_progress="hidden")  # the chain-of-thought choice only for reasoning data
+    from studio.ui.tabs import preference_data  # DPO / ORPO pairs: their own section, same file and save settings
+
+    preference_data.build(path, model_ref, max_len, name, eval_split, seed, overwrite, picked)

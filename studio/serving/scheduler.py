@@ -1,0 +1,379 @@
+"""Continuous batching across adapters: every request, whatever adapter it asked for, decodes in one
+shared forward pass per token.
+
+One scheduler thread per engine owns the batch. Each step it
+1. admits waiting requests (up to `max_batch` rows): their prompts are prefilled together (left-padded)
+   and their KV cache is joined to the running batch's cache, so a new user never waits for the others
+   to finish;
+2. runs one decode forward for all rows, with PEFT's mixed-adapter batches (`adapter_names=`, one name
+   per row, "__base__" for the base), or, when every row asks for the same adapter, with that adapter
+   merged into the weights (the engine decides and records which: `Engine.prepare_step`);
+3. picks each row's next token with that row's own settings (greedy, or temperature / top-k / top-p
+   with the row's own seeded generator), streams the new text, and drops rows that finished: end of
+   turn, a stop string, max tokens, or a client that went away (`Request.cancel`).
+The engine's lock is held for one step at a time, never for a whole answer, so model and adapter loads
+and the Chat tab's other work slot in between steps.
+
+Waiting requests are bounded (`max_queue`): one more is refused with `Overloaded` (HTTP 429).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from studio.errors import StudioError
+
+STEP_TIMEOUT_S = 600  # a reader waiting this long for one token means the scheduler thread died
+
+
+class Overloaded(StudioError):
+    """Too many requests are waiting: the client should retry later (HTTP 429)."""
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How one request picks its tokens; each row of a batch keeps its own."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()  # the answer ends before the first of these strings
+
+
+class Request:
+    """One answer being generated: its prompt, adapter and settings, and what it has produced so far.
+
+    Events go to `sink`, a queue shared with other requests where one reader follows several (compare):
+    (request, "text", delta), (request, "done", finish_reason), (request, "error", exception).
+    """
+
+    def __init__(self, prompt_ids: Sequence[int], adapter: str | None, sampling: Sampling,
+                 sink: queue.Queue | None = None):
+        self.prompt_ids = list(prompt_ids)
+        self.adapter = adapter
+        self.sampling = sampling
+        self.sink = sink if sink is not None else queue.Queue()
+        self.tokens: list[int] = []
+        self.text = ""  # the answer so far, stop strings cut off
+        self.sent = 0  # characters of `text` already streamed
+        self.finish_reason: str | None = None
+        self.cancelled = threading.Event()
+        self.submitted = time.perf_counter()
+        self.first_token_s: float | None = None  # seconds from submit to the first token
+        self.finished_s: float | None = None
+        self.generator = None  # a torch.Generator, seeded, when sampling
+
+    def cancel(self) -> None:
+        """The reader went away: the row is dropped at the next step."""
+        self.cancelled.set()
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+    def stream(self) -> Iterator[str]:
+        """Yield the text as it arrives (for a request with its own sink); cancels if the reader stops early."""
+        try:
+            while True:
+                _, kind, payload = self.sink.get(timeout=STEP_TIMEOUT_S)
+                if kind == "text":
+                    yield payload
+                elif kind == "error":
+                    raise payload
+                else:
+                    return
+        finally:
+            if not self.done:
+                self.cancel()
+
+
+class Scheduler:
+    """Continuous batching on one engine (see the module docstring)."""
+
+    def __init__(self, engine, max_batch: int = 8, max_queue: int = 64):
+        self.engine = engine
+        self.max_batch = max_batch
+        self.max_queue = max_queue
+        self._waiting: deque[Request] = deque()
+        self._cv = threading.Condition()
+        self._batch = _Batch(engine)
+        self.steps = 0  # decode forwards run so far
+        self.rows_per_step: list[int] = []  # batch size of each decode step (for the bench and tests)
+        self._thread = threading.Thread(target=self._run, name="studio-scheduler", daemon=True)
+        self._thread.start()
+
+    def submit(self, requests: Sequence[Request]) -> None:
+        """Queue requests (admitted together where there is room); Overloaded when the queue is full."""
+        with self._cv:
+            if len(self._waiting) + len(requests) > self.max_queue:
+                raise Overloaded(f"The server is busy: {len(self._waiting)} requests are already waiting "
+                                 f"(the limit is {self.max_queue}).",
+                                 "Retry in a few seconds, or start the server with a larger --max-queue.")
+            self._waiting.extend(requests)
+            self._cv.notify()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def running(self) -> int:
+        return len(self._batch.rows)
+
+    def _run(self) -> None:
+        while True:
+            admit: list[Request] = []
+            try:
+                with self._cv:
+                    while not self._waiting and not self._batch.rows:
+                        self._cv.wait()
+                    admit = self._admissible()
+                with self.engine.lock:  # one step at a time: loads and other users slot in between
+                    self._batch.admit(admit)
+                    if self._batch.rows:
+                        self._batch.step()
+                        self.steps += 1
+                        self.rows_per_step.append(len(self._batch.rows))
+                    self._batch.drop_finished()
+            except BaseException as exc:  # noqa: BLE001 - every reader of the failed batch gets the error
+                self._batch.fail(list(admit), exc)
+
+    def _admissible(self) -> list[Request]:
+        room = self.max_batch - len(self._batch.rows)
+        if self._batch.rows and not self._batch.joinable():
+            room = 0  # a cache that cannot be joined (sliding windows, quantized): wait for the batch to end
+        admit = []
+        while self._waiting and len(admit) < room:
+            request = self._waiting.popleft()
+            if request.cancelled.is_set():
+                _finish(request, "cancelled")
+                continue
+            admit.append(request)
+        return admit
+
+
+def _finish(request: Request, reason: str) -> None:
+    if request.done:
+        return
+    request.finish_reason = reason
+    request.finished_s = time.perf_counter() - request.submitted
+    request.sink.put((request, "done", reason))
+
+
+class _Batch:
+    """The running rows: their KV cache, attention mask, positions and last tokens (one row per request)."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.rows: list[Request] = []
+        self.cache = None  # a transformers Cache for all rows, left-padded to one length
+        self.mask = None  # [rows, cache length]: 1 where a row has a real token
+        self.positions = None  # [rows]: the position id of each row's next token
+        self.last = None  # [rows]: each row's latest token, not yet in the cache
+        self.seen: list = []  # per row: prompt + answer ids, for the repetition penalty
+
+    # ------------------------------------------------ admission
+
+    def joinable(self) -> bool:
+        from transformers.cache_utils import DynamicLayer
+
+        layers = getattr(self.cache, "layers", None)
+        return layers is not None and all(type(layer) is DynamicLayer for layer in layers)
+
+    def admit(self, requests: list[Request]) -> None:
+        """Prefill the new requests together and join them to the running rows."""
+        import torch
+
+        if not requests:
+            return
+        model = self.engine.model
+        device = self.engine.device
+        width = max(len(r.prompt_ids) for r in requests)
+        pad = self.engine.pad_id
+        ids = torch.tensor([[pad] * (width - len(r.prompt_ids)) + r.prompt_ids for r in requests], device=device)
+        mask = torch.tensor([[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in requests],
+                            device=device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = self.engine.new_cache()
+        kwargs = self.engine.prepare_step([r.adapter for r in self.rows + requests], [r.adapter for r in requests])
+        with torch.inference_mode():
+            out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1,
+                        **{self.engine.cache_arg: cache}, **kwargs)
+        for request in requests:
+            if request.sampling.temperature > 0:
+                request.generator = torch.Generator(device=device)
+                if request.sampling.seed is None:
+                    request.generator.seed()  # no seed asked for: a fresh random one
+                else:
+                    request.generator.manual_seed(request.sampling.seed)
+        seen = [torch.tensor(r.prompt_ids, device=device) for r in requests]
+        logits = out.logits[:, -1].float()
+        last = torch.tensor([self._pick(r, seen[i], logits[i]) for i, r in enumerate(requests)], device=device)
+        seen = [torch.cat([s, last[i:i + 1]]) for i, s in enumerate(seen)]
+        self._join(requests, _cache_of(out), mask, mask.sum(-1), last, seen)
+        for request in requests:
+            self._emit(request)
+
+    def _join(self, requests, cache, mask, positions, last, seen) -> None:
+        import torch
+
+        if not self.rows:
+            self.rows, self.cache, self.mask, self.positions, self.last, self.seen = (
+                list(requests), cache, mask, positions, last, seen)
+            return
+        old, new = self.mask.shape[1], mask.shape[1]
+        width = max(old, new)
+        for mine, theirs in zip(self.cache.layers, cache.layers, strict=True):
+            mine.keys = torch.cat([_pad_left(mine.keys, width - old), _pad_left(theirs.keys, width - new)])
+            mine.values = torch.cat([_pad_left(mine.values, width - old), _pad_left(theirs.values, width - new)])
+        self.mask = torch.cat([_pad_left_2d(self.mask, width - old), _pad_left_2d(mask, width - new)])
+        self.positions = torch.cat([self.positions, positions])
+        self.last = torch.cat([self.last, last])
+        self.rows += requests
+        self.seen += seen
+
+    # ------------------------------------------------ decoding
+
+    def step(self) -> None:
+        """One forward for every row's latest token; each row picks and streams its next token."""
+        import torch
+
+        live = [r for r in self.rows if not r.done]
+        if len(live) < len(self.rows):
+            self.drop_finished()
+        if not self.rows:
+            return
+        length = self.mask.shape[1]
+        self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
+        kwargs = self.engine.prepare_step([r.adapter for r in self.rows], [r.adapter for r in self.rows])
+        with torch.inference_mode():
+            out = self.engine.model(input_ids=self.last[:, None], attention_mask=self.mask,
+                                    position_ids=self.positions[:, None], use_cache=True, logits_to_keep=1,
+                                    cache_position=torch.tensor([length], device=self.mask.device),
+                                    **{self.engine.cache_arg: self.cache}, **kwargs)
+        self.cache = _cache_of(out)
+        self.positions = self.positions + 1
+        logits = out.logits[:, -1].float()
+        picked = [self._pick(r, self.seen[i], logits[i]) for i, r in enumerate(self.rows)]
+        self.last = torch.tensor(picked, device=self.mask.device)
+        for i, request in enumerate(self.rows):
+            self.seen[i] = torch.cat([self.seen[i], self.last[i:i + 1]])
+            self._emit(request)
+
+    def _pick(self, request: Request, seen, logits) -> int:
+        """The row's next token (as transformers' processors would: penalty, temperature, top-k, top-p)."""
+        import torch
+
+        s = request.sampling
+        if s.repetition_penalty != 1.0:
+            score = logits.gather(0, seen)
+            score = torch.where(score < 0, score * s.repetition_penalty, score / s.repetition_penalty)
+            logits = logits.scatter(0, seen, score)
+        if s.temperature <= 0:
+            token = int(logits.argmax())
+        else:
+            logits = logits / s.temperature
+            if 0 < s.top_k < logits.numel():
+                logits = logits.masked_fill(logits < torch.topk(logits, s.top_k).values[-1], float("-inf"))
+            if s.top_p < 1.0:
+                ordered, index = torch.sort(logits)  # ascending, as TopPLogitsWarper
+                drop = ordered.softmax(-1).cumsum(-1) <= (1 - s.top_p)
+                drop[-1] = False  # keep at least one token
+                logits = logits.masked_fill(drop.scatter(0, index, drop), float("-inf"))
+            token = int(torch.multinomial(logits.softmax(-1), 1, generator=request.generator))
+        request.tokens.append(token)
+        if request.first_token_s is None:
+            request.first_token_s = time.perf_counter() - request.submitted
+        return token
+
+    def _emit(self, request: Request) -> None:
+        """Stream the new text of `request` and finish it where it ends."""
+        token = request.tokens[-1]
+        if request.cancelled.is_set():
+            return _finish(request, "cancelled")
+        ended = token in self.engine.stop_ids
+        answer = request.tokens[:-1] if ended else request.tokens
+        text = self.engine.tokenizer.decode(answer, skip_special_tokens=True)
+        cut = min((i for i in (text.find(stop) for stop in request.sampling.stop if stop) if i >= 0), default=-1)
+        if cut >= 0:
+            text, ended = text[:cut], True
+        request.text = text
+        full = ended or len(request.tokens) >= request.sampling.max_new_tokens
+        safe = len(text) if full else _safe_length(text, request.sampling.stop)
+        if safe > request.sent:
+            request.sink.put((request, "text", text[request.sent:safe]))
+            request.sent = safe
+        if ended:
+            _finish(request, "stop")
+        elif full:
+            _finish(request, "length")
+
+    # ------------------------------------------------ housekeeping
+
+    def drop_finished(self) -> None:
+        """Remove finished rows from the cache, and the padding columns no row needs any more."""
+        import torch
+
+        keep = [i for i, r in enumerate(self.rows) if not r.done and not r.cancelled.is_set()]
+        for i, request in enumerate(self.rows):
+            if i not in keep:
+                _finish(request, "cancelled")
+        if len(keep) == len(self.rows):
+            return
+        if not keep:
+            self.rows, self.cache, self.mask, self.positions, self.last, self.seen = [], None, None, None, None, []
+            return
+        index = torch.tensor(keep, device=self.mask.device)
+        for layer in self.cache.layers:
+            layer.batch_select_indices(index)
+        self.mask, self.positions, self.last = self.mask[index], self.positions[index], self.last[index]
+        self.rows = [self.rows[i] for i in keep]
+        self.seen = [self.seen[i] for i in keep]
+        first = int(self.mask.any(0).float().argmax())  # leading columns that are padding in every row
+        if first > 0 and self.joinable():
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
+            self.mask = self.mask[:, first:]
+
+    def fail(self, admitted: list[Request], exc: BaseException) -> None:
+        for request in {id(r): r for r in self.rows + admitted}.values():
+            if not request.done:
+                request.finish_reason = "error"
+                request.sink.put((request, "error", exc))
+        self.rows, self.cache, self.mask, self.positions, self.last, self.seen = [], None, None, None, None, []
+
+
+def _cache_of(out):
+    cache = getattr(out, "cache", None)  # transformers >= 5.2x names it `cache`, before `past_key_values`
+    return cache if cache is not None else out.past_key_values
+
+
+def _pad_left(tensor, n: int):
+    import torch.nn.functional as F
+
+    return F.pad(tensor, (0, 0, n, 0)) if n else tensor  # [batch, heads, time, dim]: pad time on the left
+
+
+def _pad_left_2d(tensor, n: int):
+    import torch.nn.functional as F
+
+    return F.pad(tensor, (n, 0)) if n else tensor
+
+
+def _safe_length(text: str, stops: Sequence[str]) -> int:
+    """How much of `text` can be shown: not a trailing half character, nor a tail that may start a stop string."""
+    end = len(text.rstrip("\ufffd"))
+    for stop in stops:
+        for k in range(min(len(stop) - 1, end), 0, -1):
+            if text[:end].endswith(stop[:k]):
+                end = min(end, len(text[:end]) - k)
+                break
+    return end

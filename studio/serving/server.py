@@ -1,0 +1,83 @@
+"""`python -m studio serve`: the OpenAI-compatible API alone (uvicorn), and the same routes mounted under
+/v1 of the Gradio app (`mount`), where they share the Chat tab's engine."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from studio.errors import ConfigError
+
+
+def parse_adapters(items: list[str]) -> dict[str, Path | None]:
+    """`--adapters` values: a registry name ("run:<id>", an imported name) or NAME=FOLDER."""
+    found: dict[str, Path | None] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not name.strip() or (sep and not path.strip()):
+            raise ConfigError(f"--adapters {item!r} is neither a registry name nor NAME=FOLDER.",
+                              "Pass e.g. --adapters run:20240101-abc or --adapters medical=/path/to/adapter.")
+        found[name.strip()] = Path(path.strip()) if sep else None
+    return found
+
+
+def create_app(backend):
+    """A FastAPI app with the /v1 routes (and a health check at /)."""
+    from fastapi import FastAPI
+
+    from studio.serving.api import router
+
+    app = FastAPI(title="Tuning Studio API", docs_url="/docs")
+    app.include_router(router(backend), prefix="/v1")
+
+    @app.get("/")
+    async def health():
+        return {"status": "ok", "api": "/v1", "models": "/v1/models"}
+
+    return app
+
+
+def serve(host: str, port: int, model: str, quant: str, adapters: dict[str, Path | None], max_batch: int,
+          max_queue: int) -> None:
+    import uvicorn
+
+    from studio.inference import Engine
+    from studio.serving.api import Backend
+
+    print(f"Loading {model} ({quant})...", file=sys.stderr)
+    engine = Engine(model, quant, max_batch=max_batch, max_queue=max_queue,
+                    progress=lambda f, m: print(f"[{f:4.0%}] {m}", file=sys.stderr))
+    extra = {}
+    for name, path in adapters.items():
+        ms = engine.load_adapter(name, path)  # checked now: a wrong adapter stops the server before it starts
+        print(f"adapter {name} loaded in {ms:.0f} ms", file=sys.stderr)
+        if path is not None:
+            extra[name] = path
+    backend = Backend(lambda: engine, extra)
+    print(f"OpenAI-compatible API on http://{host}:{port}/v1 (models: "
+          f"{', '.join(backend.model_ids(engine))})", file=sys.stderr, flush=True)
+    uvicorn.run(create_app(backend), host=host, port=port, log_level="warning")
+
+
+def app_backend():
+    """The Gradio app's backend: the engine the Chat tab loaded last, else the default model in fp32."""
+    from studio.serving.api import Backend
+
+    def engine():
+        from studio.inference import get_engine, loaded_engines
+        from studio.models import default_model_ref
+
+        engines = loaded_engines()
+        return engines[-1] if engines else get_engine(default_model_ref(), "fp32")
+
+    return Backend(engine)
+
+
+def mount(app) -> None:
+    """Add the /v1 routes to a running Gradio app (its FastAPI server), ahead of Gradio's own routes."""
+    from studio.serving.api import router
+
+    before = len(app.router.routes)
+    app.include_router(router(app_backend()), prefix="/v1")
+    added = app.router.routes[before:]
+    app.router.routes[:] = added + app.router.routes[:before]  # Gradio's catch-all routes must not shadow /v1
