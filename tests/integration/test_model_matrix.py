@@ -155,9 +155,11 @@ def _gguf_read_back(path: Path, merged: Path, tok) -> None:
     template = reader.get_field("tokenizer.chat_template")
     assert bytes(template.parts[template.data[0]]).decode() == templates.current(tok).template
     want = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32).eval()
-    if want.config.model_type in ("qwen2", "qwen3"):
-        # transformers' GGUF loader assumes head_dim 128 for Qwen (it does not read attention.key_length),
-        # so compare the written tensors with the merged weights instead (f16 rounding).
+    if want.config.model_type in ("qwen2", "qwen3", "gemma3_text"):
+        # transformers' GGUF loader rebuilds these configs with defaults for what it does not read (Qwen's
+        # head_dim 128, Gemma-3's query_pre_attn_scalar), wrong for tiny shapes: compare the written tensors
+        # with the merged weights instead (f16 rounding). The real Gemma-3 270M matches llama.cpp token for
+        # token (docs/models.md).
         tensors = {t.name: t for t in reader.tensors}
         for gguf_name, module in (("token_embd.weight", want.model.embed_tokens),
                                   ("blk.0.ffn_down.weight", want.model.layers[0].mlp.down_proj),
