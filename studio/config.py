@@ -20,6 +20,18 @@ QUANT_MODES = ("4bit", "8bit", "bf16", "fp16", "fp32")
 PRECISIONS = ("bf16", "fp16", "fp32")
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
 OPTIMIZERS = ("paged_adamw_8bit", "adamw_8bit", "adamw_torch", "adamw_torch_fused", "sgd")
+METHODS = ("sft", "dpo", "orpo")  # supervised answers, or preference pairs (chosen vs rejected)
+METHOD_HELP = {
+    "method": "sft: learn the answers of a conversation dataset. dpo: learn to prefer the chosen answer over the "
+              "rejected one, against a frozen reference (the base with the adapter off). orpo: SFT on the chosen "
+              "answer plus an odds-ratio penalty on the rejected one, no reference pass.",
+    "beta": "DPO: how far the tuned model may move from the reference; higher keeps it closer. 0.1 is TRL's default; "
+            "0.05-0.5 is the usual range.",
+    "orpo_lambda": "ORPO: weight of the odds-ratio (preference) term next to the SFT loss on the chosen answer "
+                   "(the paper's lambda, TRL's ORPOConfig.beta). 0.1 is the paper's default.",
+    "from_adapter": "Start from this adapter (a registry name such as run:my-sft, or a folder) and continue training "
+                    "it, e.g. DPO after SFT. Empty: a new LoRA adapter.",
+}
 
 
 @dataclass(frozen=True)
@@ -73,6 +85,9 @@ class TrainSpec:
     eval_steps: int = 10  # evaluate on the eval split every N steps (0: only at the end)
     save_steps: int = 10  # checkpoint every N steps, so a killed run loses at most N steps
     seed: int = 42
+    method: str = field(default="sft", metadata={"help": METHOD_HELP["method"]})
+    beta: float = field(default=0.1, metadata={"help": METHOD_HELP["beta"]})
+    orpo_lambda: float = field(default=0.1, metadata={"help": METHOD_HELP["orpo_lambda"]})
 
     def validate(self) -> None:
         for key in ("max_seq_len", "micro_batch", "grad_accum", "logging_steps", "save_steps"):
@@ -89,6 +104,9 @@ class TrainSpec:
             raise ConfigError("train.epochs must be above 0.", "Set train.epochs: 1.")
         if self.eval_steps < 0:
             raise ConfigError("train.eval_steps must be 0 or more.", "Set train.eval_steps: 10.")
+        _choice("train.method", self.method, METHODS)
+        _between("train.beta", self.beta, 1e-4, 10.0)
+        _between("train.orpo_lambda", self.orpo_lambda, 0.0, 10.0)
 
 
 @dataclass(frozen=True)
@@ -121,6 +139,7 @@ class RunSpec:
     train: TrainSpec = field(default_factory=TrainSpec)
     accelerate_config: str = ""  # optional accelerate config file: launch with `accelerate launch`
     num_processes: int = 1  # >1 launches DDP through accelerate (gloo on CPU, nccl on CUDA)
+    from_adapter: str = field(default="", metadata={"help": METHOD_HELP["from_adapter"]})
 
     def validate(self) -> None:
         from studio.paths import check_name

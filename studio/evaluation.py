@@ -279,6 +279,11 @@ def card_metrics(report: dict, name: str) -> dict:
         res = report["results"]
         return {f"eval_perplexity[{dataset}]": res[name]["perplexity"],
                 f"base_perplexity[{dataset}]": res[BASE]["perplexity"]}
+    if report["kind"] == "preference":
+        res = report["results"]
+        return {f"preference_accuracy[{dataset}]": res[name]["preference_accuracy"],
+                f"base_preference_accuracy[{dataset}]": res[BASE]["preference_accuracy"],
+                f"reward_margin[{dataset}]": res[name].get("mean_reward_margin")}
     return {f"{key}[{dataset}]": value for key, value in (report.get("rouge") or {}).get(name, {}).items()}
 
 
@@ -294,3 +299,89 @@ def write_table(rows: list[dict], path: Path) -> Path:
     else:
         path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+# ---------------------------------------------------------------- preference pairs (DPO / ORPO data)
+
+
+def pair_rows(dataset: str, tokenizer=None) -> list[dict]:
+    """The eval split of a prepared preference dataset (prompt_ids, chosen_ids, rejected_ids, pair)."""
+    from studio.data import preference
+    from studio.data.store import check_tokenizer
+
+    prepared = preference.load(dataset)
+    if tokenizer is not None:
+        check_tokenizer(prepared.meta, tokenizer)
+    if prepared.eval is None or len(prepared.eval) == 0:
+        raise DataError(f"The dataset {dataset!r} has no eval split, so no pair is held out to evaluate on.",
+                        "Prepare it again with an eval split above 0 (e.g. 0.1).")
+    return [dict(r) for r in prepared.eval]
+
+
+def answer_logps(model, tokenizer, rows: list[dict], batch_size: int = 8, progress: Progress = _no_progress,
+                 should_stop: ShouldStop = _never) -> tuple[list[float], list[float]]:
+    """Sum of log-probabilities of the chosen and of the rejected answer tokens given the prompt, per row
+    (the quantity DPO trains; the answer ends with its end-of-turn token)."""
+    import torch
+
+    sequences = [(r["prompt_ids"], r[f"{side}_ids"]) for side in ("chosen", "rejected") for r in rows]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    device = next(model.parameters()).device
+    sums: list[float] = []
+    was_training = model.training
+    model.eval()
+    for start in range(0, len(sequences), batch_size):
+        _stop_if(should_stop)
+        ids, attn, labels = _batch([{"input_ids": list(p) + list(a), "assistant_masks": [0] * len(p) + [1] * len(a)}
+                                    for p, a in sequences[start:start + batch_size]], pad_id)
+        ids, attn, labels = ids.to(device), attn.to(device), labels.to(device)
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=attn, use_cache=False).logits[:, :-1].float()
+        targets = labels[:, 1:]
+        logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        sums += (logp * (targets != IGNORE)).sum(dim=1).tolist()
+        progress(min(1.0, (start + batch_size) / len(sequences)), f"{min(start + batch_size, len(sequences))}/"
+                 f"{len(sequences)} answers scored")
+    model.train(was_training)
+    return sums[:len(rows)], sums[len(rows):]
+
+
+def preference_scores(chosen: list[float], rejected: list[float], base: tuple[list[float], list[float]] | None,
+                      beta: float) -> dict:
+    """Preference accuracy (chosen more likely than rejected), mean log-prob margin, and, against the base as
+    reference, DPO's implicit reward margin beta * (log-ratio chosen - log-ratio rejected) and its accuracy."""
+    n = len(chosen)
+    margins = [c - r for c, r in zip(chosen, rejected, strict=True)]
+    scores = {"pairs": n, "preference_accuracy": round(sum(m > 0 for m in margins) / n, 4),
+              "mean_logp_margin": round(sum(margins) / n, 4)}
+    if base is not None:
+        rewards = [beta * ((c - bc) - (r - br)) for c, r, bc, br in zip(chosen, rejected, *base, strict=True)]
+        scores["mean_reward_margin"] = round(sum(rewards) / n, 4)
+        scores["reward_accuracy"] = round(sum(x > 0 for x in rewards) / n, 4)
+    return scores
+
+
+def compare_preference(ref: str, quant: str, dataset_name: str, adapters: list[str], beta: float = 0.1,
+                       max_rows: int | None = None, batch_size: int = 8, progress: Progress = _no_progress,
+                       should_stop: ShouldStop = _never, save: bool = True) -> dict:
+    """Held-out preference accuracy and mean reward margin of the base and each adapter (SFT, DPO, ORPO ...),
+    on one loaded base; the base is the reference of the reward margin (0 for itself)."""
+    pair_rows(dataset_name)  # refuse a dataset without an eval split (or not preference data) before loading
+    progress(0.02, f"Loading {ref} ({quant})...")
+    engine, folders = _engine_with(ref, quant, adapters)
+    rows = pair_rows(dataset_name, engine.tokenizer)[:max_rows]
+    names = [BASE] + [a for a in adapters if a != BASE]
+    logps: dict[str, tuple[list[float], list[float]]] = {}
+    for i, name in enumerate(names):
+        def step(f: float, m: str, i: int = i, name: str = name) -> None:
+            progress((i + f) / len(names), f"{name}: {m}")
+
+        with engine.use(_adapter(name)) as model:  # the engine swaps adapters; the base is adapters disabled
+            logps[name] = answer_logps(model, engine.tokenizer, rows, batch_size, step, should_stop)
+    results = {name: preference_scores(*logps[name], logps[BASE] if name != BASE else None, beta) for name in names}
+    results[BASE].update(mean_reward_margin=0.0, reward_accuracy=None)
+    report = {"kind": "preference", "model": ref, "quant": quant, "dataset": dataset_name, "beta": beta,
+              "results": results, "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if save:
+        report["saved_to"] = [str(p) for p in save_results(report, folders)]
+    return report

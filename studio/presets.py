@@ -52,6 +52,7 @@ CUDA_CONTEXT_GB = 0.5  # CUDA context + cuBLAS workspace, outside torch's alloca
 ALLOCATOR_BASE_GB = 0.5  # caching-allocator slack (reserved minus allocated) that does not scale
 ALLOCATOR_FRACTION = 0.1  # plus this share of the transient memory (activations, logits) as fragmentation
 CPU_OVERHEAD_GB = 0.2  # glibc arenas and one-off buffers (PEFT wrappers, autograd graph) on CPU
+DPO_LOGIT_TILE = 32768  # tokens per tile of TRL's fused LM head (trl.trainer.utils._CHUNKED_LOGPROB_CHUNK_SIZE)
 CPU_SLACK_FRACTION = 0.45  # freed activations glibc keeps mapped: RSS settles ~45% above the live peak by step 4
 
 OPTIMIZER_BYTES = {  # optimizer state per trainable parameter
@@ -289,15 +290,19 @@ def estimate_memory(model_config: dict, quant: str, lora: LoraSpec, train: Train
     counts = count_params(model_config, lora)
     weights = _weight_bytes(counts, quant)
     act_bytes = 2 if quant in ("bf16", "fp16") else 4  # k-bit training upcasts norms/embeddings, so fp32 flows
-    tokens = train.micro_batch * train.max_seq_len
+    rows = train.micro_batch * (2 if train.method in ("dpo", "orpo") else 1)  # a pair: chosen + rejected rows
+    tokens = rows * train.max_seq_len
     layer = tokens * (LAYER_HIDDEN_COPIES * shape.hidden + LAYER_INTER_COPIES * shape.inter) * act_bytes
     # The CPU recipe's attention for packed rows (jobs.cpu_speed) runs the flash kernel per sequence: no scores kept.
-    attention = 0.0 if device == "cpu" and train.packing else _attention_bytes(shape, train, act_bytes, device)
+    packed = train.packing and train.method == "sft"  # preference pairs are padded, never packed
+    attention = 0.0 if device == "cpu" and packed else _attention_bytes(shape, train, act_bytes, rows)
     if train.gradient_checkpointing:  # layer inputs saved, one layer recomputed at a time in backward
         activations = shape.layers * tokens * shape.hidden * act_bytes + layer + attention
     else:  # every layer keeps its whole working set until backward reaches it
         activations = shape.layers * (layer + attention)
     one_logits = tokens * shape.vocab * 4  # the loss upcasts logits to fp32
+    if train.method == "dpo":  # TRL's fused LM head scores tiles of DPO_LOGIT_TILE tokens: no full logits
+        one_logits = min(tokens, DPO_LOGIT_TILE) * shape.vocab * 4
     # The loss peak (three copies) and the layer-recompute peak (one copy kept) do not overlap.
     logits = one_logits + max(0.0, (LOSS_LOGIT_COPIES - 1) * one_logits - layer - attention)
     parts = {
@@ -308,8 +313,10 @@ def estimate_memory(model_config: dict, quant: str, lora: LoraSpec, train: Train
         "activations": activations,
         "logits": logits,
     }
+    if train.method == "dpo":  # the reference pass (adapter off, no grad) on top of the kept activations:
+        parts["reference"] = layer + attention + one_logits  # one layer's working set and one logit tile at a time
     breakdown = {key: value / GB for key, value in parts.items()}
-    transient = breakdown["activations"] + breakdown["logits"]
+    transient = breakdown["activations"] + breakdown["logits"] + breakdown.get("reference", 0.0)
     if device == "cuda":
         overhead = CUDA_CONTEXT_GB + ALLOCATOR_BASE_GB + ALLOCATOR_FRACTION * transient
     else:
@@ -325,7 +332,7 @@ def _weight_bytes(counts: dict[str, int], quant: str) -> float:
     return counts["linear"] * per_linear + (counts["embedding"] + counts["norms"]) * per_other
 
 
-def _attention_bytes(shape: Shape, train: TrainSpec, act_bytes: int, device: str) -> float:
+def _attention_bytes(shape: Shape, train: TrainSpec, act_bytes: int, rows: int) -> float:
     """Attention scores materialised by SDPA's math kernel; 16-bit flash kernels keep none.
 
     fp32 q/k/v (k-bit training upcasts, or fp32 on CPU) with grouped-query heads fall back to the math
@@ -333,7 +340,7 @@ def _attention_bytes(shape: Shape, train: TrainSpec, act_bytes: int, device: str
     """
     if act_bytes != 4:
         return 0.0
-    return train.micro_batch * shape.heads * train.max_seq_len ** 2 * ATTN_SCORE_BYTES
+    return rows * shape.heads * train.max_seq_len ** 2 * ATTN_SCORE_BYTES
 
 
 def estimate_preset(model_config: dict, preset: Preset) -> Estimate:
@@ -372,7 +379,7 @@ def cpu_pass(model_config: dict, quant: str, lora: LoraSpec, train: TrainSpec, m
     layer costs a third of the step and a CPU machine often has the RAM to spare; when none fits, one row
     per pass with checkpointing as the preset says.
     """
-    if not train.packing:
+    if not train.packing or train.method != "sft":  # preference pairs are padded rows: the pass is as written
         return train
     rows = train.micro_batch * train.grad_accum  # packed rows per optimizer step
     widest = max(1, min(train.micro_batch, CPU_PASS_TOKENS // train.max_seq_len))
@@ -390,9 +397,15 @@ def cpu_pass(model_config: dict, quant: str, lora: LoraSpec, train: TrainSpec, m
 # ---------------------------------------------------------------- recommendation
 
 
-def recommend(model_config: dict, memory_gb: float, device: str = "cuda") -> Recommendation:
-    """The largest shipped preset for `device` that fits `memory_gb`, or advice on what to change."""
-    presets = [load_preset(n) for n in list_presets() if (SHIPPED_DIR / f"{n}.yaml").is_file()]
+def with_method(preset: Preset, method: str, beta: float | None = None) -> Preset:
+    """The preset trained with another method (sft, dpo, orpo): the estimate and the verdict follow it."""
+    changes = {"method": method, **({"beta": beta} if beta is not None else {})}
+    return replace(preset, train=replace(preset.train, **changes))
+
+
+def recommend(model_config: dict, memory_gb: float, device: str = "cuda", method: str = "sft") -> Recommendation:
+    """The largest shipped preset for `device` that fits `memory_gb` (trained with `method`), or what to change."""
+    presets = [with_method(load_preset(n), method) for n in list_presets() if (SHIPPED_DIR / f"{n}.yaml").is_file()]
     candidates = sorted((p for p in presets if p.device == device), key=lambda p: p.memory_gb)
     if not candidates:
         raise ConfigError(f"No shipped preset targets device {device!r}.", "Use 'cuda' or 'cpu'.")

@@ -8,6 +8,7 @@ import sys
 from studio.errors import DataError
 
 FORMAT_CHOICES = ("alpaca", "sharegpt", "openai", "prompt_completion", "reasoning", "text", "mapped")
+PREFERENCE_FORMATS = ("trl", "hh", "ultrafeedback")  # with --kind preference, also sharegpt and mapped
 
 
 def add(sub) -> None:
@@ -47,9 +48,14 @@ def add(sub) -> None:
 
 
 def _format_args(p) -> None:
-    p.add_argument("--format", default=None, choices=FORMAT_CHOICES, help="force a format instead of detecting it")
+    p.add_argument("--kind", default="auto", choices=("auto", "sft", "preference"),
+                   help="sft: conversations with one answer each; preference: prompt + chosen + rejected answers "
+                        "(for method dpo/orpo); auto: preference when the rows hold chosen and rejected")
+    p.add_argument("--format", default=None, choices=FORMAT_CHOICES + PREFERENCE_FORMATS,
+                   help="force a format instead of detecting it (preference: trl, hh, sharegpt, ultrafeedback, mapped)")
     p.add_argument("--map", default=None, metavar="prompt=COL,response=COL[,system=COL]",
-                   help="column mapping (needed for format 'mapped')")
+                   help="column mapping (needed for format 'mapped'; preference data: prompt=COL,chosen=COL,"
+                        "rejected=COL)")
     p.add_argument("--cot-style", default="think", choices=("think", "answer"),
                    help="reasoning data: <think>chain of thought</think> then the answer, or the answer only")
     p.add_argument("--system-prompt", default="keep", choices=("keep", "none", "custom"),
@@ -90,8 +96,25 @@ def _progress(fraction: float, message: str) -> None:
     print(f"[{fraction:4.0%}] {message}", file=sys.stderr)
 
 
+def _is_preference(args) -> bool:
+    """Route a file to the preference path (studio.data.preference) or the SFT one; refuse the mix-ups."""
+    from studio.data import preference
+
+    if args.kind == "preference":
+        return True
+    found = preference.file_is_preference(args.file)
+    if args.kind == "sft" and found:
+        raise DataError(f"{args.file}: this is preference data (chosen/rejected): use method dpo or orpo.",
+                        "Prepare it as preference data (drop --kind sft) and train it with method dpo or orpo; "
+                        "for SFT keep only the chosen answers (e.g. as prompt/completion columns).")
+    return found and args.kind == "auto"
+
+
 def inspect(args) -> int:
     from studio.data import store
+
+    if _is_preference(args):
+        return inspect_preference(args)
 
     tokenizer = store.tokenizer_for(args.model) if args.model else None
     report = store.inspect(args.file, args.format, parse_mapping(args.map), args.cot_style, tokenizer,
@@ -162,10 +185,60 @@ def _print_report(report, tokenized: bool) -> None:
         print(f"  ... {len(report.problems) - 20} more (use --json for all)")
 
 
+def inspect_preference(args) -> int:
+    from studio.data import preference, store
+
+    tokenizer = store.tokenizer_for(args.model) if args.model else None
+    report = preference.inspect_file(args.file, args.format, parse_mapping(args.map), tokenizer, args.max_len,
+                                     progress=_progress)
+    if args.json:
+        print(json.dumps({**report.summary(), "problems": [p.as_dict() for p in report.problems]},
+                         indent=2, ensure_ascii=False))
+    else:
+        _print_preference_report(report)
+    if args.show_row is not None:
+        pair = preference.pair_at(args.file, args.show_row, args.format, parse_mapping(args.map))
+        if tokenizer is None:
+            print(json.dumps(pair.as_dict(), indent=2, ensure_ascii=False))
+        else:
+            rendered = preference.render_pairs(tokenizer, [pair], args.max_len)[0]
+            if isinstance(rendered, preference.RowError):
+                raise DataError(f"Row {args.show_row}: {rendered.reason}.", "Choose another row.")
+            for side, runs in preference.highlight_pair(rendered).items():
+                print(f"--- {side} ({rendered.lengths['prompt']} prompt + {rendered.lengths[side]} answer tokens; "
+                      "trained text in [[...]])")
+                print("".join(f"[[{t}]]" if label else t for t, label in runs))
+    return 0
+
+
+def _print_preference_report(report) -> None:
+    print("kind        preference pairs (train with method dpo or orpo)")
+    print(f"format      {report.format}  ({report.detection.evidence})")
+    if report.mapping:
+        print(f"mapping     {report.mapping}")
+    c = report.counts
+    print(f"rows        {report.rows_in} read, {report.rows_ok} ok, {c['invalid']} invalid, {c['empty']} with an "
+          f"empty side, {c['same']} with chosen == rejected, {c['duplicate']} duplicates, {c['too_long']} too long")
+    if report.template_warning:
+        print(f"warning     {report.template_warning}")
+    stats = report.token_stats
+    if stats and stats.get("rows"):
+        print(f"tokens      prompt mean {stats['prompt_mean']}, chosen mean {stats['chosen_mean']}, rejected mean "
+              f"{stats['rejected_mean']}; prompt + longer answer: median {stats['median']}, max {stats['max']}; "
+              f"{stats['over_max_len']} rows over max_len={stats['max_len']}")
+    print(f"time        {report.seconds:.2f} s")
+    for problem in report.problems[:20]:
+        print(f"  row {problem.row}: [{problem.kind}] {problem.reason}")
+    if len(report.problems) > 20:
+        print(f"  ... {len(report.problems) - 20} more (use --json for all)")
+
+
 def prepare(args) -> int:
     from studio.data import store
     from studio.util import read_json
 
+    if _is_preference(args):
+        return prepare_preference(args)
     folder = store.prepare(args.file, args.model, args.name, max_len=args.max_len, eval_split=args.eval_split,
                            fmt=args.format, mapping=parse_mapping(args.map), cot_style=args.cot_style,
                            train_on_all=args.train_on_all, seed=args.seed, overwrite=args.overwrite,
@@ -202,4 +275,22 @@ def delete(args) -> int:
 
     store.delete_dataset(args.name)
     print(f"deleted dataset {args.name}")
+    return 0
+
+
+def prepare_preference(args) -> int:
+    from studio.data import preference
+    from studio.util import read_json
+
+    if args.train_on_all:
+        raise DataError("--train-on-all does not apply to preference pairs: only the answers are compared.",
+                        "Drop --train-on-all.")
+    folder = preference.prepare(args.file, args.model, args.name, max_len=args.max_len, eval_split=args.eval_split,
+                                seed=args.seed, fmt=args.format, mapping=parse_mapping(args.map),
+                                overwrite=args.overwrite, progress=_progress)
+    meta = read_json(folder / "meta.json", {})
+    c = meta["counts"]
+    print(f"saved {folder}: {c['train']} train and {c['eval']} eval preference pairs ({c['rows_invalid']} invalid, "
+          f"{c['same']} with chosen == rejected, {c['duplicates']} duplicates, {c['too_long']} too long; see "
+          f"problems.jsonl) in {meta['seconds']} s. Train it with method dpo or orpo.")
     return 0

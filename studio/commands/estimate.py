@@ -20,6 +20,9 @@ def add(sub) -> None:
     p.add_argument("--no-checkpointing", action="store_true", help="turn gradient checkpointing off")
     p.add_argument("--device", choices=("cuda", "cpu"), help="override the preset's device")
     p.add_argument("--memory-gb", type=float, help="memory to fit in (default: the preset's budget)")
+    p.add_argument("--method", choices=("sft", "dpo", "orpo"), default=None,
+                   help="training method: dpo/orpo put a chosen and a rejected row through per pair (dpo: plus "
+                        "the reference pass)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=estimate)
 
@@ -27,6 +30,7 @@ def add(sub) -> None:
     p.add_argument("--model", help="recommend the largest preset that fits this model")
     p.add_argument("--memory-gb", type=float, default=16.0, help="memory budget for the recommendation")
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    p.add_argument("--method", choices=("sft", "dpo", "orpo"), default="sft", help="training method to size for")
     p.set_defaults(func=presets)
 
 
@@ -41,6 +45,8 @@ def apply_overrides(preset, args: argparse.Namespace):
         train = replace(train, micro_batch=args.batch)
     if args.no_checkpointing:
         train = replace(train, gradient_checkpointing=False)
+    if getattr(args, "method", None):
+        train = replace(train, method=args.method)
     if args.rank is not None:
         lora = replace(lora, r=args.rank, alpha=2 * args.rank)
     changes = {"train": train, "lora": lora}
@@ -66,7 +72,8 @@ def estimate(args) -> int:
         return 0
     t = preset.train
     print(f"{args.model} with preset {preset.name}: {preset.quant}, r {preset.lora.r}, seq {t.max_seq_len}, "
-          f"batch {t.micro_batch}, checkpointing {'on' if t.gradient_checkpointing else 'off'}, {preset.device}")
+          f"batch {t.micro_batch}, checkpointing {'on' if t.gradient_checkpointing else 'off'}, {preset.device}, "
+          f"method {t.method}")
     print(est.table())
     print(f"verdict: {verdict} in {memory:g} GB ({est.total:.2f} GB estimated)")
     if note := cpu_note(shape, preset):
@@ -84,7 +91,7 @@ def presets(args) -> int:
             p = load_preset(name)
             print(f"{name:10} {p.device:5} {p.memory_gb:5g} GB  {p.description}")
         return 0
-    rec = recommend(model_shape(args.model), args.memory_gb, args.device)
+    rec = recommend(model_shape(args.model), args.memory_gb, args.device, args.method)
     print(f"recommended preset: {rec.preset or 'none'}")
     print(rec.advice)
     return 0 if rec.preset else 1

@@ -21,6 +21,8 @@ def add(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--max-rows", type=int, default=None, help="evaluate only the first N eval rows")
     p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--beta", type=float, default=0.1,
+                   help="preference datasets: the DPO beta of the reward margin (base as the reference)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=evaluate)
 
@@ -77,8 +79,11 @@ def _print(data, as_json: bool, text: str) -> None:
 
 
 def evaluate(args) -> int:
+    from studio.data.preference import dataset_kind
     from studio.evaluation import compare_battery, compare_perplexity
 
+    if dataset_kind(args.dataset) == "preference":
+        return evaluate_preference(args)
     report = compare_perplexity(args.model, args.quant, args.dataset, args.adapter, args.batch_size,
                                 args.max_rows, _progress)
     lines = [f"{'model':24} {'perplexity':>10} {'loss':>8} {'tokens':>7}"]
@@ -92,6 +97,24 @@ def evaluate(args) -> int:
                   for name, scores in report["battery"]["rouge"].items()]
     saved = report["saved_to"] + report.get("battery", {}).get("saved_to", [])
     lines += ["", "saved: " + ", ".join(saved)]
+    _print(report, args.json, "\n".join(lines))
+    return 0
+
+
+def evaluate_preference(args) -> int:
+    """Held-out preference accuracy and reward margin of the base and each adapter (DPO/ORPO data)."""
+    from studio.evaluation import compare_preference
+
+    report = compare_preference(args.model, args.quant, args.dataset, args.adapter, args.beta, args.max_rows,
+                                args.batch_size, _progress)
+    lines = [f"{'model':24} {'pref. accuracy':>14} {'logp margin':>11} {'reward margin':>13} {'reward acc.':>11}"]
+    for name, r in report["results"].items():
+        acc = "-" if r.get("reward_accuracy") is None else f"{r['reward_accuracy']:.3f}"
+        lines.append(f"{name:24} {r['preference_accuracy']:14.3f} {r['mean_logp_margin']:11.3f} "
+                     f"{r['mean_reward_margin']:13.4f} {acc:>11}")
+    lines += ["", f"{report['results']['base']['pairs']} held-out pairs of {args.dataset}; reward margin = beta "
+              f"{args.beta} x (log-ratio chosen - log-ratio rejected) against the base", "",
+              "saved: " + ", ".join(report["saved_to"])]
     _print(report, args.json, "\n".join(lines))
     return 0
 
