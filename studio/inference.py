@@ -508,13 +508,15 @@ _loading: dict[tuple[str, str], threading.Lock] = {}  # one lock per (ref, quant
 
 
 def get_engine(ref: str = "bundled", quant: str = "fp32", progress=None) -> Engine:
-    """The process-wide engine for (ref, quant), loaded on first use (at most MAX_ENGINES kept).
+    """The process-wide engine for (ref, quant), loaded on first use (at most MAX_ENGINES kept, the least
+    recently used dropped first).
 
     A load holds only its own (ref, quant) lock: users of engines already loaded are not kept waiting.
     """
     key = (ref, quant)
     with _engines_lock:
         if key in _engines:
+            _engines[key] = _engines.pop(key)  # most recently used last: the API serves it, eviction spares it
             return _engines[key]
         loading = _loading.setdefault(key, threading.Lock())
     with loading:
@@ -531,6 +533,7 @@ def get_engine(ref: str = "bundled", quant: str = "fp32", progress=None) -> Engi
 
 
 def loaded_engines() -> list[Engine]:
+    """The loaded engines, least recently used first (the app's API serves the last)."""
     with _engines_lock:
         return list(_engines.values())
 
