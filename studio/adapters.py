@@ -95,6 +95,17 @@ def adapter_names() -> list[str]:
     return [a.name for a in list_adapters()]
 
 
+def trained_precision(name: str | None) -> str | None:
+    """How the base was held when this adapter was trained (its card's quant: 4bit, fp32, ...), if known."""
+    if not name:
+        return None
+    try:
+        quant = get_adapter(name).card.get("quant")
+    except AdapterError:
+        return None
+    return quant if isinstance(quant, str) else None
+
+
 def get_adapter(name: str) -> AdapterInfo:
     """One adapter by its registry name ("run:<id>" or an imported name)."""
     if name.startswith(RUN_PREFIX):
@@ -247,10 +258,14 @@ def import_adapter(src, name: str, base_model=None) -> AdapterInfo:
     return get_adapter(name)
 
 
-def export_zip(name: str) -> Path:
-    """Zip one adapter (config, safetensors, card, README) into exports/<name>.zip."""
+def export_zip(name: str, overwrite: bool = False) -> Path:
+    """Zip one adapter (config, safetensors, card, README) into exports/<name>.zip; an existing zip is
+    refused unless `overwrite`."""
     info = get_adapter(name)
     out = paths.exports_dir() / f"{name.replace(':', '-')}.zip"
+    if out.exists() and not overwrite:
+        raise AdapterError(f"{out} already exists; it was left untouched.",
+                           "Delete or rename it first, or allow overwriting (--overwrite / the Overwrite box).")
     tmp = out.with_suffix(".zip.partial")
     folder = out.stem
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:

@@ -413,7 +413,7 @@ def child_inference(job: dict) -> dict:
 # Cumulative: each change of the CPU recipe (studio/jobs/cpu_speed.py, worker.CpuSFTTrainer) added to the row above.
 PARTS = ["as the preset is written: recompute, every logit, nn.Dropout, masked SDPA",
          "+ no recompute (presets.cpu_pass)", "+ logits only where a label is", "+ attention per packed sequence",
-         "+ 16-bit dropout masks", "+ frozen weights stored in bf16"]
+         "+ 16-bit dropout masks", "+ LM head in chunks over trained positions", "+ frozen weights stored in bf16"]
 
 
 def child_parts(job: dict) -> dict:
@@ -466,7 +466,7 @@ def _parts_model(job: dict, level: int, bf16: bool):
         cpu_speed.use_packed_attention(model)
     if level >= 4:
         cpu_speed.use_fast_dropout(model)
-    if level >= 5:
+    if level >= 6:
         cpu_speed.store_frozen_in_bf16(model)
     return model.train()
 
@@ -475,18 +475,22 @@ def _time_passes(model, row: dict, level: int, bf16: bool, passes: int) -> float
     """Seconds per forward + backward pass (the fastest of `passes`, after one warm-up pass)."""
     import torch
 
+    from studio.jobs.cpu_speed import fused_lm_loss, lm_parts
     from studio.jobs.worker import score_labelled_only
 
-    inputs = {k: row[k] for k in ("input_ids", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k",
-                                  "max_length_q", "max_length_k")}
-    inputs["labels"] = row["labels"]
+    row_inputs = {k: row[k] for k in ("input_ids", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k",
+                                      "max_length_q", "max_length_k")}
+    inputs = {**row_inputs, "labels": row["labels"]}
     if level >= 2:  # as worker.CpuSFTTrainer.compute_loss does it
         inputs = score_labelled_only(inputs)
     times = []
     for _ in range(passes + 1):
         start = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = model(**inputs, use_cache=False).loss
+            if level >= 5:  # as CpuSFTTrainer.compute_loss does it where its probe holds
+                loss = fused_lm_loss(lm_parts(model), {**row_inputs, "labels": row["labels"]})
+            else:
+                loss = model(**inputs, use_cache=False).loss
         loss.backward()
         model.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - start)
@@ -751,7 +755,8 @@ def table(results: dict) -> str:
 
 
 def run(quick: bool, smoke: bool, out: Path, model_ref: str = "bundled", threads: int | None = None,
-        cuda: bool | None = None, keep: bool = False, steps: int | None = None) -> dict:
+        cuda: bool | None = None, keep: bool = False, steps: int | None = None, only: list[str] | None = None,
+        repeats: int | None = None) -> dict:
     """Run every workload that fits this machine, write `out` (JSON) and `out`.md, return the results."""
     import torch
 
@@ -765,8 +770,10 @@ def run(quick: bool, smoke: bool, out: Path, model_ref: str = "bundled", threads
                      "loss_tolerance": LOSS_TOLERANCE, "threads": threads, "workloads": []}
     try:
         workloads = cpu_workloads(model_ref, quick, smoke, hardware().cpu_bf16, steps) if not cuda else []
+        workloads = [w for w in workloads if not only or w.name in only]
         workloads += cuda_workloads(quick, steps) if cuda and not smoke else []
         for workload in workloads:
+            workload = replace(workload, repeats=repeats) if repeats else workload
             results["workloads"].append(run_workload(workload, workdir, threads))
     finally:
         if saved_workspace is None:
@@ -793,6 +800,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cpu", dest="cuda", action="store_false", default=None,
                         help="run the CPU workload even where CUDA is available")
     parser.add_argument("--keep", action="store_true", help="keep the temporary work folder (runs, logs)")
+    parser.add_argument("--workload", action="append", default=None,
+                        help="run only this workload (repeatable): cpu-bundled, cpu-bundled-answers, ...")
+    parser.add_argument("--repeats", type=int, default=None, help="runs per side (default: by mode)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -803,7 +813,7 @@ def main(argv: list[str] | None = None) -> int:
         return child_main(args.child)
     try:
         results = run(args.quick, args.smoke, Path(args.out), args.model, args.threads, args.cuda, args.keep,
-                      args.steps)
+                      args.steps, args.workload, args.repeats)
     except StudioError as exc:
         print(f"error: {exc.message}\nfix: {exc.fix}", file=sys.stderr)
         return 2

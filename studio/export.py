@@ -116,7 +116,7 @@ def export_adapter_zip(adapter: str, overwrite: bool = False) -> Path:
     from studio.adapters import export_zip
 
     target_dir(adapter.replace(":", "-"), overwrite, suffix=".zip")
-    return export_zip(adapter)
+    return export_zip(adapter, overwrite)
 
 
 # ---------------------------------------------------------------- GGUF

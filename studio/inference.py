@@ -73,18 +73,33 @@ def encode_chat(tokenizer, messages: list[dict], tools: list[dict] | None = None
 def render_prompt(tokenizer, messages: list[dict], tools: list[dict] | None = None) -> str:
     """The conversation as the model sees it (the chat template training used), ready for the next turn.
 
-    `tools` (OpenAI function definitions) go to templates that take them; others refuse them clearly.
+    Tools (OpenAI function definitions) and tool turns are rendered as training rendered them: natively
+    where the template supports tools, else the documented text fallback (studio.data.render).
     """
-    from studio.data.render import CHATML_TEMPLATE, apply_template
+    from studio.data.render import apply_template, supports_tools, tool_fallback, uses_tools
 
-    if not tools:
-        return apply_template(tokenizer, messages, add_generation_prompt=True)
-    template = tokenizer.chat_template or CHATML_TEMPLATE
-    if "tools" not in template:
-        raise ConfigError("This model's chat template has no place for tool definitions, so `tools` cannot be "
-                          "shown to it.", "Leave out `tools`, or use a model whose chat template renders tools.")
-    return tokenizer.apply_chat_template(messages, tools=tools, chat_template=template, tokenize=False,
-                                         add_generation_prompt=True)
+    if (tools or uses_tools(messages)) and not supports_tools(tokenizer):
+        return apply_template(tokenizer, tool_fallback(messages, tools), add_generation_prompt=True)
+    return apply_template(tokenizer, messages, add_generation_prompt=True, tools=tools)
+
+
+def adapter_system_turn(adapter: str | None) -> dict | None:
+    """The system turn the adapter's training data started conversations with (the dataset's saved
+    system-prompt choice), for a conversation that brings none; None where there is no such choice."""
+    from studio import paths
+    from studio.adapters import get_adapter
+    from studio.data.formats import system_turn
+    from studio.errors import StudioError
+    from studio.util import read_json
+
+    if adapter is None:
+        return None
+    try:
+        dataset = str(get_adapter(adapter).card.get("dataset") or "")
+        meta = read_json(paths.datasets_dir() / dataset / "meta.json", {}) if dataset else {}
+    except (StudioError, OSError, ValueError):
+        return None  # an adapter given by folder, or a dataset since deleted: the template's own default
+    return system_turn((meta or {}).get("system_prompt")) if isinstance(meta, dict) else None
 
 
 def stop_token_ids(tokenizer, model) -> list[int]:
@@ -493,13 +508,15 @@ _loading: dict[tuple[str, str], threading.Lock] = {}  # one lock per (ref, quant
 
 
 def get_engine(ref: str = "bundled", quant: str = "fp32", progress=None) -> Engine:
-    """The process-wide engine for (ref, quant), loaded on first use (at most MAX_ENGINES kept).
+    """The process-wide engine for (ref, quant), loaded on first use (at most MAX_ENGINES kept, the least
+    recently used dropped first).
 
     A load holds only its own (ref, quant) lock: users of engines already loaded are not kept waiting.
     """
     key = (ref, quant)
     with _engines_lock:
         if key in _engines:
+            _engines[key] = _engines.pop(key)  # most recently used last: the API serves it, eviction spares it
             return _engines[key]
         loading = _loading.setdefault(key, threading.Lock())
     with loading:
@@ -516,6 +533,7 @@ def get_engine(ref: str = "bundled", quant: str = "fp32", progress=None) -> Engi
 
 
 def loaded_engines() -> list[Engine]:
+    """The loaded engines, least recently used first (the app's API serves the last)."""
     with _engines_lock:
         return list(_engines.values())
 

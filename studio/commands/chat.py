@@ -44,8 +44,9 @@ def add(sub) -> None:
     q.add_argument("source", nargs="+")
     q.add_argument("--name", required=True)
     q.set_defaults(func=import_cmd)
-    q = asub.add_parser("export", help="zip one adapter into exports/")
+    q = asub.add_parser("export", help="zip one adapter into exports/ (an existing zip is refused)")
     q.add_argument("name")
+    q.add_argument("--overwrite", action="store_true", help="replace exports/NAME.zip if it exists")
     q.set_defaults(func=export_cmd)
     q = asub.add_parser("delete", help="delete an imported adapter")
     q.add_argument("name")
@@ -138,7 +139,7 @@ def import_cmd(args) -> int:
 def export_cmd(args) -> int:
     from studio.adapters import export_zip
 
-    print(export_zip(args.name))
+    print(export_zip(args.name, overwrite=args.overwrite))
     return 0
 
 

@@ -179,3 +179,79 @@ def store_frozen_in_bf16(model) -> int:
     for module in frozen:  # found first, then cast: a failure above leaves every weight as it was
         module.weight.data = module.weight.data.to(torch.bfloat16)
     return len(frozen)
+
+
+LM_CHUNK = 1024  # scored positions per LM-head chunk: 1024 x 49,152 fp32 logits is 200 MB at most at once
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Summed cross-entropy of `hidden @ weight.T` against `targets`, chunk by chunk, for a frozen `weight`.
+
+    The gradient for `hidden` is computed in the forward pass while each chunk's logits are at hand
+    (softmax minus one-hot, times the weight), so no logits tensor is kept for the backward pass and none
+    spans all positions. The weight is frozen (the LM head of a LoRA run), so it gets no gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk: int):
+        total = hidden.new_zeros((), dtype=torch.float32)
+        grad = torch.empty_like(hidden)
+        for start in range(0, hidden.shape[0], chunk):
+            h, t = hidden[start:start + chunk], targets[start:start + chunk]
+            logits = (h @ weight.t()).float()
+            lse = torch.logsumexp(logits, dim=-1)
+            total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+            probs = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+            probs[torch.arange(len(t), device=t.device), t] -= 1.0
+            grad[start:start + chunk] = (probs.to(weight.dtype) @ weight).to(hidden.dtype)
+        ctx.save_for_backward(grad)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_output.to(grad.dtype), None, None, None
+
+
+def linear_cross_entropy(hidden, weight, targets, chunk: int = LM_CHUNK):
+    """sum over positions of -log softmax(hidden @ weight.T)[target]; hidden [N, H], weight [V, H], targets [N].
+
+    Under autocast both matmuls run in the autocast dtype, as the model's own LM head would; the
+    log-sum-exp is taken in fp32.
+    """
+    device = hidden.device.type
+    if torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)
+        hidden, weight = hidden.to(dtype), weight.to(dtype)
+    with torch.autocast(device, enabled=False):
+        return _LinearCrossEntropy.apply(hidden, weight, targets, chunk)
+
+
+def lm_parts(model):
+    """(backbone, LM head) where the head is a plain frozen bias-free Linear the loss may bypass, else None."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = base.get_output_embeddings()
+    backbone = getattr(base, getattr(base, "base_model_prefix", ""), None)
+    if (type(head) is not torch.nn.Linear or head.bias is not None or head.weight.requires_grad
+            or not isinstance(backbone, torch.nn.Module)):
+        return None
+    return backbone, head
+
+
+def fused_lm_loss(parts, inputs: dict, num_items_in_batch=None):
+    """The causal-LM loss of `inputs` (with `labels`) by `linear_cross_entropy` over the trained positions only.
+
+    The backbone runs on every token; the LM head only where the next token is a label, in chunks, never
+    holding the logits of every position. Normalised like the model's own loss: by `num_items_in_batch`
+    when given (the trainer's count over the whole step), else by the number of trained tokens.
+    """
+    backbone, head = parts
+    labels = inputs["labels"]
+    kwargs = {k: v for k, v in inputs.items() if k not in ("labels", "shift_labels", "logits_to_keep")}
+    kwargs["use_cache"] = False
+    hidden = backbone(**kwargs).last_hidden_state[:, :-1]
+    targets = labels[:, 1:]
+    keep = targets != -100
+    total = linear_cross_entropy(hidden[keep], head.weight, targets[keep])
+    count = num_items_in_batch if num_items_in_batch is not None else keep.sum()
+    return total / count

@@ -13,6 +13,7 @@ runs/<id>/
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -69,7 +70,14 @@ def rewind_events(run_dir: Path, step: int) -> int:
     return len(dropped)
 
 
-def log_tail(run_dir: Path, lines: int = 30) -> str:
+# Library notices a user cannot act on: deprecation warnings and the source line printed under them, the
+# optional "kernels" package bitsandbytes looks for, and progress bars of data preparation and weight loading.
+NOISE = re.compile(r"Warning\b|warnings\.warn\(|^\s+warn\(|kernels-community|pip install kernels|"
+                   r"examples/s\]|it/s\]|^Loading weights|^\s*$")
+
+
+def log_tail(run_dir: Path, lines: int = 30, quiet: bool = False) -> str:
+    """The last `lines` lines of worker.log; `quiet` leaves out library noise (the file keeps everything)."""
     path = Path(run_dir) / "worker.log"
     if not path.is_file():
         return ""
@@ -78,7 +86,10 @@ def log_tail(run_dir: Path, lines: int = 30) -> str:
         f.seek(max(0, f.tell() - 64_000))  # the last 64 kB is plenty for 30 lines
         text = f.read().decode("utf-8", errors="replace")
     # progress bars rewrite one line with \r: keep only the last state of each line
-    return "\n".join(line.rsplit("\r", 1)[-1] for line in text.splitlines()[-lines:])
+    kept = [line.rsplit("\r", 1)[-1] for line in text.splitlines()]
+    if quiet:
+        kept = [line for line in kept if not NOISE.search(line)]
+    return "\n".join(kept[-lines:])
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
@@ -98,7 +99,7 @@ def _launch(path: Path) -> None:
     proc = subprocess.Popen(worker_command(spec, path), stdout=log, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, start_new_session=True, env=env, cwd=root)
     _children[path.name] = proc
-    write_status(path, state="running", pid=proc.pid, heartbeat=time.time(), launched=time.time(),
+    write_status(path, state="running", pid=proc.pid, heartbeat=time.time(), launched=time.time(), phase=None,
                  message="Starting the worker...")
 
 
@@ -111,11 +112,18 @@ def _alive(pid: int | None) -> bool:
         return False
 
 
-def refresh() -> None:
-    """Reap finished children, and mark workers that died without saying so as failed."""
+def resume_hint(run_id: str, checkpoint: Path | None) -> str:
+    """How to continue a run, for the Train tab and the CLI alike."""
+    where = f"from {checkpoint.name}" if checkpoint else "from the start"
+    return f"Press Resume in the Train tab (or run `python -m studio runs resume {run_id}`) to continue {where}."
+
+
+def _mark_dead() -> list[str]:
+    """Reap finished children, and mark workers that died without saying so as failed (call under the lock)."""
     for run_id, proc in list(_children.items()):
         if proc.poll() is not None:
             del _children[run_id]
+    dead = []
     for path in sorted(paths.runs_dir().iterdir()):
         status = read_status(path)
         if status.get("state") not in ("running", "stopping"):
@@ -125,50 +133,66 @@ def refresh() -> None:
             continue
         if stale and _alive(status.get("pid")):
             _kill_group(status["pid"])
-        checkpoint = latest_checkpoint(path)
-        resume = f"Press Resume to continue from {checkpoint.name}." if checkpoint else "Press Resume to start again."
-        write_status(path, state="failed", finished=time.time(),
+        write_status(path, state="failed", finished=time.time(), fix=None, phase=None,
                      message="The worker process died without finishing (killed, out of memory, or crashed). "
-                             + resume, fix=resume, log_tail=log_tail(path, 15))
+                             + resume_hint(path.name, latest_checkpoint(path)), log_tail=log_tail(path, 15))
+        dead.append(path.name)
+    return dead
+
+
+def refresh() -> str | None:
+    """Notice dead workers and advance the queue (every read of the runs folder goes through here)."""
+    return schedule()
+
+
+@contextmanager
+def _schedule_lock():
+    """A file lock: the check-then-launch is atomic across threads and processes (two users pressing Start
+    at once, a worker finishing while the app schedules), so only one run ever trains."""
+    with open(paths.runs_dir() / ".schedule.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def schedule() -> str | None:
-    """Start the oldest queued run when nothing is training. Returns the run started, if any.
-
-    A file lock makes the check-then-launch atomic across threads and processes (two users pressing
-    Start at once, or a worker finishing while the app schedules), so only one run ever trains."""
-    with open(paths.runs_dir() / ".schedule.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    """Mark dead workers, then start the oldest queued run when nothing is training. Returns the run
+    started, if any. However a run ended (finished, stopped, failed, killed -9), the next one starts here."""
+    with _schedule_lock():
         return _schedule_locked()
 
 
 def _schedule_locked() -> str | None:
-    refresh()
+    _mark_dead()
     runs = [(read_status(p), p) for p in paths.runs_dir().iterdir() if (p / "spec.yaml").is_file()]
     if any(s.get("state") in ("running", "stopping") for s, _ in runs):
         return None
-    queued = sorted((s.get("queued_at", s.get("created", 0)), p) for s, p in runs if s.get("state") == "queued")
+    # a resumed run keeps its place in the line (its creation time), so Resume never lets a later run jump it
+    queued = sorted((s.get("created", 0), p.name, p) for s, p in runs if s.get("state") == "queued")
     if not queued:
         return None
-    _launch(queued[0][1])
-    return queued[0][1].name
+    _launch(queued[0][2])
+    return queued[0][2].name
 
 
 def stop(run_id: str) -> str:
     """First call: graceful (checkpoint, then exit). Second call: kill the worker now."""
     path = run_dir(run_id)
-    status = read_status(path)
-    state = status.get("state")
-    if state == "queued":
-        write_status(path, state="stopped", message="Removed from the queue before it started.")
-        return "stopped"
+    with _schedule_lock():  # a queued run is taken out of the line before the scheduler can launch it
+        status = read_status(path)
+        state = status.get("state")
+        if state == "queued":
+            write_status(path, state="stopped", message="Removed from the queue before it started. "
+                         + resume_hint(run_id, latest_checkpoint(path)))
+            return "stopped"
     if state not in ("running", "stopping"):
         raise RunError(f"Run {run_id!r} is {state}, not running.", "Only a running or queued run can be stopped.")
+    if status.get("phase") == "saving":  # after the last step: the save finishes, the run completes
+        return "saving the adapter after the last step; it completes in a moment"
     if (path / STOP_FILE).exists():
         _kill_group(status.get("pid"))
         append_event(path, {"type": "killed", "step": status.get("step", 0)})
         write_status(path, state="stopped", finished=time.time(),
-                     message="Killed on a second Stop; Resume continues from the last checkpoint.")
+                     message="Killed on a second Stop. " + resume_hint(run_id, latest_checkpoint(path)))
         schedule()
         return "killed"
     (path / STOP_FILE).touch()
@@ -185,14 +209,19 @@ def _kill_group(pid: int | None) -> None:
 
 
 def resume(run_id: str) -> str:
+    """Queue a stopped or failed run again; it keeps its place in the line (no later run jumps ahead)."""
     path = run_dir(run_id)
-    state = read_status(path).get("state")
-    if state in ACTIVE:
-        raise RunError(f"Run {run_id!r} is already {state}.", "Wait for it, or stop it first.")
-    if state == "completed":
-        raise RunError(f"Run {run_id!r} has completed.", "Start a new run to train further.")
-    write_status(path, state="queued", queued_at=time.time(), message="Waiting to resume.", fix=None)
-    schedule()
+    with _schedule_lock():
+        _mark_dead()  # a worker killed a moment ago is noticed here, not reported as still running
+        status = read_status(path)
+        state = status.get("state")
+        if state in ACTIVE:
+            raise RunError(f"Run {run_id!r} is already {state}.", "Wait for it, or stop it first.")
+        if state == "completed":
+            raise RunError(f"Run {run_id!r} has completed all its {status.get('step', '')} steps.",
+                           "Start a new run (or raise Max steps in a new run) to train further.")
+        write_status(path, state="queued", queued_at=time.time(), message="Waiting to resume.", fix=None)
+        _schedule_locked()
     return read_status(path).get("state", "queued")
 
 
@@ -214,7 +243,7 @@ def summary(path: Path) -> dict:
 
 
 def list_runs() -> list[dict]:
-    refresh()
+    schedule()  # every read of the runs folder notices dead workers and advances the queue
     runs = [p for p in paths.runs_dir().iterdir() if (p / "spec.yaml").is_file()]
     return [summary(p) for p in sorted(runs, key=lambda p: read_status(p).get("created", 0), reverse=True)]
 
@@ -224,12 +253,10 @@ def wait(run_id: str, timeout: float = 3600, poll: float = 1.0) -> dict:
     path = run_dir(run_id)
     deadline = time.time() + timeout
     while time.time() < deadline:
-        refresh()
+        schedule()
         status = read_status(path)
         if status.get("state") not in ACTIVE:
             return status
-        if status.get("state") == "queued":
-            schedule()
         time.sleep(poll)
     raise RunError(f"Run {run_id!r} did not finish in {timeout:.0f} s.",
                    "Check its log with `python -m studio runs show`.")

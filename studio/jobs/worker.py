@@ -46,6 +46,8 @@ class Status:
     def beat_forever(self) -> None:
         while True:
             time.sleep(HEARTBEAT_SEC)
+            if self.data.get("state") not in ("running", "stopping"):
+                return  # the run ended (a foreground run's process lives on): never rewrite a final state
             self.update()
 
 
@@ -118,14 +120,64 @@ def trainer_class():
         return SFTTrainer
 
     class CpuSFTTrainer(SFTTrainer):
+        # The chunked LM head (`cpu_speed.fused_lm_loss`): None decides on the first step (`_fused_loss_holds`).
+        # Off in the recipe until a quiet-machine measurement shows it faster: the only one so far (load
+        # 16-20 on 2 cores, docs/benchmarks.md) could not tell it from noise.
+        fused_loss: bool | None = False
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             inputs["use_cache"] = False  # packed rows are kept apart only without a KV cache
+            if inputs.get("labels") is not None and not return_outputs and self._use_fused(model, inputs):
+                from studio.jobs.cpu_speed import fused_lm_loss, lm_parts
+
+                with self.accelerator.autocast():  # the bypassed model forward carried the run's autocast
+                    return fused_lm_loss(lm_parts(model), inputs, num_items_in_batch)
             if inputs.get("labels") is not None and _keeps_logits(self.accelerator.unwrap_model(model)):
                 inputs = score_labelled_only(inputs)
             return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
                                         num_items_in_batch=num_items_in_batch)
 
+        def _use_fused(self, model, inputs) -> bool:
+            if self.fused_loss is None:
+                name = "LM head in chunks over trained positions"
+                with self.accelerator.autocast():
+                    self.fused_loss = self.accelerator.num_processes == 1 and _try_change(
+                        name, lambda m: _fused_loss_holds(m, inputs), model)
+                if self.fused_loss:
+                    print(f"[studio] CPU fast path: {name}", flush=True)
+            return self.fused_loss
+
     return CpuSFTTrainer
+
+
+LOGIT_SCALES = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+
+
+def _fused_loss_holds(model, inputs: dict) -> bool:
+    """Whether `cpu_speed.fused_lm_loss` gives the model's own loss on a slice of this batch (raises if not).
+
+    Models that scale or soft-cap their logits (Gemma 2/3, Cohere, Granite) give another loss: they keep the
+    model's own loss through `score_labelled_only`, as does any head that is not a plain frozen Linear.
+    """
+    import torch
+
+    from studio.jobs.cpu_speed import fused_lm_loss, lm_parts
+
+    parts = lm_parts(model)
+    if parts is None:
+        return False
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    scaled = [k for k in LOGIT_SCALES if getattr(base.config, k, None) not in (None, 1.0)]
+    if scaled:  # a probe at random init may not see it: small logits pass a soft cap almost unchanged
+        raise RuntimeError(f"the model changes its logits after the LM head ({', '.join(scaled)})")
+    ids = inputs["input_ids"][:1, :32]
+    probe = {"input_ids": ids, "labels": ids}
+    with torch.no_grad():
+        own = model(input_ids=ids, labels=ids, use_cache=False).loss
+        fused = fused_lm_loss(parts, probe)
+    if not torch.allclose(own.float(), fused.float(), rtol=1e-3, atol=1e-4):
+        raise RuntimeError(f"the chunked loss {float(fused):.4f} differs from the model's own {float(own):.4f}")
+    return True
 
 
 def score_labelled_only(inputs: dict) -> dict:
@@ -471,15 +523,24 @@ def train(run_dir: Path, foreground: bool = False) -> str:
         step = int(checkpoint.name.split("-")[-1])
         rewind_events(run_dir, step)
         append_event(run_dir, {"type": "resume", "step": step})
-    status.update(message=f"Resuming from {checkpoint.name}." if checkpoint else "Training.")
-    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    if (run_dir / STOP_FILE).exists():
+    status.update(message=f"Training (resumed from {checkpoint.name})." if checkpoint else "Training.")
+    if checkpoint is not None and _all_steps_done(checkpoint):  # resume never trains past max_steps
+        result = _restore_finished(trainer, checkpoint)
+    else:
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    finished = trainer.state.max_steps > 0 and trainer.state.global_step >= trainer.state.max_steps
+    if (run_dir / STOP_FILE).exists() and not finished:
         if is_main:
             (run_dir / STOP_FILE).unlink(missing_ok=True)
             append_event(run_dir, {"type": "stop", "step": trainer.state.global_step})
-            status.update(state="stopped", finished=time.time(),
-                          message=f"Stopped at step {trainer.state.global_step}; press Resume to continue.")
+            from studio.jobs.manager import resume_hint
+
+            status.update(state="stopped", finished=time.time(), message=f"Stopped at step "
+                          f"{trainer.state.global_step}. {resume_hint(run_dir.name, latest_checkpoint(run_dir))}")
         return "stopped"
+    # every step is done: a Stop that lands now lets the final evaluation and save finish
+    (run_dir / STOP_FILE).unlink(missing_ok=True)
+    status.update(phase="saving", message="All steps done: evaluating and saving the adapter...")
     metrics = {"train_loss": round(result.training_loss, 4), "steps": trainer.state.global_step}
     if eval_ds is not None:
         step = trainer.state.global_step
@@ -493,9 +554,32 @@ def train(run_dir: Path, foreground: bool = False) -> str:
     save_sharded_weights(trainer, run_dir)
     if is_main:
         save_adapter(trainer, spec, run_dir, prepared, metrics, time.time() - start)
-        status.update(state="completed", finished=time.time(), step=trainer.state.global_step,
-                      metrics=metrics, message="Done: the adapter is in the Chat tab.")
+        (run_dir / STOP_FILE).unlink(missing_ok=True)  # a Stop pressed during the save changes nothing
+        status.update(state="completed", finished=time.time(), step=trainer.state.global_step, phase=None,
+                      metrics=metrics, message=f"Done: the adapter run:{run_dir.name} is ready in the Chat tab.")
     return "completed"
+
+
+def _all_steps_done(checkpoint: Path) -> bool:
+    """Whether a checkpoint was saved at the run's last step (a Stop or kill landed during the final save)."""
+    from transformers import TrainerState
+
+    state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+    return state.max_steps > 0 and state.global_step >= state.max_steps
+
+
+def _restore_finished(trainer, checkpoint: Path):
+    """Load the last checkpoint's adapter and state instead of training a step past max_steps."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+    from transformers import TrainerState
+    from transformers.trainer_utils import TrainOutput
+
+    set_peft_model_state_dict(trainer.model, load_file(str(checkpoint / "adapter_model.safetensors")))
+    trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    print(f"[studio] {checkpoint.name} is the last step: saving its adapter, training nothing more", flush=True)
+    return TrainOutput(trainer.state.global_step, sum(losses) / max(len(losses), 1), {})
 
 
 def explain_failure(exc: BaseException, spec: RunSpec | None = None) -> tuple[str, str]:

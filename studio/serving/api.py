@@ -27,6 +27,7 @@ from pathlib import Path
 from fastapi import APIRouter
 from fastapi import Request as HttpRequest
 from fastapi.responses import JSONResponse, StreamingResponse
+from jinja2 import TemplateError
 
 from studio.errors import AdapterError, ConfigError, StudioError
 
@@ -51,9 +52,13 @@ class ApiError(Exception):
         return JSONResponse(self.body(), status_code=self.status)
 
 
-def _from_studio(exc: StudioError) -> ApiError:
+def _from_studio(exc: Exception) -> ApiError:
     from studio.inference import ContextError
     from studio.serving.scheduler import Overloaded
+
+    if not isinstance(exc, StudioError):  # a failure inside generation: say what it was, in OpenAI's shape
+        return ApiError(500, f"Generation failed: {type(exc).__name__}: {exc}. Retry; if it persists, check the "
+                             "server log.", "server_error", None)
 
     text = f"{exc.message} {exc.fix}".strip()
     if isinstance(exc, Overloaded):
@@ -262,13 +267,18 @@ async def _submit(engine, ids: list[int], adapter: str | None, sampling):
 
 async def _events(request, http: HttpRequest):
     """The request's events as they come; cancels it when the client disconnects."""
+    checked = time.monotonic()
     try:
         while True:
             try:
                 _, kind, payload = await asyncio.to_thread(request.sink.get, True, POLL_S)
             except queue.Empty:
+                kind = payload = None
+            if time.monotonic() - checked >= POLL_S:  # by the clock: a busy stream never leaves the queue empty
+                checked = time.monotonic()
                 if await http.is_disconnected():
                     return
+            if kind is None:
                 continue
             if kind == "error":
                 raise payload
@@ -291,7 +301,7 @@ def _sse(data: dict | str) -> str:
 
 def _prepare(backend: Backend, body: dict, chat: bool):
     """Runs in a worker thread: the engine (loaded where needed), the adapter, and the prompt ids."""
-    from studio.inference import MAX_PROMPT_CHARS, encode_chat
+    from studio.inference import MAX_PROMPT_CHARS, adapter_system_turn, encode_chat
 
     parsed = parse_common(body, DEFAULT_CHAT_TOKENS if chat else DEFAULT_COMPLETION_TOKENS)
     engine = backend.engine()
@@ -299,6 +309,8 @@ def _prepare(backend: Backend, body: dict, chat: bool):
     if chat:
         messages = chat_messages(body)
         parsed.tools = chat_tools(body)
+        if messages[0]["role"] != "system" and (turn := adapter_system_turn(adapter)) is not None:
+            messages.insert(0, turn)  # start the way training did (the dataset's system-prompt choice)
         if sum(len(m["content"]) for m in messages) > MAX_PROMPT_CHARS:
             raise ApiError(400, f"The messages are over {MAX_PROMPT_CHARS:,} characters.", "invalid_request_error",
                            "context_length_exceeded", "messages")
@@ -335,6 +347,9 @@ async def _run(backend: Backend, http: HttpRequest, chat: bool):
             engine, adapter, ids, parsed = await asyncio.to_thread(_prepare, backend, body, chat)
         except StudioError as exc:
             raise _from_studio(exc) from exc
+        except TemplateError as exc:  # e.g. a template that insists on alternating user/assistant turns
+            raise ApiError(400, f"The model's chat template refused these messages: {exc}. Fix the order or roles "
+                                "of the messages.", "invalid_request_error", "invalid_value", "messages") from exc
         request = await _submit(engine, ids, adapter, parsed.sampling)
     except ApiError as exc:
         return exc.response()
@@ -347,7 +362,7 @@ async def _run(backend: Backend, http: HttpRequest, chat: bool):
     try:
         async for _ in _events(request, http):
             pass
-    except StudioError as exc:
+    except Exception as exc:  # noqa: BLE001 - every failure reaches the client in OpenAI's shape
         return _from_studio(exc).response()
     return JSONResponse(_chat_body(request, head, parsed) if chat else _completion_body(request, head))
 
@@ -379,8 +394,8 @@ async def _stream_chat(request, http: HttpRequest, head: dict, parsed: Parsed):
         async for kind, payload in _events(request, http):
             if kind == "text" and not parsed.tools:  # with tools, the answer is parsed whole at the end
                 yield delta({"content": payload})
-    except StudioError as exc:
-        yield _sse(_from_studio(exc).body())  # headers are sent: the error goes in the stream
+    except Exception as exc:  # noqa: BLE001 - headers are sent: the error goes in the stream
+        yield _sse(_from_studio(exc).body())
         return
     if request.finish_reason == "cancelled":
         return
@@ -406,8 +421,8 @@ async def _stream_completion(request, http: HttpRequest, head: dict, parsed: Par
         async for kind, payload in _events(request, http):
             if kind == "text":
                 yield piece(payload)
-    except StudioError as exc:
-        yield _sse(_from_studio(exc).body())  # headers are sent: the error goes in the stream
+    except Exception as exc:  # noqa: BLE001 - headers are sent: the error goes in the stream
+        yield _sse(_from_studio(exc).body())
         return
     if request.finish_reason == "cancelled":
         return

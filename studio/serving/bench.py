@@ -4,9 +4,10 @@ The server is the real one (the /v1 routes under uvicorn, in this process, on a 
 clients are the official `openai` client, one thread each. Every request is greedy with a fixed
 max_tokens, and the requests alternate base / adapter A / adapter B, so a batch always mixes them.
 Measured per concurrency level (1, 4, 8 clients by default): aggregate decode tokens/s (completion
-tokens of all requests / wall time), p50 and p95 request latency; against the same requests sent one
-at a time by a single client. The load average is recorded before and after each phase: on a shared
-CPU the numbers move with what else runs.
+tokens of all requests / wall time), tokens per CPU-second of this process, p50 and p95 request
+latency; then the same requests sent one at a time by a single client, right after. The load average
+is recorded around each phase: on a shared CPU wall-clock numbers move with what else runs, while
+tokens per CPU-second measure the work itself.
 
 The two adapters are random LoRAs (r=16 on every projection, as the presets train) made for the base
 here, so the bench needs nothing but the model; `--adapters NAME=FOLDER ...` uses real ones.
@@ -80,8 +81,10 @@ def run_clients(url: str, jobs: list[tuple[str, str]], clients: int, max_tokens:
     lock = threading.Lock()
     done: dict[int, dict] = {}
 
-    def client() -> None:
-        api = OpenAI(base_url=url, api_key=os.environ.get("STUDIO_API_KEYS", "x").split(",")[0], max_retries=0)
+    key = os.environ.get("STUDIO_API_KEYS", "x").split(",")[0]
+    apis = [OpenAI(base_url=url, api_key=key, max_retries=0) for _ in range(clients)]  # made before the clock starts
+
+    def client(api) -> None:
         while True:
             with lock:
                 if not todo:
@@ -94,8 +97,9 @@ def run_clients(url: str, jobs: list[tuple[str, str]], clients: int, max_tokens:
                            "tokens": reply.usage.completion_tokens, "text": reply.choices[0].message.content}
 
     load_before = os.getloadavg()[0]
+    cpu = time.process_time()  # this process's CPU seconds: what the work cost, whatever else the CPU runs
     start = time.perf_counter()
-    threads = [threading.Thread(target=client) for _ in range(clients)]
+    threads = [threading.Thread(target=client, args=(api,)) for api in apis]
     for t in threads:
         t.start()
     for t in threads:
@@ -103,15 +107,18 @@ def run_clients(url: str, jobs: list[tuple[str, str]], clients: int, max_tokens:
     wall = time.perf_counter() - start
     rows = [done[i] for i in range(len(jobs))]
     return {"clients": clients, "requests": len(jobs), "wall_s": round(wall, 2), "rows": rows,
+            "cpu_s": round(time.process_time() - cpu, 2),
             "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2)}
 
 
-def summary(rows: list[dict], wall: float) -> dict:
-    latencies = sorted(r["seconds"] for r in rows)
-    tokens = sum(r["tokens"] for r in rows)
+def summary(run: dict) -> dict:
+    latencies = sorted(r["seconds"] for r in run["rows"])
+    tokens = sum(r["tokens"] for r in run["rows"])
     p95 = latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))]
-    return {"tokens": tokens, "tok_s": round(tokens / wall, 1), "p50_s": round(statistics.median(latencies), 2),
-            "p95_s": round(p95, 2)}
+    return {"tokens": tokens, "tok_s": round(tokens / run["wall_s"], 1),
+            "tok_per_cpu_s": round(tokens / run["cpu_s"], 1),
+            "p50_s": round(statistics.median(latencies), 2), "p95_s": round(p95, 2), "wall_s": run["wall_s"],
+            "cpu_s": run["cpu_s"], "load": [run["load_before"], run["load_after"]]}
 
 
 def bench(model: str, quant: str, levels: list[int], per_client: int, max_tokens: int,
@@ -131,38 +138,36 @@ def bench(model: str, quant: str, levels: list[int], per_client: int, max_tokens
     models = [base_id, *adapters]
     jobs = requests_for(models, max(levels) * per_client)
     run_clients(url, jobs[:len(models)], 1, 8)  # warm-up: first-call set-up is not decode speed
-    one_by_one = run_clients(url, jobs, 1, max_tokens)
     result = {"model": model, "quant": quant, "max_tokens": max_tokens, "requests_per_client": per_client,
               "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "levels": []}
-    for clients in levels:
+    for clients in levels:  # each level's requests concurrently, then the same requests one at a time, back to back
         subset = jobs[:clients * per_client]
         steps_before = engine.scheduler.steps
         run = run_clients(url, subset, clients, max_tokens)
-        serial_rows = one_by_one["rows"][:len(subset)]
-        serial_wall = sum(r["seconds"] for r in serial_rows)
-        concurrent, serial = summary(run["rows"], run["wall_s"]), summary(serial_rows, serial_wall)
-        same = all(a["text"] == b["text"] for a, b in zip(run["rows"], serial_rows, strict=True))
         steps = engine.scheduler.steps - steps_before
+        serial = run_clients(url, subset, 1, max_tokens)
+        concurrent, one = summary(run), summary(serial)
+        same = all(a["text"] == b["text"] for a, b in zip(run["rows"], serial["rows"], strict=True))
         result["levels"].append({"clients": clients, "requests": len(subset), "concurrent": concurrent,
-                                 "one_by_one": serial, "speedup": round(concurrent["tok_s"] / serial["tok_s"], 2),
+                                 "one_by_one": one, "speedup": round(concurrent["tok_s"] / one["tok_s"], 2),
+                                 "cpu_speedup": round(concurrent["tok_per_cpu_s"] / one["tok_per_cpu_s"], 2),
                                  "same_answers": same, "decode_steps": steps,
-                                 "mean_batch": round(concurrent["tokens"] / max(steps, 1), 2),
-                                 "load_before": run["load_before"], "load_after": run["load_after"]})
-    result["one_by_one_load"] = [one_by_one["load_before"], one_by_one["load_after"]]
+                                 "mean_batch": round(concurrent["tokens"] / max(steps, 1), 2)})
     server.should_exit = True
     scratch.cleanup()
     return result
 
 
 def table(result: dict) -> str:
-    lines = ["| clients | requests | concurrent tok/s | p50 s | p95 s | one-by-one tok/s | p50 s | p95 s | "
-             "speedup | mean batch | same answers | load avg (before/after) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| clients | requests | concurrent tok/s | tok/CPU-s | p50 s | p95 s | one-by-one tok/s | tok/CPU-s | "
+             "p50 s | p95 s | speedup (wall) | speedup (CPU) | mean batch | same answers | load avg |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in result["levels"]:
         c, s = row["concurrent"], row["one_by_one"]
-        lines.append(f"| {row['clients']} | {row['requests']} | {c['tok_s']} | {c['p50_s']} | {c['p95_s']} | "
-                     f"{s['tok_s']} | {s['p50_s']} | {s['p95_s']} | {row['speedup']}x | {row['mean_batch']} | "
-                     f"{'yes' if row['same_answers'] else 'no'} | {row['load_before']} / {row['load_after']} |")
+        lines.append(f"| {row['clients']} | {row['requests']} | {c['tok_s']} | {c['tok_per_cpu_s']} | {c['p50_s']} | "
+                     f"{c['p95_s']} | {s['tok_s']} | {s['tok_per_cpu_s']} | {s['p50_s']} | {s['p95_s']} | "
+                     f"{row['speedup']}x | {row['cpu_speedup']}x | {row['mean_batch']} | "
+                     f"{'yes' if row['same_answers'] else 'no'} | {c['load'][0]}-{s['load'][1]} |")
     return "\n".join(lines)
 
 

@@ -6,7 +6,7 @@ import os
 
 import gradio as gr
 
-from studio.ui.shared import Shared
+from studio.ui.shared import Current, Shared, first_current
 from studio.ui.tabs import chat as chat_tab
 from studio.ui.tabs import data as data_tab
 from studio.ui.tabs import evaluate as evaluate_tab
@@ -30,16 +30,40 @@ def header() -> str:
     return f"# Tuning Studio\n**Hardware:** {hardware().summary()}"
 
 
+REFRESH_SEC = 3.0  # how often a page re-reads datasets, runs and adapters from disk (a run finishing elsewhere)
+
+
 def build_app() -> gr.Blocks:
     shared = Shared(hosted=hosted_mode())
     with gr.Blocks(title="Tuning Studio") as demo:
         gr.Markdown(header(), elem_id="header")
+        shared.current = gr.State(first_current())  # also notices dead workers and starts the queue on app start
+        summary = gr.HTML(shared.current.value.summary_html(), elem_id="current")
         for tab in TABS:
             with gr.Tab(tab.TITLE, id=tab.__name__.rsplit(".", 1)[-1]):
                 tab.build(shared)
+        wire_current(demo, shared, summary)
         for function, outputs in shared.on_page_load:  # lists made on disk since the app started
             demo.load(function, None, outputs)
     return demo
+
+
+def reread(current: Current):
+    """The current state with the lists read from disk again; gr.skip() when nothing changed."""
+    fresh = current.with_disk()
+    return gr.skip() if fresh == current else fresh
+
+
+def wire_current(demo: gr.Blocks, shared: Shared, summary: gr.HTML) -> None:
+    """Every change of the current state updates the summary line and every tab that follows it; a page
+    load and a timer re-read the disk (so a run finishing, or a dataset saved elsewhere, shows up)."""
+    followers = [(Current.summary_html, [summary], []), *shared.followers]
+    for function, outputs, inputs in followers:
+        shared.current.change(function, [shared.current, *inputs], outputs, show_progress="hidden")
+    loaded = demo.load(lambda c: c.with_disk(), shared.current, shared.current, show_progress="hidden")
+    for function, outputs, inputs in followers:  # also when nothing changed: components were built at app start
+        loaded.then(function, [shared.current, *inputs], outputs, show_progress="hidden")
+    gr.Timer(REFRESH_SEC).tick(reread, shared.current, shared.current, show_progress="hidden")
 
 
 def launch(host: str = "127.0.0.1", port: int = 7860) -> None:

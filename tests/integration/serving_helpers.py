@@ -10,13 +10,16 @@ import threading
 import time
 from pathlib import Path
 
-# ChatML with a tools block: what a tools-capable template (Qwen, Hermes, Llama 3.1) does in a few lines.
+# ChatML with tool definitions, tool calls and tool results: what a tools-capable template (Qwen, Hermes,
+# Llama 3.1) does, in a few lines.
 TOOLS_TEMPLATE = (
     "{%- if tools %}<|im_start|>system\nYou may call these tools:\n"
     "{%- for tool in tools %}\n{{ tool.function.name }}: {{ tool.function.description }} "
     "{{ tool.function.parameters | tojson }}{%- endfor %}\n"
     "Answer with <tool_call>{\"name\": ..., \"arguments\": ...}</tool_call>.<|im_end|>\n{%- endif %}"
-    "{%- for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    "{%- for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}"
+    "{%- for c in m.tool_calls or [] %}<tool_call>{{ c.function | tojson }}</tool_call>{%- endfor %}"
+    "<|im_end|>\n{% endfor %}"
     "{%- if add_generation_prompt %}<|im_start|>assistant\n{%- endif %}"
 )
 

@@ -19,7 +19,7 @@ import pytest
 from studio.jobs import manager
 from studio.jobs.events import read_events, read_status
 
-from .training_helpers import prepare
+from .training_helpers import prepare, tiny_spec
 
 GEN = [8, 0, 0.95, 50, 1.0, 0]  # chat: max new tokens, temperature (greedy), top-p, top-k, repetition, seed
 
@@ -150,3 +150,92 @@ def test_two_users_at_once_own_chats_one_run_list(app_for_two, tiny_model_dir, w
     states = sorted(r[1] for r in views[0])
     assert states in (["queued", "running"], ["completed", "running"], ["queued", "queued"]), states
     assert sum(read_status(workspace / "runs" / n).get("state") == "running" for n in names[0]) <= 1  # one trains
+
+
+# ---------------------------------------------------------------- the queue never stalls
+
+
+def _dead(pid: int) -> bool:
+    return not manager._alive(pid)  # gone, or a zombie nobody reaped yet
+
+
+def _kill_first_with_second_queued(tmp_path, ref: str):
+    data = prepare(tmp_path, ref)
+    first = manager.start(tiny_spec("first", data, ref, max_steps=400, save_steps=100))
+    second = manager.start(tiny_spec("second", data, ref, max_steps=2, save_steps=2))
+    assert read_status(second)["state"] == "queued"
+    _wait(lambda: read_status(first).get("step", 0) >= 1, what="the first run to train")
+    pid = read_status(first)["pid"]
+    os.kill(pid, signal.SIGKILL)  # killed -9 (or by the kernel's OOM killer): it says nothing
+    _wait(lambda: _dead(pid), timeout=30, what="the kill")
+    return first, second
+
+
+def test_sigkill_with_a_run_queued_behind_it_the_queue_advances_on_the_next_poll(tmp_path, tiny_model_dir):
+    try:
+        first, second = _kill_first_with_second_queued(tmp_path, str(tiny_model_dir))
+        rows = {r["run"]: r["state"] for r in manager.list_runs()}  # one poll (the Train tab's timer, `runs list`)
+        assert rows == {"first": "failed", "second": "running"}
+        assert _alive(read_status(second)["pid"])
+        message = read_status(first)["message"]
+        assert "died" in message and "python -m studio runs resume first" in message
+        assert manager.resume("first") == "queued"  # behind the run now training, not beside it
+        assert manager.wait("second", timeout=300)["state"] == "completed"
+        _wait(lambda: read_status(first).get("state") == "running", timeout=60, what="the resumed run to start")
+    finally:
+        _cleanup(["first", "second"])
+
+
+def test_resume_of_a_dead_run_does_not_launch_the_queued_run_first(tmp_path, tiny_model_dir):
+    try:
+        first, second = _kill_first_with_second_queued(tmp_path, str(tiny_model_dir))
+        assert manager.resume("first") == "running"  # no poll in between: the dead run keeps its place
+        assert read_status(second)["state"] == "queued"
+        assert sum(read_status(p).get("state") == "running" for p in (first, second)) == 1
+    finally:
+        _cleanup(["first", "second"])
+
+
+# ---------------------------------------------------------------- Stop after the last step
+
+
+def test_stop_during_the_final_save_completes_and_resume_never_overshoots(tmp_path, tiny_model_dir, monkeypatch):
+    from studio.errors import RunError
+    from studio.jobs import worker
+
+    ref = str(tiny_model_dir)
+    data = prepare(tmp_path, ref)
+    path = manager.create(tiny_spec("last", data, ref, max_steps=3, save_steps=3))
+    answers = []
+    real_save = worker.save_adapter
+
+    def stop_pressed_during_the_save(*args, **kwargs):
+        answers.append(manager.stop("last"))  # the user presses Stop while the adapter is being written
+        (path / worker.STOP_FILE).touch()  # and a Stop that landed just before the save began
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(worker, "save_adapter", stop_pressed_during_the_save)
+    assert worker.train(path) == "completed"
+    assert "saving the adapter" in answers[0]
+    status = read_status(path)
+    assert status["state"] == "completed" and status["step"] == 3
+    assert (path / "adapter" / "adapter_model.safetensors").is_file()
+    assert not (path / worker.STOP_FILE).exists()
+    with pytest.raises(RunError, match="has completed all its 3 steps"):
+        manager.resume("last")
+
+    # A Stop pressed twice kills the worker during the save: stopped, checkpoint-3 saved, no adapter yet.
+    monkeypatch.setattr(worker, "save_adapter", real_save)
+    import shutil
+
+    shutil.rmtree(path / "adapter")
+    from studio.jobs.events import write_status
+
+    write_status(path, state="stopped", message="Killed on a second Stop.")
+    manager.resume("last")
+    status = manager.wait("last", timeout=300)
+    assert status["state"] == "completed" and status["step"] == 3
+    assert (path / "adapter" / "adapter_model.safetensors").is_file()
+    steps = [e["step"] for e in read_events(path) if e.get("type") == "log"]
+    assert max(steps) == 3  # no 4th step of 3
+    assert "training nothing more" in (path / "worker.log").read_text()

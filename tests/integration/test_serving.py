@@ -147,6 +147,16 @@ def test_a_full_queue_answers_429_and_a_client_that_leaves_frees_its_slot(tiny_m
         server.stop()
 
 
+def test_a_client_that_gives_up_on_a_plain_request_is_cancelled(served, monkeypatch):
+    ran = []
+    submit = served.engine.submit
+    monkeypatch.setattr(served.engine, "submit", lambda *a, **k: ran.append(r := submit(*a, **k)) or r)
+    with pytest.raises(openai.APITimeoutError):  # the client hangs up after 1 s
+        served.client(timeout=1.0).chat.completions.create(model="A", messages=ASK, max_tokens=1900, temperature=0)
+    _until(lambda: ran and ran[0].done)
+    assert ran[0].finish_reason == "cancelled" and len(ran[0].tokens) < 1900
+
+
 def _until(condition, timeout: float = 20) -> None:
     deadline = time.time() + timeout
     while not condition():

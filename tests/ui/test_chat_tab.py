@@ -49,13 +49,15 @@ def test_compare_streams_both_panes_before_the_final_answer(setup):
     assert right[-2]["role"] == "user" and _last_text(right[:-1]) == PROMPTS[0]
     partial_rights = [_last_text(u[1]) for u in updates[:-1] if u[1] and u[1][-1]["role"] == "assistant"]
     assert any(0 < len(t) < len(_last_text(right)) for t in partial_rights)  # partial text came first
-    assert "set_adapter" in timing and " ms" in timing and prompt_box == ""
+    assert "Both answers in one pass" in timing and "base in fp32 (your choice)" in timing and prompt_box == ""
+    assert "set_adapter" not in timing  # plain words, no internals
 
 
 def test_chat_mode_keeps_the_conversation_and_shows_swap_ms(setup):
     client, ref, _ = setup
     history, timing, _ = client.predict(ref, "fp32", "ui-phrase-b", PROMPTS[1], "", *GEN, [], api_name="/chat")
-    assert _last_text(history).startswith(PHRASE_B) and "swap" in timing and "ms" in timing
+    assert _last_text(history).startswith(PHRASE_B) and "Answered by ui-phrase-b" in timing
+    assert ("switching to the adapter took" in timing and " ms" in timing) or "already active" in timing
     history, _, _ = client.predict(ref, "fp32", "(base)", PROMPTS[2], "", *GEN, history, api_name="/chat")
     assert [m["role"] for m in history] == ["user", "assistant", "user", "assistant"]
     assert PHRASE_B not in _last_text(history)  # the base answered the second turn
@@ -90,15 +92,17 @@ def test_import_export_and_delete_with_confirmation(setup, app_workspace):
 
     client, ref, root = setup
     files = [handle_file(str(root / "ui-phrase-a" / f)) for f in ("adapter_config.json", "adapter_model.safetensors")]
-    table, picked, *_ = client.predict(files, "ui-uploaded", api_name="/import_adapter")
-    assert picked["value"] == "ui-uploaded" and "ui-uploaded" in [row[0] for row in table["data"]]
+    status = client.predict(files, "ui-uploaded", api_name="/import_adapter")
+    assert "Imported **ui-uploaded**" in status and (app_workspace / "adapters" / "ui-uploaded").is_dir()
+    table, picked, *_ = client.predict(api_name="/refresh_adapters")
+    assert "ui-uploaded" in [row[0] for row in table["data"]]
     zipped = client.predict("ui-uploaded", api_name="/export_adapter")
     assert Path(zipped).suffix == ".zip" and (app_workspace / "exports" / "ui-uploaded.zip").is_file()
     with pytest.raises(AppError, match="Tick 'Yes, delete this adapter' first"):
         client.predict("ui-uploaded", False, api_name="/delete_adapter")
     assert (app_workspace / "adapters" / "ui-uploaded").is_dir()  # asked first, nothing deleted
-    out = client.predict("ui-uploaded", True, api_name="/delete_adapter")
-    assert "ui-uploaded" not in [row[0] for row in out[0]["data"]] and out[-1] is False
+    assert client.predict("ui-uploaded", True, api_name="/delete_adapter") == "Deleted **ui-uploaded**."
+    assert "ui-uploaded" not in [row[0] for row in client.predict(api_name="/refresh_adapters")[0]["data"]]
     assert not (app_workspace / "adapters" / "ui-uploaded").exists()
 
 
@@ -137,3 +141,17 @@ def test_example_prompts_come_from_the_samples():
         first = json.loads((assets / "medical_demo.jsonl").read_text().splitlines()[0])
         assert first["Question"] in prompts
     assert all(p.strip() for p in prompts)
+
+
+def test_the_base_loads_as_the_adapter_was_trained_unless_chosen(workspace):
+    from studio.ui.shared import default_quant
+    from studio.ui.tabs.chat import AS_TRAINED, precision_for
+
+    folder = workspace / "adapters" / "trained-in-bf16"
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text("{}")
+    (folder / "card.json").write_text(json.dumps({"quant": "bf16"}))
+    assert precision_for(AS_TRAINED, "trained-in-bf16", "(base)") == ("bf16", "base in bf16, as trained-in-bf16 "
+                                                                             "was trained")
+    assert precision_for("8bit", "trained-in-bf16")[0] == "8bit"  # the user's choice wins
+    assert precision_for(AS_TRAINED, "(base)")[0] == default_quant()  # no card: the machine's default (fp32 on a CPU)

@@ -48,7 +48,7 @@ def test_dpo_run_from_the_data_and_train_tabs(client, tiny_model_dir):
         client.predict("ui-sft-on-pairs", "ui-prefs", model, 2, 1, NO_CONFIG, "sft", 0.1, 0.1, "",
                        api_name="/start_training")
     run = client.predict("ui-dpo", "ui-prefs", model, 3, 1, NO_CONFIG, "dpo", 0.2, 0.1, "", api_name="/start_training")
-    assert run["value"] == "ui-dpo"
+    assert run == "ui-dpo"
     progress = _wait_for_state(client, "ui-dpo", ("completed", "failed"))
     assert "data-state='completed'" in progress, client.predict("ui-dpo", api_name="/run_status")[4]
     plot = client.predict("ui-dpo", api_name="/preference_status")

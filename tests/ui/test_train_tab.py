@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -25,16 +26,20 @@ def test_start_see_events_and_stop(client, app_workspace, tiny_model_dir, tmp_pa
     monkeypatch.setenv("STUDIO_WORKSPACE", str(app_workspace))  # prepare the data where the app looks
     data = prepare(tmp_path, str(tiny_model_dir), name="ui-train-data")
     run = client.predict("ui-run", data, str(tiny_model_dir), 400, 1, api_name="/start_training")
-    assert run["value"] == "ui-run"
+    assert run == "ui-run"
     deadline = time.time() + 300
     while time.time() < deadline:
         table, progress, stats, plot, log = _status(client, "ui-run")
-        if plot and plot.get("data") and "data-step='0'" not in progress:
+        if plot and "data-step='0'" not in progress:
             break
         time.sleep(2)
-    assert "running" in progress and "step " in progress and "ETA" in progress
-    assert "tokens/s" in stats and "loss" in stats
-    assert len(plot["data"]) >= 1 and "loss" in plot["columns"]  # the loss curve has points
+    assert "running" in progress and "step " in progress and "left" in progress
+    assert "tokens/s" in stats and "loss" in stats and "dataset **ui-train-data**" in stats
+    chart = json.loads(plot["plot"])  # an altair chart: integer steps on the axis, points drawn
+    points = next(iter(chart["datasets"].values()))
+    assert points and {"step", "loss", "series"} <= set(points[0])
+    assert chart["encoding"]["x"]["axis"] == {"format": "d", "tickMinStep": 1} and chart["mark"]["point"]
+    assert "Warning" not in log and "kernels" not in log  # library noise stays in worker.log
     assert "ui-run" in str(table["data"])
     with pytest.raises(Exception, match="already exists"):
         client.predict("ui-run", data, str(tiny_model_dir), 4, 1, api_name="/start_training")

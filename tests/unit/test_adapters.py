@@ -72,6 +72,19 @@ def test_export_zip_round_trips(workspace, lora_dir):
     assert (again.path / weights_file).read_bytes() == (lora_dir / weights_file).read_bytes()
 
 
+def test_adapters_export_refuses_to_overwrite_an_existing_zip(workspace, lora_dir):
+    from studio.cli import main
+
+    _run_adapter(workspace, lora_dir)
+    out = workspace / "exports" / "run-20250101-000000-med.zip"
+    assert main(["adapters", "export", "run:20250101-000000-med"]) == 0
+    out.write_bytes(b"the user's own file")
+    assert main(["adapters", "export", "run:20250101-000000-med"]) != 0  # refused, with a clear message
+    assert out.read_bytes() == b"the user's own file"
+    assert main(["adapters", "export", "run:20250101-000000-med", "--overwrite"]) == 0
+    assert zipfile.is_zipfile(out)
+
+
 def test_delete_imported_but_not_run_adapters(workspace, lora_dir):
     _run_adapter(workspace, lora_dir)
     adapters.import_adapter(lora_dir, "gone-soon")

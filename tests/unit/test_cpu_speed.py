@@ -122,6 +122,7 @@ def test_cpu_trainer_scores_only_labelled_positions_with_the_same_loss(tiny_mode
     args = SFTConfig(output_dir=str(tmp_path), per_device_train_batch_size=1, packing=True, max_length=64,
                      report_to=[], use_cpu=True)
     trainer = trainer_class()(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    trainer.fused_loss = False  # the path models with scaled logits take (tested below: test_fused_lm_loss_*)
     batch = next(iter(trainer.get_train_dataloader()))
     assert batch["input_ids"].shape == (1, sum(LENGTHS))  # one packed row
     expected = model(**{k: v for k, v in batch.items()}, use_cache=False).loss
@@ -131,3 +132,84 @@ def test_cpu_trainer_scores_only_labelled_positions_with_the_same_loss(tiny_mode
     labelled = int((batch["labels"][0, 1:] != -100).sum())
     assert seen == [labelled] == [sum(LENGTHS) - 3 * len(LENGTHS)]  # the LM head ran on assistant tokens only
     torch.testing.assert_close(loss, expected)
+
+
+def _packed_trainer(model, model_dir, tmp_path):
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+    from trl import SFTConfig
+
+    from studio.jobs.worker import trainer_class
+
+    rows = [{"input_ids": list(range(10 + n, 10 + n + length)),
+             "assistant_masks": [0] * 3 + [1] * (length - 3)} for n, length in enumerate(LENGTHS)]
+    args = SFTConfig(output_dir=str(tmp_path), per_device_train_batch_size=1, packing=True, max_length=64,
+                     report_to=[], use_cpu=True, bf16=False)  # fp32: compared with the model's loss exactly
+    trainer = trainer_class()(model=model, args=args, train_dataset=Dataset.from_list(rows),
+                              processing_class=AutoTokenizer.from_pretrained(model_dir))
+    trainer.fused_loss = None  # off in the recipe for now (worker.CpuSFTTrainer): decide on the first step
+    return trainer, next(iter(trainer.get_train_dataloader()))
+
+
+def test_fused_lm_loss_gives_the_models_loss_and_gradients_without_the_lm_head(tiny_model_dir, tmp_path, capsys):
+    model = _peft_model(tiny_model_dir, dropout=0.0)
+    trainer, batch = _packed_trainer(model, tiny_model_dir, tmp_path)
+    expected = model(**dict(batch), use_cache=False).loss
+    expected.backward()
+    reference = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    loss = trainer.compute_loss(model, dict(batch))  # the first step decides: the probe matches
+    assert trainer.fused_loss and "CPU fast path: LM head in chunks" in capsys.readouterr().out
+    calls = []
+    model.get_base_model().lm_head.register_forward_hook(lambda *a: calls.append(1))
+    loss = trainer.compute_loss(model, dict(batch))
+    loss.backward()
+    assert calls == []  # no logits tensor over the positions: the head's weight is used chunk by chunk
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
+    for name, grad in reference.items():
+        torch.testing.assert_close(dict(model.named_parameters())[name].grad, grad, rtol=1e-4, atol=1e-6)
+
+
+def test_fused_lm_loss_falls_back_where_the_model_soft_caps_its_logits(bundled_dir, tmp_path, capsys):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoTokenizer, Gemma2Config, Gemma2ForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(bundled_dir)
+    config = Gemma2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                          num_attention_heads=2, num_key_value_heads=1, head_dim=16, final_logit_softcapping=2.0)
+    torch.manual_seed(0)
+    model = Gemma2ForCausalLM(config)
+    model.save_pretrained(tmp_path / "gemma2")
+    tokenizer.save_pretrained(tmp_path / "gemma2")
+    model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"))
+    trainer, batch = _packed_trainer(model, tmp_path / "gemma2", tmp_path)
+    expected = model(**dict(batch), use_cache=False).loss
+    loss = trainer.compute_loss(model, dict(batch))
+    assert trainer.fused_loss is False
+    lines = [line for line in capsys.readouterr().out.splitlines() if "LM head in chunks" in line]
+    assert len(lines) == 1 and "off" in lines[0] and "final_logit_softcapping" in lines[0]
+    torch.testing.assert_close(loss, expected)  # the model's own (soft-capped) loss
+
+
+def test_linear_cross_entropy_matches_plain_cross_entropy_in_chunks():
+    torch.manual_seed(0)
+    hidden = torch.randn(300, 64, requires_grad=True)
+    weight = torch.randn(1000, 64) * 0.1
+    targets = torch.randint(0, 1000, (300,))
+    expected = torch.nn.functional.cross_entropy(hidden @ weight.t(), targets, reduction="sum")
+    expected.backward()
+    reference, hidden.grad = hidden.grad.clone(), None
+    got = cpu_speed.linear_cross_entropy(hidden, weight, targets, chunk=128)  # 3 chunks, the last one short
+    (got * 0.5).backward()
+    torch.testing.assert_close(got, expected.detach())
+    torch.testing.assert_close(hidden.grad, reference * 0.5)
+
+
+def test_fused_lm_loss_probe_catches_a_loss_that_differs(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    model = _peft_model(tiny_model_dir, dropout=0.0)
+    trainer, batch = _packed_trainer(model, tiny_model_dir, tmp_path)
+    expected = model(**dict(batch), use_cache=False).loss
+    right = cpu_speed.linear_cross_entropy  # a changed head (a scale, a cap) gives another loss
+    monkeypatch.setattr(cpu_speed, "linear_cross_entropy", lambda *a, **k: right(*a, **k) * 1.1)
+    assert torch.isclose(trainer.compute_loss(model, dict(batch)), expected)  # the model's own loss instead
+    assert trainer.fused_loss is False and "differs from the model's own" in capsys.readouterr().out

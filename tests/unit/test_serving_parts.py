@@ -87,3 +87,32 @@ def test_chat_tab_snippet_names_the_adapter_and_the_key_only_when_keys_are_set(m
     monkeypatch.setenv("STUDIO_API_KEYS", "secret-1")
     keyed = api_snippet("run:abc", "bundled")
     assert "Bearer $STUDIO_API_KEY" in keyed and "secret-1" not in keyed  # never prints the key itself
+
+
+def test_tools_for_a_template_without_tool_support_use_the_fallback_training_used(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from studio.data.render import supports_tools
+    from studio.inference import render_prompt
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)  # SmolLM2's template: no tool support
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather", "parameters": {}}}]
+    text = render_prompt(tokenizer, [{"role": "user", "content": "Weather in Paris?"}], tools)
+    assert not supports_tools(tokenizer) and "<tools>" in text and "get_weather" in text
+    assert text.rstrip().endswith("assistant")  # ready for the answer
+
+
+@pytest.mark.parametrize(("choice", "turn"), [
+    ({"mode": "custom", "text": "You are a careful nurse."}, {"role": "system", "content": "You are a careful nurse."}),
+    ({"mode": "none", "text": ""}, {"role": "system", "content": ""}),
+    ({"mode": "keep", "text": ""}, None)])
+def test_an_adapter_starts_conversations_the_way_its_dataset_did(workspace, choice, turn):
+    from studio import paths
+    from studio.inference import adapter_system_turn
+
+    folder = _adapter(paths.adapters_dir() / "nurse")
+    (folder / "card.json").write_text(json.dumps({"base_model": "bundled", "dataset": "triage"}))
+    (paths.datasets_dir() / "triage").mkdir(parents=True)
+    (paths.datasets_dir() / "triage" / "meta.json").write_text(json.dumps({"system_prompt": choice}))
+    assert adapter_system_turn("nurse") == turn
+    assert adapter_system_turn("no-such-adapter") is None and adapter_system_turn(None) is None

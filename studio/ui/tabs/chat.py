@@ -10,17 +10,20 @@ studio.adapters, which the `python -m studio chat` and `adapters` commands use t
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import gradio as gr
 
+from studio.config import QUANT_MODES
 from studio.errors import StudioError
 from studio.hosted import require_login
 from studio.inference import BASE_LABEL, GenerationSettings
+from studio.ui import fmt
 from studio.ui.shared import Shared
 
 TITLE = "Chat"
+AS_TRAINED = "as the adapter was trained"  # the precision choice that follows the adapter's card
 ASSETS = Path(__file__).resolve().parents[3] / "assets"
 SAMPLE_FILES = ("medical_demo.jsonl", "hinglish_demo.jsonl")
 EXAMPLES_PER_SAMPLE = 3  # a few prompts from each sample: enough to try, short enough to scan
@@ -77,6 +80,22 @@ def _settings(max_new, temperature, top_p, top_k, repetition, seed) -> Generatio
                               top_k=int(top_k), repetition_penalty=float(repetition), seed=int(seed))
 
 
+def precision_for(quant: str | None, *adapters: str | None) -> tuple[str, str]:
+    """(the precision to load the base in, a sentence saying why). AS_TRAINED takes the first adapter's
+    training precision from its card, so a base trained in fp32 is not answered in 4bit."""
+    from studio.adapters import trained_precision
+
+    if quant and quant != AS_TRAINED:
+        return quant, f"base in {quant} (your choice)"
+    for name in adapters:
+        if (trained := trained_precision(_adapter(name))) is not None:
+            return trained, f"base in {trained}, as {name} was trained"
+    from studio.ui.shared import default_quant
+
+    fallback = default_quant()
+    return fallback, f"base in {fallback} (this machine's default)"
+
+
 def _engine(ref: str, quant: str, progress=None):
     from studio.inference import get_engine
 
@@ -84,16 +103,16 @@ def _engine(ref: str, quant: str, progress=None):
     return get_engine((ref or "bundled").strip(), quant or "fp32", progress=report)
 
 
-def _timing(engine, stats: dict, label: str) -> str:
-    s = engine.stats()
+def _timing(stats: dict, label: str, precision_note: str) -> str:
+    """One plain sentence: what answered, how fast, in which precision, how long the adapter switch took."""
     if stats.get("adapter") is None:
-        swap = "none (base)"
+        swap = "no adapter"
+    elif stats.get("swap_ms"):
+        swap = f"switching to the adapter took {stats['swap_ms']:.1f} ms"
     else:
-        swap = f"{stats['swap_ms']:.2f} ms" if stats.get("swap_ms") else "none (already active)"
-        swap += f", merged into the weights in {stats['merge_ms']:.0f} ms" if stats.get("merge_ms") else ""
-    return (f"<span id='swap-ms-value'>{label}: swap {swap} · {stats.get('tokens', 0)} tokens at "
-            f"{stats.get('tokens_per_s') or 0} tok/s · mean set_adapter {s['mean_swap_ms'] or 0} ms over "
-            f"{s['swaps']} swaps · adapters loaded: {', '.join(s['adapters']) or 'none'}</span>")
+        swap = "the adapter was already active"
+    return (f"<span id='swap-ms-value'>Answered by {label}: {stats.get('tokens', 0)} tokens at "
+            f"{fmt.number(stats.get('tokens_per_s') or 0)} tokens/s · {precision_note} · {swap}.</span>")
 
 
 def _user_turn(system: str, history: list[dict], prompt: str) -> list[dict]:
@@ -118,6 +137,7 @@ def compare(ref, quant, left, right, prompt, system, max_new, temperature, top_p
     system prompt, without history), so both sides see exactly the same input."""
     try:
         settings = _settings(max_new, temperature, top_p, top_k, repetition, seed)
+        quant, note = precision_for(quant, right, left)
         engine = _engine(ref, quant, progress)
         messages = _user_turn(system, [], prompt)
         stats: dict = {}
@@ -130,10 +150,9 @@ def compare(ref, quant, left, right, prompt, system, max_new, temperature, top_p
             yield left_out, right_out, GENERATING, ""
     except StudioError as exc:
         raise gr.Error(str(exc)) from exc
-    s = engine.stats()
-    timing = (f"<span id='swap-ms-value'>Both panes in one batched pass ({stats.get('tokens', 0)} tokens at "
-              f"{stats.get('tokens_per_s') or 0} tok/s) · mean set_adapter {s['mean_swap_ms'] or 0} ms over "
-              f"{s['swaps']} swaps · load ms {s['load_ms'] or 'none'}</span>")
+    timing = (f"<span id='swap-ms-value'>Both answers in one pass: {stats.get('tokens', 0)} tokens at "
+              f"{fmt.number(stats.get('tokens_per_s') or 0)} tokens/s · {note}. Same prompt, same seed: the "
+              f"difference comes from the adapter. <b>Next:</b> measure it in the <b>Evaluate</b> tab.</span>")
     yield left_out, right_out, timing, ""
 
 
@@ -142,6 +161,7 @@ def chat(ref, quant, adapter, prompt, system, max_new, temperature, top_p, top_k
     """Multi-turn chat with one adapter (or the base): the whole conversation goes through the template."""
     try:
         settings = _settings(max_new, temperature, top_p, top_k, repetition, seed)
+        quant, note = precision_for(quant, adapter)
         engine = _engine(ref, quant, progress)
         messages = _user_turn(system, history, prompt)
         shown = [*(history or []), {"role": "user", "content": prompt}]
@@ -152,12 +172,13 @@ def chat(ref, quant, adapter, prompt, system, max_new, temperature, top_p, top_k
             yield shown + [{"role": "assistant", "content": text}], GENERATING, ""
     except StudioError as exc:
         raise gr.Error(str(exc)) from exc
-    yield shown + [{"role": "assistant", "content": text}], _timing(engine, stats, adapter or BASE_LABEL), ""
+    yield shown + [{"role": "assistant", "content": text}], _timing(stats, adapter or BASE_LABEL, note), ""
 
 
 def load_adapters(ref, quant, names, progress=gr.Progress()):
     """Attach the chosen adapters to the base now (otherwise each loads on first use)."""
     try:
+        quant, _ = precision_for(quant, *(names or []))
         engine = _engine(ref, quant, progress)
         times = {name: engine.load_adapter(name) for name in names or []}
     except StudioError as exc:
@@ -189,7 +210,8 @@ def registry_table():
     for info in _list():
         row = info.summary()
         metrics = {k.split(".", 1)[1]: v for k, v in row.items() if k.startswith("metrics.")}
-        rows.append({**{k: row.get(k, "") for k in CARD_COLUMNS[:-1]}, "metrics": json.dumps(metrics)})
+        shown = ", ".join(f"{k} {fmt.number(v)}" for k, v in metrics.items())
+        rows.append({**{k: row.get(k, "") for k in CARD_COLUMNS[:-1]}, "metrics": shown})
     return pd.DataFrame(rows, columns=CARD_COLUMNS)
 
 
@@ -221,8 +243,7 @@ def import_files(files, name):
         info = import_adapter(paths, (name or "").strip())
     except StudioError as exc:
         raise gr.Error(str(exc)) from exc
-    gr.Info(f"Imported {info.name}.")
-    return _refreshed(info.name)
+    return f"Imported **{info.name}**: it is in every adapter list now."
 
 
 def export(name):
@@ -250,8 +271,7 @@ def delete(name, confirmed):
     except StudioError as exc:
         raise gr.Error(str(exc)) from exc
     forget_adapter(name)
-    gr.Info(f"Deleted {name}.")
-    return (*_refreshed(), False)
+    return f"Deleted **{name}**."
 
 
 def code_snippet(mode, right, adapter, ref, request: gr.Request = None):
@@ -305,12 +325,13 @@ class Registry:
     export_file: gr.File
     confirm: gr.Checkbox
     delete_btn: gr.Button
+    status: gr.Markdown
 
 
 def _registry_ui(names: list[str]) -> Registry:
     with gr.Accordion("Adapters: cards, import, export, delete", open=False):
-        table = gr.Dataframe(registry_table(), label="Adapters (training runs and imported)", interactive=False,
-                             elem_id="chat-adapters")
+        table = gr.Dataframe(registry_table(), headers=CARD_COLUMNS, label="Adapters (training runs and imported)",
+                             interactive=False, elem_id="chat-adapters")
         with gr.Row():
             upload = gr.File(label="Import: a .zip, or adapter_config.json + adapter_model.safetensors",
                              file_count="multiple", file_types=[".zip", ".json", ".safetensors"], scale=3)
@@ -324,21 +345,28 @@ def _registry_ui(names: list[str]) -> Registry:
             export_btn = gr.Button("Export zip", elem_id="chat-export")
             confirm = gr.Checkbox(False, label="Yes, delete this adapter", elem_id="chat-delete-confirm")
             delete_btn = gr.Button("Delete", variant="stop", elem_id="chat-delete")
+        status = gr.Markdown(elem_id="chat-registry-status")
         export_file = gr.File(label="Exported zip", elem_id="chat-export-file")
     return Registry(table, picked, upload, import_name, import_btn, refresh_btn, export_btn, export_file, confirm,
-                    delete_btn)
+                    delete_btn, status)
 
 
 def build(shared: Shared) -> None:
-    # Adapter dropdowns take custom values: adapters trained or imported after the page was built still work
-    # (and unknown names get the registry's clear message).
-    names = adapter_choices()
+    # Adapter dropdowns take custom values: a name typed by hand still works (unknown names get the
+    # registry's clear message). The lists follow the shared state: a run that finishes shows up by itself.
+    current = shared.current.value
+    names = list(current.adapters)
     both = [BASE_LABEL, *names]
-    gr.Markdown("Chat with the base model from the **Model** tab and its LoRA adapters. One copy of the base "
-                "stays loaded; adapters attach beside it and swap in milliseconds. **Compare** asks both sides "
-                "the same prompt with the same seed (greedy by default), streaming at the same time.")
+    gr.Markdown("Chat with the base model and its LoRA adapters. One copy of the base stays loaded; adapters "
+                "attach beside it and swap in milliseconds. **Compare** asks both sides the same prompt with the "
+                "same seed (greedy by default), streaming at the same time.")
     with gr.Row():
-        to_load = gr.CheckboxGroup(names, label="Adapters to load", elem_id="chat-load-list", scale=4)
+        precision = gr.Dropdown([AS_TRAINED, *QUANT_MODES], value=AS_TRAINED, label="Precision of the base",
+                                elem_id="chat-precision", scale=1,
+                                info="By default the base is loaded the way the adapter was trained (from its "
+                                     "card); pick another to override.")
+        to_load = gr.CheckboxGroup(names, label="Adapters to load now (otherwise each loads when first used)",
+                                   elem_id="chat-load-list", scale=3)
         load_btn = gr.Button("Load base + adapters", elem_id="chat-load", scale=1)
     load_info = gr.Markdown(elem_id="chat-load-info")
     mode = gr.Radio(["Compare", "Chat"], value="Compare", label="Mode", elem_id="chat-mode")
@@ -346,7 +374,7 @@ def build(shared: Shared) -> None:
         with gr.Row():
             left = gr.Dropdown(both, value=BASE_LABEL, label="Left", elem_id="chat-left-adapter",
                             allow_custom_value=True)
-            right = gr.Dropdown(both, value=names[0] if names else BASE_LABEL, label="Right",
+            right = gr.Dropdown(both, value=current.adapter or BASE_LABEL, label="Right",
                                 elem_id="chat-right-adapter",
                             allow_custom_value=True)
         with gr.Row():
@@ -381,7 +409,7 @@ def build(shared: Shared) -> None:
     reg = _registry_ui(names)
 
     gen = [max_new, temperature, top_p, top_k, repetition, seed]
-    base = [shared.model_ref, shared.quant]
+    base = [shared.model_ref, precision]
     panes = [left_pane, right_pane, single_pane, swap_ms, prompt]
     # API entry points for gradio_client ("compare", "chat"); Send, Enter and Retry dispatch by mode.
     api_compare = gr.Button("Compare", visible=False)
@@ -403,7 +431,25 @@ def build(shared: Shared) -> None:
         source.change(code_snippet, snippet_inputs, snippet, api_visibility="private")
 
     refreshed = [reg.table, reg.picked, to_load, left, right, single_adapter]
-    reg.import_btn.click(import_files, [reg.upload, reg.import_name], refreshed, api_name="import_adapter")
+    # results and refusals go to a status line (an error there hides no input); the lists follow the shared state
+    reg.import_btn.click(import_files, [reg.upload, reg.import_name], reg.status, api_name="import_adapter").success(
+        lambda c, name: replace(c, adapter=name.strip()).with_disk(), [shared.current, reg.import_name],
+        shared.current)
     reg.refresh_btn.click(refresh, None, refreshed, api_name="refresh_adapters")
     reg.export_btn.click(export, reg.picked, reg.export_file, api_name="export_adapter")
-    reg.delete_btn.click(delete, [reg.picked, reg.confirm], [*refreshed, reg.confirm], api_name="delete_adapter")
+    reg.delete_btn.click(delete, [reg.picked, reg.confirm], reg.status, api_name="delete_adapter").success(
+        lambda c: (False, c.with_disk()), shared.current, [reg.confirm, shared.current])
+    # the adapter picked on the right is the one in focus (Evaluate, Export)
+    right.input(lambda c, name: shared.set("adapter")(c, name) if _adapter(name) else gr.skip(),
+                [shared.current, right], shared.current)
+    shared.follow(follow_current, [right, left, single_adapter, to_load, reg.picked, reg.table],
+                  [left, single_adapter])
+
+
+def follow_current(current, left, single):
+    """New adapters show up in every list; the adapter in focus (a run that just finished) goes on the right."""
+    both = [BASE_LABEL, *current.adapters]
+    left, single = (value if value in both else BASE_LABEL for value in (left, single))
+    return (gr.Dropdown(choices=both, value=current.adapter or BASE_LABEL), gr.Dropdown(choices=both, value=left),
+            gr.Dropdown(choices=both, value=single), gr.CheckboxGroup(choices=list(current.adapters)),
+            gr.Dropdown(choices=list(current.adapters), value=current.adapter), registry_table())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import gradio as gr
@@ -235,7 +236,8 @@ def save(path, fmt, prompt, response, system, cot_style, model_ref, name, max_le
     text = (f"Saved **{meta['name']}** in `{folder}`: {c['train']:,} train and {c['eval']:,} eval rows from "
             f"{c['rows_ok']:,} usable rows ({c['rows_invalid']:,} invalid, {c['duplicates']:,} duplicates left out; "
             f"see problems.jsonl there). Max length: {meta['cuts']}. System prompt: {meta['system_prompt']['mode']}.")
-    return text, gr.Dropdown(choices=dataset_names(), value=meta["name"])
+    text += "\n\n**Next:** the **Presets** tab (settings for this machine), then **Train** (this dataset is picked)."
+    return text, meta["name"]
 
 
 def dataset_names() -> list[str]:
@@ -246,6 +248,16 @@ def dataset_names() -> list[str]:
 
 def sample_path(which: str) -> str:
     return str(SAMPLES[which])
+
+
+def _preset_max_len(shared: Shared) -> int:
+    """The starting preset's max length, so Data and Presets agree from the start."""
+    from studio.presets import load_preset
+
+    try:
+        return load_preset(shared.current.value.preset or "cpu").train.max_seq_len
+    except StudioError:
+        return 512
 
 
 def build(shared: Shared) -> None:
@@ -264,7 +276,7 @@ def build(shared: Shared) -> None:
         fmt = gr.Dropdown(FORMAT_CHOICES, value="auto", label="Format (auto = detected)", elem_id="data-format")
         cot_style = gr.Radio(["think", "answer"], value="think", label="Chain of thought (reasoning data)",
                              info="think: <think>reasoning</think> then the answer; answer: the answer only",
-                             elem_id="data-cot-style")
+                             elem_id="data-cot-style", visible=False)  # shown for reasoning data only
         inspect_btn = gr.Button("Inspect", elem_id="data-inspect")
     evidence = gr.Markdown(elem_id="data-detected")
     with gr.Accordion("Column mapping (format 'mapped')", open=False):
@@ -276,15 +288,17 @@ def build(shared: Shared) -> None:
                                    elem_id="data-map-response")
             system = gr.Dropdown([NONE], value=NONE, label="System column (optional)", allow_custom_value=True,
                                  elem_id="data-map-system")
-    preview = gr.Dataframe(label="Normalized preview (first rows)", interactive=False, wrap=True,
-                           elem_id="data-preview")
+    preview = gr.Dataframe(headers=["row", "turns", "system", "user", "assistant"], interactive=False, wrap=True,
+                           label="Normalized preview (first rows)", elem_id="data-preview")
     counts = gr.Markdown(elem_id="data-counts")
     with gr.Accordion("Problems (row, reason)", open=False):
-        problems = gr.Dataframe(interactive=False, wrap=True, elem_id="data-problems")
+        problems = gr.Dataframe(headers=["row", "kind", "reason"], interactive=False, wrap=True,
+                                elem_id="data-problems")
         problems_file = gr.File(label="Download problems.jsonl", elem_id="data-problems-file")
     with gr.Row():
         row = gr.Number(label="Row to show through the chat template", precision=0, elem_id="data-row")
-        max_len = gr.Number(1024, label="Max length (tokens)", precision=0, minimum=16, elem_id="data-max-len")
+        max_len = gr.Number(_preset_max_len(shared), label="Max length (tokens)", precision=0, minimum=16,
+                            elem_id="data-max-len", info="The same as the preset's: longer rows are cut.")
         train_on_all = gr.Checkbox(False, label="Train on everything (not only the answers)",
                                    elem_id="data-train-on-all")
         train_tool_calls = gr.Checkbox(True, label="Train the assistant's tool calls (tool results never)",
@@ -311,10 +325,7 @@ def build(shared: Shared) -> None:
         overwrite = gr.Checkbox(False, label="Overwrite if the name exists", elem_id="data-overwrite")
         save_btn = gr.Button("Save", variant="primary", elem_id="data-save")
     saved = gr.Markdown(elem_id="data-save-result")
-    with gr.Row():
-        shared.dataset = gr.Dropdown(dataset_names(), value=None, label="Prepared dataset (used by Train and "
-                                     "Evaluate)", allow_custom_value=True, elem_id="data-dataset")
-        refresh = gr.Button("Refresh list", elem_id="data-refresh")
+    picked = gr.Dropdown(visible=False, allow_custom_value=True)  # the saved name, handed to the shared state
 
     model_ref = shared.model_ref if shared.model_ref is not None else gr.Textbox(visible=False)
     choices = [system_mode, system_text, name_field, author_field, train_tool_calls, long_docs]
@@ -330,8 +341,12 @@ def build(shared: Shared) -> None:
     fmt.input(inspect_data, [path, *settings], outputs, api_name="inspect_on_format", api_visibility="private")
     row.submit(show_row, [path, row, *settings], [template, notes], api_name="preview_row")
     save_btn.click(save, [path, fmt, prompt, response, system, cot_style, model_ref, name, max_len, eval_split, seed,
-                          train_on_all, overwrite, *choices], [saved, shared.dataset], api_name="prepare_data")
-    refresh.click(lambda: gr.Dropdown(choices=dataset_names()), None, shared.dataset, api_name="list_datasets")
+                          train_on_all, overwrite, *choices], [saved, picked], api_name="prepare_data")
+    # a saved dataset (chat or preference pairs) becomes the current one: Train and Evaluate pick it
+    picked.change(lambda c, name: replace(c, dataset=name).with_disk() if name else gr.skip(),
+                  [shared.current, picked], shared.current, show_progress="hidden")
+    evidence.change(lambda text: gr.Radio(visible="reasoning" in (text or "")), evidence, cot_style,
+                    show_progress="hidden")  # the chain-of-thought choice only for reasoning data
     from studio.ui.tabs import preference_data  # DPO / ORPO pairs: their own section, same file and save settings
 
-    preference_data.build(path, model_ref, max_len, name, eval_split, seed, overwrite, shared.dataset)
+    preference_data.build(path, model_ref, max_len, name, eval_split, seed, overwrite, picked)

@@ -10,23 +10,13 @@ import gradio as gr
 
 from studio.errors import StudioError
 from studio.hosted import require_login
-from studio.ui.shared import Shared
+from studio.ui.shared import Shared, cancellable
 
 TITLE = "Export"
 
 
 def _progress(progress):
     return lambda fraction, message: progress(fraction, desc=message)
-
-
-def _adapter_choices() -> list[str]:
-    from studio.adapters import adapter_names
-
-    return adapter_names()
-
-
-def refresh():
-    return gr.Dropdown(choices=_adapter_choices())
 
 
 def merge(ref, quant, adapter, out_name, gguf_types, overwrite, progress=gr.Progress()):
@@ -37,6 +27,9 @@ def merge(ref, quant, adapter, out_name, gguf_types, overwrite, progress=gr.Prog
         raise gr.Error("Pick an adapter to merge.")
     try:
         require_login("exports")
+        from studio.ui.tabs.chat import precision_for
+
+        quant = precision_for(quant, adapter)[0]  # merged in the precision it was trained in, unless chosen
         report = merge_adapter(ref, adapter, out_name, quant, bool(overwrite), _progress(progress))
         lines = [f"Merged model: `{report['path']}`"] + [f"Note: {n}" for n in report["notes"]]
         for qtype in gguf_types or []:
@@ -75,23 +68,30 @@ def push(name, repo_id, token, public, progress=gr.Progress()):
 
 
 def build(shared: Shared) -> None:
+    from studio.config import QUANT_MODES
+    from studio.ui.tabs.chat import AS_TRAINED
+
+    current = shared.current.value
     gr.Markdown("Ship a fine-tune: merge the adapter into its base (a full Hugging Face folder with the tokenizer "
                 "and chat template), optionally as **GGUF** for llama.cpp and Ollama; or zip the adapter alone. "
-                "A 4-bit or 8-bit base is dequantized before merging.")
+                "A 4-bit or 8-bit base is dequantized before merging. Nothing under exports/ is overwritten "
+                "unless you tick Overwrite.")
     model_ref = shared.model_ref or gr.Textbox(value="bundled", label="Model")
-    quant = shared.quant or gr.Dropdown(["fp32", "bf16", "4bit", "8bit"], value="fp32", label="Quantization")
     with gr.Row():
-        adapter = gr.Dropdown(choices=_adapter_choices(), allow_custom_value=True, label="Adapter",
-                              elem_id="export-adapter", scale=2)
-        refresh_btn = gr.Button("Refresh", scale=0)
+        adapter = gr.Dropdown(choices=list(current.adapters), value=current.adapter, allow_custom_value=True,
+                              label="Adapter", elem_id="export-adapter", scale=2,
+                              info="The adapter in focus is picked; new ones appear by themselves.")
+        quant = gr.Dropdown([AS_TRAINED, *QUANT_MODES], value=AS_TRAINED, label="Precision of the base",
+                            elem_id="export-precision", info="As the adapter was trained, unless you choose.")
     with gr.Row():
         out_name = gr.Textbox(value="merged-model", label="Export name (exports/...)", elem_id="export-name")
-        gguf_types = gr.CheckboxGroup(["f16", "q8_0"], value=[], label="Also write GGUF", elem_id="export-gguf")
+        gguf_types = gr.CheckboxGroup(["f16", "q8_0"], value=[], label="Also write GGUF", elem_id="export-gguf",
+                                      info="For llama.cpp and Ollama. f16: exact; q8_0: half the size.")
         overwrite = gr.Checkbox(label="Overwrite an existing export", elem_id="export-overwrite")
     with gr.Row():
         merge_btn = gr.Button("Merge and save", variant="primary", elem_id="export-merge-btn")
         zip_btn = gr.Button("Zip adapter", elem_id="export-zip-btn")
-        cancel_btn = gr.Button("Cancel", variant="stop", elem_id="export-cancel")
+        cancel_btn = gr.Button("Cancel", variant="stop", elem_id="export-cancel", interactive=False)
     result = gr.Markdown(elem_id="export-result")
     zip_file = gr.File(label="Adapter zip", elem_id="export-zip")
     with gr.Accordion("Push to the Hugging Face Hub", open=False):
@@ -103,9 +103,10 @@ def build(shared: Shared) -> None:
         push_btn = gr.Button("Push", elem_id="export-push-btn")
         push_info = gr.Markdown(elem_id="export-push-info")
 
-    refresh_btn.click(refresh, None, adapter, api_name="export_refresh")
-    merge_ev = merge_btn.click(merge, [model_ref, quant, adapter, out_name, gguf_types, overwrite], result,
-                               api_name="merge")
-    zip_ev = zip_btn.click(zip_adapter, [adapter, overwrite], [zip_file, result], api_name="zip_adapter")
-    push_ev = push_btn.click(push, [push_name, repo, token, public], push_info, api_name="push_to_hub")
-    cancel_btn.click(None, None, None, cancels=[merge_ev, zip_ev, push_ev])
+    adapter.input(shared.set("adapter"), [shared.current, adapter], shared.current)
+    shared.follow(lambda c: gr.Dropdown(choices=list(c.adapters), value=c.adapter), [adapter])
+    actions = [(merge_btn, merge, [model_ref, quant, adapter, out_name, gguf_types, overwrite], result, "merge"),
+               (zip_btn, zip_adapter, [adapter, overwrite], [zip_file, result], "zip_adapter"),
+               (push_btn, push, [push_name, repo, token, public], push_info, "push_to_hub")]
+    runs = [cancellable(btn.click, fn, inputs, outputs, api, cancel_btn) for btn, fn, inputs, outputs, api in actions]
+    cancel_btn.click(None, None, None, cancels=runs)

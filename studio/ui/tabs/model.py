@@ -38,15 +38,24 @@ def generate(ref: str, quant: str, prompt: str, max_new_tokens: float):
         raise gr.Error(str(exc)) from exc
 
 
-def build(shared: Shared) -> None:
-    from studio.models import default_model_ref
+QUANT_HELP = ("How the base is held in memory. fp32: exact, best on a CPU. bf16/fp16: half the memory on a GPU. "
+             "4bit/8bit: a GPU with little memory (QLoRA). Beginners: keep the default.")
 
+
+def build(shared: Shared) -> None:
+    current = shared.current.value
     gr.Markdown("Pick the base model to fine-tune. `bundled` is SmolLM2-135M-Instruct, shipped with the studio; "
-                "a local folder, a `.gguf` file or a hub id work too. 4bit/8bit use bitsandbytes (QLoRA).")
+                "a local folder, a `.gguf` file or a hub id work too. The default precision follows this "
+                "machine (fp32 on a CPU, 4bit on a GPU). Next: the **Data** tab.")
     with gr.Row():
-        shared.model_ref = gr.Textbox(value=default_model_ref(), label="Model", scale=3)
-        shared.quant = gr.Dropdown(list(QUANT_MODES), value="4bit", label="Quantization", scale=1)
+        shared.model_ref = gr.Textbox(value=current.model_ref, label="Model", scale=3, elem_id="model-ref",
+                                      info="`bundled`, a local folder, a .gguf file or a hub id (user/name).")
+        shared.quant = gr.Dropdown(list(QUANT_MODES), value=current.quant, label="Precision", scale=1,
+                                   elem_id="model-quant", info=QUANT_HELP)
         load_btn = gr.Button("Load", variant="primary", scale=1)
+    shared.model_ref.input(shared.set("model_ref"), [shared.current, shared.model_ref], shared.current)
+    shared.quant.input(shared.set("quant"), [shared.current, shared.quant], shared.current)
+    shared.follow(lambda c: (c.model_ref, c.quant), [shared.model_ref, shared.quant])
     info = gr.Markdown(elem_id="model-info")
     load_btn.click(load, [shared.model_ref, shared.quant], info, api_name="load_model")
     with gr.Accordion("Try it", open=True):

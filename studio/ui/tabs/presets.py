@@ -7,6 +7,8 @@ Train tab starts runs from.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import gradio as gr
 import pandas as pd
 
@@ -18,6 +20,7 @@ TITLE = "Presets"
 FROM_MODEL_TAB = "the model chosen in the Model tab"
 DETECTED = "Detected hardware"
 CUSTOM = "Custom"
+EDITED = " (edited)"
 PARTS = ("weights", "lora", "grads", "optimizer", "activations", "logits", "overhead")
 LORA_FIELDS = ("r", "alpha", "dropout", "target_modules")
 TRAIN_FIELDS = ("max_seq_len", "micro_batch", "grad_accum", "lr", "scheduler", "warmup_ratio", "epochs",
@@ -105,10 +108,9 @@ def estimate(model_choice: str, model_ref: str, device: str, memory_gb: float, *
 
 
 def bar_frame(breakdown: dict, memory_gb: float) -> pd.DataFrame:
-    """Two stacked bars: the estimate by part, and the memory available."""
-    rows = [{"bar": "estimate", "part": part, "GB": float(breakdown.get(part, 0.0))} for part in PARTS]
-    rows.append({"bar": "available", "part": "available", "GB": float(memory_gb or 0)})
-    return pd.DataFrame(rows)
+    """The estimate by part, one bar each (the memory available is in the verdict above: drawn beside
+    the parts, a 25 GB machine would flatten them to nothing)."""
+    return pd.DataFrame([{"part": part, "GB": round(float(breakdown.get(part, 0.0)), 3)} for part in PARTS])
 
 
 def recommend(model_choice: str, model_ref: str, device: str, memory_gb: float):
@@ -144,42 +146,66 @@ def save(name: str, device: str, memory_gb: float, *values):
 
 
 def _fields(values: list) -> list:
-    """Every editable field of a preset, in the order `preset_values` fills them, set to `values`."""
+    """Every editable field of a preset, in the order `preset_values` fills them, set to `values`.
+    The few a beginner may change come first; the rest sit in a closed accordion."""
     v = iter(values)
-    quant = gr.Dropdown(list(QUANT_MODES), value=next(v), label="Quantization", elem_id="preset-quant")
     with gr.Row():
-        lora = [gr.Number(value=next(v), label="LoRA rank r", precision=0, elem_id="preset-r"),
-                gr.Number(value=next(v), label="LoRA alpha", precision=0),
-                gr.Number(value=next(v), label="LoRA dropout", step=0.01),
-                gr.Textbox(value=next(v), label="Target modules", elem_id="preset-targets")]
+        quant = gr.Dropdown(list(QUANT_MODES), value=next(v), label="Precision of the base",
+                            info="fp32 on a CPU; 4bit (QLoRA) when GPU memory is short.", elem_id="preset-quant")
+        lora = [gr.Number(value=next(v), label="LoRA rank", precision=0, elem_id="preset-r",
+                          info="Capacity of the adapter: 8-16 is usual. Higher: more to learn, more memory."),
+                gr.Number(value=next(v), label="LoRA alpha", precision=0,
+                          info="Strength of the adapter; keep it at 2 x rank."),
+                gr.Number(value=next(v), label="LoRA dropout", step=0.01,
+                          info="Regularisation; 0.05 is fine. Leave it."),
+                gr.Textbox(value=next(v), label="Layers to adapt", elem_id="preset-targets",
+                           info="all-linear adapts every projection. Leave it.")]
     with gr.Row():
-        size = [gr.Number(value=next(v), label="Max sequence length", precision=0, elem_id="preset-seq"),
-                gr.Number(value=next(v), label="Micro batch", precision=0, elem_id="preset-batch"),
-                gr.Number(value=next(v), label="Gradient accumulation", precision=0),
-                gr.Number(value=next(v), label="Learning rate")]
-    with gr.Row():
-        schedule = [gr.Dropdown(list(SCHEDULERS), value=next(v), label="Scheduler"),
-                    gr.Number(value=next(v), label="Warmup ratio", step=0.01),
-                    gr.Number(value=next(v), label="Epochs"),
-                    gr.Number(value=next(v), label="Max steps (-1: use epochs)", precision=0)]
-    with gr.Row():
-        compute = [gr.Checkbox(value=next(v), label="Gradient checkpointing", elem_id="preset-ckpt"),
-                   gr.Dropdown(list(OPTIMIZERS), value=next(v), label="Optimizer"),
-                   gr.Dropdown(list(PRECISIONS), value=next(v), label="Precision"),
-                   gr.Checkbox(value=next(v), label="Packing")]
-    with gr.Row():
-        cadence = [gr.Number(value=next(v), label="Log every N steps", precision=0),
-                   gr.Number(value=next(v), label="Eval every N steps", precision=0),
-                   gr.Number(value=next(v), label="Save every N steps", precision=0),
-                   gr.Number(value=next(v), label="Seed", precision=0)]
+        size = [gr.Number(value=next(v), label="Max length (tokens)", precision=0, elem_id="preset-seq",
+                          info="Longer rows are cut. Lower it when memory is short."),
+                gr.Number(value=next(v), label="Rows per step", precision=0, elem_id="preset-batch",
+                          info="Micro batch: rows processed at once. Lower it when memory is short."),
+                gr.Number(value=next(v), label="Accumulation", precision=0,
+                          info="Gradient accumulation: steps of rows summed before one update. Leave it."),
+                gr.Number(value=next(v), label="Learning rate", info="How big each update is; 2e-4 suits LoRA.")]
+    with gr.Accordion("Advanced (a beginner can leave these)", open=False):
+        with gr.Row():
+            schedule = [gr.Dropdown(list(SCHEDULERS), value=next(v), label="Scheduler",
+                                    info="How the learning rate changes over the run."),
+                        gr.Number(value=next(v), label="Warmup share", step=0.01,
+                                  info="Share of the steps that ramp the learning rate up."),
+                        gr.Number(value=next(v), label="Epochs", info="Passes over the data (when Max steps is -1)."),
+                        gr.Number(value=next(v), label="Max steps", precision=0,
+                                  info="Updates in total; -1 uses Epochs instead.")]
+        with gr.Row():
+            compute = [gr.Checkbox(value=next(v), label="Gradient checkpointing", elem_id="preset-ckpt",
+                                   info="Saves memory, costs time. On a CPU it is used only when RAM is short "
+                                        "(see the note under the estimate)."),
+                       gr.Dropdown(list(OPTIMIZERS), value=next(v), label="Optimizer",
+                                   info="8-bit and paged ones need a GPU; adamw_torch works everywhere."),
+                       gr.Dropdown(list(PRECISIONS), value=next(v), label="Compute precision",
+                                   info="bf16 where the hardware has it; fp32 otherwise."),
+                       gr.Checkbox(value=next(v), label="Packing", info="Several short rows in one: no padding.")]
+        with gr.Row():
+            cadence = [gr.Number(value=next(v), label="Log every N steps", precision=0),
+                       gr.Number(value=next(v), label="Evaluate every N steps", precision=0,
+                                 info="Loss on the held-out rows (the eval split)."),
+                       gr.Number(value=next(v), label="Checkpoint every N steps", precision=0,
+                                 info="A kill or Stop loses at most this many steps."),
+                       gr.Number(value=next(v), label="Seed", precision=0, info="Same seed, same run.")]
     return [quant, *lora, *size, *schedule, *compute, *cadence]
+
+
+def edited(current):
+    name = current.preset or CUSTOM
+    return gr.skip() if name.endswith(EDITED) else replace(current, preset=name + EDITED)
 
 
 def build(shared: Shared) -> None:
     from studio.presets import GPUS, list_presets, list_shapes
 
     device0, memory0 = detected_hardware()
-    start = "cpu" if device0 == "cpu" else "8gb"
+    start = shared.current.value.preset or ("cpu" if device0 == "cpu" else "8gb")
     gr.Markdown("Pick a preset for your memory and see what training will need before you press Train. "
                 "The estimate works from the model's config alone, so you can size an 8B model without "
                 "downloading it. Every field is editable; the chosen settings go to the Train tab.")
@@ -193,13 +219,14 @@ def build(shared: Shared) -> None:
         device = gr.Radio(["cuda", "cpu"], value=device0, label="Device", elem_id="preset-device")
         memory = gr.Number(value=memory0, label="Memory (GB)", elem_id="preset-memory")
     with gr.Row():
-        preset = gr.Dropdown(list_presets(), value=start, label="Preset", elem_id="preset-name")
+        preset = gr.Dropdown(list_presets(), value=start, label="Preset", elem_id="preset-name",
+                             info="Settings sized for a memory budget; the estimate below checks them.")
         recommend_btn = gr.Button("Recommend a preset", elem_id="preset-recommend")
     fields = _fields(preset_values(start))
     first = estimate(FROM_MODEL_TAB, model_ref.value, device0, memory0, *(f.value for f in fields))
     verdict = gr.Markdown(first[1], elem_id="preset-verdict")
     with gr.Row():
-        bar = gr.BarPlot(first[0], x="bar", y="GB", color="part", title="Estimated peak memory",
+        bar = gr.BarPlot(first[0], x="part", y="GB", title="Estimated peak memory by part (GB)", sort=list(PARTS),
                          elem_id="preset-bar", height=320, scale=2)
         table = gr.Markdown(first[2], elem_id="preset-breakdown")
     with gr.Row():
@@ -214,6 +241,9 @@ def build(shared: Shared) -> None:
     triggers = [c.input for c in (device, memory, *fields)] + [model_choice.change, model_ref.change]
     gr.on(triggers, estimate, inputs, outputs, api_name="estimate")
     preset.change(preset_values, preset, fields, api_name="load_preset").then(estimate, inputs, outputs)
+    preset.change(shared.set("preset"), [shared.current, preset], shared.current, show_progress="hidden")
+    for field in fields:  # an edited field: the state line says the preset was edited
+        field.input(edited, shared.current, shared.current, show_progress="hidden")
     hardware.change(hardware_choice, hardware, [device, memory]).then(estimate, inputs, outputs)
     recommend_btn.click(recommend, [model_choice, model_ref, device, memory], preset, api_name="recommend_preset")
     save_btn.click(save, [save_name, device, memory, *fields], preset, api_name="save_preset")

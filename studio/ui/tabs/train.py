@@ -1,4 +1,5 @@
-"""Train tab: start a run in the background, watch its loss, progress and log; stop, resume, delete.
+"""Train tab: pick the dataset and model, start a run in the background, watch its loss, progress and log;
+stop, resume, delete.
 
 Everything shown is read from runs/<id>/ on a timer, so closing the page or restarting the app
 loses nothing: the worker keeps training and the tab picks it up again.
@@ -7,16 +8,21 @@ loses nothing: the worker keeps training and the tab picks it up again.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import gradio as gr
 import pandas as pd
 
 from studio.errors import StudioError
 from studio.hosted import require_login
+from studio.ui import fmt
 from studio.ui.shared import Shared
 
 TITLE = "Train"
 POLL_SEC = 2.0  # how often the tab re-reads the run folder
+LOG_LINES = 25  # lines of the worker's log shown (library noise filtered; worker.log keeps everything)
+CHART_WIDTH = 1000  # px: fixed, since a chart drawn in a hidden tab measures its container as 0 px wide
+RUN_COLUMNS = ["run", "state", "step", "total_steps", "loss", "created"]
 
 
 def _run_choices() -> list[str]:
@@ -42,10 +48,14 @@ def _config_choices() -> list[str]:
 def start(name, dataset, model_ref, settings, max_steps, processes=1, accelerate_config=NO_CONFIG, method="sft",
           beta=0.1, orpo_lambda=0.1, from_adapter=""):
     from studio.jobs import launch_configs, manager
+    from studio.jobs.events import read_status
     from studio.ui.tabs.train_method import with_method
 
     try:
         require_login("training")
+        if not dataset:
+            raise StudioError("Choose a dataset to train on.",
+                              "Save one in the Data tab first; it then shows up in the Dataset list here.")
         config = launch_configs.shipped().get(accelerate_config, "")  # only the shipped examples are offered
         spec = manager.make_spec(name, dataset, model_ref, settings, int(max_steps or 0) or None,
                                  int(processes or 1), config)
@@ -53,11 +63,13 @@ def start(name, dataset, model_ref, settings, max_steps, processes=1, accelerate
         path = manager.start(spec)
     except StudioError as exc:
         raise gr.Error(str(exc)) from exc
-    gr.Info(f"Run {path.name} queued.")
-    return gr.Dropdown(choices=_run_choices(), value=path.name)
+    state = read_status(path).get("state")
+    gr.Info(f"Run {path.name} started." if state == "running" else
+            f"Run {path.name} is queued: it starts when the run training now ends.")
+    return path.name
 
 
-def _act(action, run_id):
+def _act(action, run_id) -> str:
     from studio.jobs import manager
 
     if not run_id:
@@ -68,15 +80,15 @@ def _act(action, run_id):
         result = getattr(manager, action)(run_id)
     except StudioError as exc:
         raise gr.Error(str(exc)) from exc
-    gr.Info(f"{run_id}: {result}")
+    return f"{run_id}: {result}"
 
 
 def stop(run_id):
-    _act("stop", run_id)
+    return _act("stop", run_id)
 
 
 def resume(run_id):
-    _act("resume", run_id)
+    return _act("resume", run_id)
 
 
 def delete(run_id, confirmed):
@@ -88,28 +100,77 @@ def delete(run_id, confirmed):
         manager.delete(run_id)
     except StudioError as exc:
         raise gr.Error(str(exc)) from exc
-    choices = _run_choices()
-    return gr.Dropdown(choices=choices, value=choices[0] if choices else None), False
+    return f"Deleted {run_id}."
 
 
 def progress_html(status: dict) -> str:
+    if not status:
+        return ("<div id='train-progress' data-state='' data-step='0'>No run selected yet: choose a dataset and "
+                "press <b>Start training</b>.</div>")
     step, total = status.get("step") or 0, status.get("total_steps") or 0
     share = step / total if total else 0.0
-    eta = status.get("eta_sec")
-    eta_text = f"ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}" if eta else ""
     state = status.get("state", "?")
+    eta = status.get("eta_sec")
+    eta_text = f" · about {fmt.duration(eta)} left" if eta and state == "running" else ""
+    steps = f"step {step} of {total}" if total else "waiting for the first step"
+    note = " ".join(x for x in (status.get("message", ""), status.get("fix") or "", _next_step(status)) if x)
     return (f"<div id='train-progress' data-state='{state}' data-step='{step}'>"
-            f"<b>{state}</b> · step {step} / {total or '?'} · {eta_text}"
+            f"<b>{state}</b> · {steps}{eta_text}"
             f"<div style='background:#ddd;border-radius:4px;height:14px;margin-top:4px'>"
             f"<div style='background:#f97316;width:{share:.1%};height:14px;border-radius:4px'></div></div>"
-            f"<small>{status.get('message', '')} {status.get('fix') or ''}</small></div>")
+            f"<small>{note}</small></div>")
 
 
-def loss_frame(events: list[dict]) -> pd.DataFrame | None:
-    rows = [{"step": e["step"], "loss": e[key], "series": "train" if key == "loss" else "eval"}
+def _next_step(status: dict) -> str:
+    if status.get("state") == "completed":
+        return "<b>Next:</b> open the <b>Chat</b> tab: the new adapter is already picked on the right."
+    return ""
+
+
+def loss_chart(events: list[dict]):
+    """Train and eval loss by step: integer steps on the axis, every point drawn (a single eval point too)."""
+    import altair as alt
+
+    rows = [{"step": int(e["step"]), "loss": e[key], "series": "train" if key == "loss" else "eval"}
             for e in events if e.get("type") == "log" for key in ("loss", "eval_loss") if key in e]
-    # None, not an empty frame: a LinePlot that once got an empty frame keeps nominal axes and draws no line
-    return pd.DataFrame(rows, columns=["step", "loss", "series"]) if rows else None
+    if not rows:
+        return None
+    frame = pd.DataFrame(rows, columns=["step", "loss", "series"])
+    return alt.Chart(frame, title="Loss (lower is better)").mark_line(point=alt.OverlayMarkDef(size=50)).encode(
+        x=alt.X("step:Q", axis=alt.Axis(tickMinStep=1, format="d"), title="step"),
+        y=alt.Y("loss:Q", scale=alt.Scale(zero=False), title="loss"),
+        color=alt.Color("series:N", title=None), tooltip=["series", "step", alt.Tooltip("loss:Q", format=".4f")],
+    ).properties(width=CHART_WIDTH, height=260, usermeta={"embedOptions": {"renderer": "svg", "actions": False}})
+
+
+def runs_table() -> pd.DataFrame:
+    from studio.jobs import manager
+
+    rows = [{**r, "loss": fmt.number(r["loss"]), "total_steps": r["total_steps"] or ""} for r in manager.list_runs()]
+    return pd.DataFrame(rows, columns=RUN_COLUMNS)
+
+
+def stats_line(events: list[dict]) -> str:
+    last = next((e for e in reversed(events) if e.get("type") == "log" and "loss" in e), {})
+    if not last:
+        return ""
+    line = (f"loss **{fmt.number(last.get('loss'))}** · tokens/s **{fmt.number(last.get('tokens_per_sec'))}** · "
+            f"memory **{fmt.megabytes(last.get('memory_mb'))}** · learning rate {fmt.number(last.get('lr'))}")
+    if "reward_margin" in last:  # dpo / orpo
+        line += (f" · reward margin **{fmt.number(last['reward_margin'])}** · accuracy "
+                 f"**{fmt.number(last.get('reward_accuracy'))}**")
+    return line
+
+
+def run_spec_line(path) -> str:
+    from studio.config import RunSpec, load_yaml
+
+    try:
+        spec = load_yaml(RunSpec, path / "spec.yaml")
+    except StudioError:
+        return ""
+    return (f"Run **{spec.name}**: {spec.model.ref} in {spec.model.quant} on dataset **{spec.dataset}**, "
+            f"LoRA r={spec.lora.r}, max length {spec.train.max_seq_len}, learning rate {fmt.number(spec.train.lr)}")
 
 
 def poll(run_id):
@@ -117,65 +178,116 @@ def poll(run_id):
     from studio.jobs import manager
     from studio.jobs.events import log_tail, read_events, read_status
 
-    table = pd.DataFrame(manager.list_runs(), columns=["run", "state", "step", "total_steps", "loss", "created"])
+    table = runs_table()
     if not run_id:
-        return table, progress_html({}), "", loss_frame([]), ""
+        return table, progress_html({}), "", None, ""
     try:
         path = manager.run_dir(run_id)
     except StudioError:
-        return table, progress_html({"message": f"Run {run_id} is gone."}), "", loss_frame([]), ""
+        return table, progress_html({"message": f"Run {run_id} is gone."}), "", None, ""
     status, events = read_status(path), read_events(path)
-    last = next((e for e in reversed(events) if e.get("type") == "log" and "loss" in e), {})
-    stats = (f"tokens/s **{last.get('tokens_per_sec', '-')}** · memory **{last.get('memory_mb', '-')} MB** · "
-             f"loss **{last.get('loss', '-')}** · lr {last.get('lr', '-')}")
-    if "reward_margin" in last:  # dpo / orpo
-        stats += f" · reward margin **{last['reward_margin']}** · accuracy **{last.get('reward_accuracy')}**"
-    return table, progress_html(status), stats, loss_frame(events), log_tail(path, 25)
+    stats = "\n\n".join(x for x in (run_spec_line(path), stats_line(events)) if x)
+    return table, progress_html(status), stats, loss_chart(events), log_tail(path, LOG_LINES, quiet=True)
+
+
+def controls(run_id):
+    """Stop only for a run that can be stopped, Resume only for one that can go on, Delete only when idle."""
+    from studio.jobs import manager
+    from studio.jobs.events import ACTIVE, read_status
+
+    try:
+        state = read_status(manager.run_dir(run_id)).get("state") if run_id else None
+    except StudioError:
+        state = None
+    return (gr.Button(interactive=state in ACTIVE), gr.Button(interactive=state in ("stopped", "failed")),
+            gr.Button(interactive=state is not None and state not in ("running", "stopping")))
+
+
+def what_will_train(current, settings) -> str:
+    quant = (settings or {}).get("quant", "?")
+    if not current.dataset:
+        return ("**No dataset yet.** Save one in the **Data** tab (or pick one below), then press Start training.")
+    return (f"Will train **{current.model_ref}** held in **{quant}** on dataset **{current.dataset}** with the "
+            f"settings of preset **{current.preset or 'custom'}** (change them in the Presets tab).")
 
 
 def build(shared: Shared) -> None:
     from studio.config import TrainSpec, to_dict
 
-    settings = shared.preset or gr.State({"quant": "4bit", "train": to_dict(TrainSpec())})
+    current = shared.current.value
+    settings = shared.preset or gr.State({"quant": current.quant, "train": to_dict(TrainSpec())})
     gr.Markdown("Training runs in a separate process: you can close this page or restart the app; "
                 "the run goes on and this tab picks it up again. One run trains at a time, others queue.")
+    summary = gr.Markdown(what_will_train(current, settings.value), elem_id="train-summary")
     with gr.Row():
-        name = gr.Textbox(label="Run name", value=f"run-{time.strftime('%m%d-%H%M')}", elem_id="train-name")
-        dataset = shared.dataset or gr.Textbox(label="Dataset (prepared in the Data tab)")
-        max_steps = gr.Number(label="Max steps (0 = from the preset)", value=0, precision=0, elem_id="train-max-steps")
-        processes = gr.Number(label="Processes (DDP via accelerate)", value=1, precision=0, minimum=1,
-                              elem_id="train-processes")
+        dataset = shared.dataset = gr.Dropdown(list(current.datasets), value=current.dataset, label="Dataset",
+                                               elem_id="train-dataset", info="A dataset saved in the Data tab.",
+                                               allow_custom_value=True)
+        model = gr.Textbox(current.model_ref, label="Model", elem_id="train-model",
+                           info="The base to fine-tune (the same as the Model tab).")
+        name = gr.Textbox(label="Run name", value=f"run-{time.strftime('%m%d-%H%M')}", elem_id="train-name",
+                          info="A new name for each run; nothing is overwritten.")
+    with gr.Row():
+        max_steps = gr.Number(label="Max steps", value=0, precision=0, elem_id="train-max-steps",
+                              info="0 = the preset's number. Fewer steps: a quicker, rougher try.")
+        processes = gr.Number(label="Processes", value=1, precision=0, minimum=1, elem_id="train-processes",
+                              info="Data-parallel worker processes (accelerate). Leave at 1 on one GPU or a CPU.")
         accelerate_config = gr.Dropdown(label="Accelerate config (examples/accelerate)", value=NO_CONFIG,
                                         choices=[NO_CONFIG, *_config_choices()], elem_id="train-accelerate-config",
-                                        info="FSDP / DeepSpeed ZeRO-3 across GPUs; its num_processes applies")
+                                        info="FSDP / DeepSpeed ZeRO-3 across GPUs; its num_processes applies. "
+                                             "Leave it at none on one GPU or a CPU.")
         start_btn = gr.Button("Start training", variant="primary", elem_id="train-start")
     from studio.ui.tabs import train_method
 
     method_inputs = train_method.controls()  # method (sft / dpo / orpo), beta, ORPO lambda, starting adapter
-    settings_view = gr.JSON(label="Settings (from the Presets tab)", value=settings.value)
+    with gr.Accordion("Settings for the next run (from the Presets tab)", open=False):
+        settings_view = gr.JSON(value=settings.value, elem_id="train-settings")
     settings.change(lambda s: s, settings, settings_view)
     with gr.Row():
-        run = gr.Dropdown(label="Run", choices=_run_choices(), elem_id="train-run", allow_custom_value=True)
-        stop_btn = gr.Button("Stop", elem_id="train-stop")
-        resume_btn = gr.Button("Resume", elem_id="train-resume")
-        confirm = gr.Checkbox(label="Yes, delete this run", value=False)
-        delete_btn = gr.Button("Delete", variant="stop")
+        run = gr.Dropdown(label="Run", choices=list(current.runs), value=current.run, elem_id="train-run",
+                          allow_custom_value=True, info="The run shown below (newest first).")
+        stop_btn = gr.Button("Stop", elem_id="train-stop", interactive=False)
+        resume_btn = gr.Button("Resume", elem_id="train-resume", interactive=False)
+        confirm = gr.Checkbox(label="Yes, delete this run", value=False, elem_id="train-delete-confirm")
+        delete_btn = gr.Button("Delete", variant="stop", elem_id="train-delete", interactive=False)
+    action_info = gr.Markdown(elem_id="train-action")
     progress = gr.HTML(progress_html({}))
     stats = gr.Markdown(elem_id="train-stats")
-    plot = gr.LinePlot(None, x="step", y="loss", color="series", title="Loss", elem_id="train-loss",
-                       height=280)
-    log = gr.Textbox(label="Log (tail)", lines=10, max_lines=10, elem_id="train-log")
-    table = gr.Dataframe(label="Runs", interactive=False, elem_id="train-runs")
+    plot = gr.Plot(label="Loss", elem_id="train-loss")
+    log = gr.Textbox(label="Log (newest last; library notices are kept in worker.log only)", lines=12,
+                     max_lines=12, autoscroll=True, elem_id="train-log")
+    table = gr.Dataframe(runs_table(), headers=RUN_COLUMNS, label="Runs", interactive=False, elem_id="train-runs")
+    _wire(shared, settings, summary, dataset, model, name, max_steps, processes, start_btn, run,
+          (stop_btn, resume_btn, confirm, delete_btn, action_info), [table, progress, stats, plot, log],
+          [accelerate_config, *method_inputs])
 
-    start_btn.click(start, [name, dataset, shared.model_ref, settings, max_steps, processes, accelerate_config,
-                            *method_inputs], run,
-                    api_name="start_training")
-    stop_btn.click(stop, run, None, api_name="stop_training")
-    resume_btn.click(resume, run, None, api_name="resume_training")
-    delete_btn.click(delete, [run, confirm], [run, confirm])
-    outputs = [table, progress, stats, plot, log]
+
+def _wire(shared, settings, summary, dataset, model, name, max_steps, processes, start_btn, run, buttons,
+          outputs, extra_inputs) -> None:
+    stop_btn, resume_btn, confirm, delete_btn, action_info = buttons
+    current = shared.current
+    dataset.input(shared.set("dataset"), [current, dataset], current)
+    model.input(shared.set("model_ref"), [current, model], current)
+    run.input(shared.set("run"), [current, run], current)
+    shared.follow(lambda c: (gr.Dropdown(choices=list(c.datasets), value=c.dataset), c.model_ref,
+                             gr.Dropdown(choices=list(c.runs), value=c.run)), [dataset, model, run])
+    shared.follow(what_will_train, [summary], [settings])
+    settings.change(what_will_train, [current, settings], summary)
+    started = gr.Textbox(visible=False)  # the new run's name: a failed Start leaves no error mark on an input
+    start_btn.click(start, [name, dataset, model, settings, max_steps, processes, *extra_inputs], started,
+                    api_name="start_training").success(lambda c, new: c.with_disk() if c.run == new else
+                                                       replace(c, run=new).with_disk(), [current, started], current)
+    stop_btn.click(stop, run, action_info, api_name="stop_training")
+    resume_btn.click(resume, run, action_info, api_name="resume_training")
+    delete_btn.click(delete, [run, confirm], action_info).success(
+        lambda: False, None, confirm).then(lambda c: c.with_disk(), current, current)
     run.change(poll, run, outputs, api_name="run_status")
+    run.change(controls, run, [stop_btn, resume_btn, delete_btn], show_progress="hidden")
     # after a page reload or app restart: list every run (also those started elsewhere), newest selected
     shared.on_page_load.append((_latest_run, run))
-    gr.Timer(POLL_SEC).tick(poll, run, outputs, show_progress="hidden")
+    timer = gr.Timer(POLL_SEC)
+    timer.tick(poll, run, outputs, show_progress="hidden")
+    timer.tick(controls, run, [stop_btn, resume_btn, delete_btn], show_progress="hidden")
+    from studio.ui.tabs import train_method
+
     train_method.preference_plot(run, POLL_SEC)  # reward margin and accuracy of dpo / orpo runs, live
