@@ -347,13 +347,18 @@ def answer_logps(model, tokenizer, rows: list[dict], batch_size: int = 8, progre
 
 
 def preference_scores(chosen: list[float], rejected: list[float], base: tuple[list[float], list[float]] | None,
-                      beta: float) -> dict:
+                      beta: float, lengths: tuple[list[int], list[int]] | None = None) -> dict:
     """Preference accuracy (chosen more likely than rejected), mean log-prob margin, and, against the base as
-    reference, DPO's implicit reward margin beta * (log-ratio chosen - log-ratio rejected) and its accuracy."""
+    reference, DPO's implicit reward margin beta * (log-ratio chosen - log-ratio rejected) and its accuracy.
+    With the answers' token counts, also the length-normalized accuracy (mean log-prob per answer token, which
+    does not favour the shorter answer as the summed log-prob does)."""
     n = len(chosen)
     margins = [c - r for c, r in zip(chosen, rejected, strict=True)]
     scores = {"pairs": n, "preference_accuracy": round(sum(m > 0 for m in margins) / n, 4),
               "mean_logp_margin": round(sum(margins) / n, 4)}
+    if lengths is not None:
+        per_token = [c / max(lc, 1) > r / max(lr, 1) for c, r, lc, lr in zip(chosen, rejected, *lengths, strict=True)]
+        scores["normalized_accuracy"] = round(sum(per_token) / n, 4)
     if base is not None:
         rewards = [beta * ((c - bc) - (r - br)) for c, r, bc, br in zip(chosen, rejected, *base, strict=True)]
         scores["mean_reward_margin"] = round(sum(rewards) / n, 4)
@@ -378,7 +383,9 @@ def compare_preference(ref: str, quant: str, dataset_name: str, adapters: list[s
 
         with engine.use(_adapter(name)) as model:  # the engine swaps adapters; the base is adapters disabled
             logps[name] = answer_logps(model, engine.tokenizer, rows, batch_size, step, should_stop)
-    results = {name: preference_scores(*logps[name], logps[BASE] if name != BASE else None, beta) for name in names}
+    lengths = ([len(r["chosen_ids"]) for r in rows], [len(r["rejected_ids"]) for r in rows])
+    results = {name: preference_scores(*logps[name], logps[BASE] if name != BASE else None, beta, lengths)
+               for name in names}
     results[BASE].update(mean_reward_margin=0.0, reward_accuracy=None)
     report = {"kind": "preference", "model": ref, "quant": quant, "dataset": dataset_name, "beta": beta,
               "results": results, "created": time.strftime("%Y-%m-%d %H:%M:%S")}

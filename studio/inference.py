@@ -108,6 +108,15 @@ def adapter_system_turn(adapter: str | None) -> dict | None:
     return system_turn((meta or {}).get("system_prompt")) if isinstance(meta, dict) else None
 
 
+def with_adapter_system(messages: list[dict], adapter: str | None) -> list[dict]:
+    """The messages, started with the adapter's saved system turn where they bring no system turn of
+    their own: Chat, the CLI and the API prompt an adapter the way its training data did."""
+    if messages and messages[0].get("role") == "system":
+        return messages
+    turn = adapter_system_turn(adapter)
+    return [turn, *messages] if turn is not None else messages
+
+
 def stop_token_ids(tokenizer, model) -> list[int]:
     """Token ids that end an answer: the generation config's eos ids (an int or a list) and the tokenizer's."""
     found = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
@@ -439,7 +448,7 @@ class Engine:
         """
         settings.validate()
         check_messages(messages)
-        ids = encode_chat(self.tokenizer, messages)[0].tolist()
+        ids = encode_chat(self.tokenizer, with_adapter_system(messages, adapter))[0].tolist()
         swaps, folds = len(self.swap_ms), len(self.fold_ms)
         request = self.submit(ids, adapter, sampling_of(settings))
         yield from request.stream()
@@ -458,9 +467,10 @@ class Engine:
         """
         settings.validate()
         check_messages(messages)
-        ids = encode_chat(self.tokenizer, messages)[0].tolist()
+        left_ids, right_ids = (encode_chat(self.tokenizer, with_adapter_system(messages, a))[0].tolist()
+                               for a in (left, right))
         sink: queue.Queue = queue.Queue()
-        pair = self.submit_many([(ids, left), (ids, right)], sampling_of(settings), sink)
+        pair = self.submit_many([(left_ids, left), (right_ids, right)], sampling_of(settings), sink)
         texts = {id(r): "" for r in pair}
         start = time.perf_counter()
         ended = 0
@@ -526,13 +536,15 @@ _loading: dict[tuple[str, str], threading.Lock] = {}  # one lock per (ref, quant
 
 
 def get_engine(ref: str = "bundled", quant: str = "fp32", progress=None) -> Engine:
-    """The process-wide engine for (ref, quant), loaded on first use (at most MAX_ENGINES kept).
+    """The process-wide engine for (ref, quant), loaded on first use (at most MAX_ENGINES kept, the least
+    recently used dropped first).
 
     A load holds only its own (ref, quant) lock: users of engines already loaded are not kept waiting.
     """
     key = (ref, quant)
     with _engines_lock:
         if key in _engines:
+            _engines[key] = _engines.pop(key)  # most recently used last: the API serves it, eviction spares it
             return _engines[key]
         loading = _loading.setdefault(key, threading.Lock())
     with loading:
@@ -549,6 +561,7 @@ def get_engine(ref: str = "bundled", quant: str = "fp32", progress=None) -> Engi
 
 
 def loaded_engines() -> list[Engine]:
+    """The loaded engines, least recently used first (the app's API serves the last)."""
     with _engines_lock:
         return list(_engines.values())
 

@@ -108,11 +108,12 @@ def evaluate_preference(args) -> int:
 
     report = compare_preference(args.model, args.quant, args.dataset, args.adapter, args.beta, args.max_rows,
                                 args.batch_size, _progress)
-    lines = [f"{'model':24} {'pref. accuracy':>14} {'logp margin':>11} {'reward margin':>13} {'reward acc.':>11}"]
+    lines = [f"{'model':24} {'pref. accuracy':>14} {'per-token acc.':>14} {'logp margin':>11} {'reward margin':>13} "
+             f"{'reward acc.':>11}"]
     for name, r in report["results"].items():
         acc = "-" if r.get("reward_accuracy") is None else f"{r['reward_accuracy']:.3f}"
-        lines.append(f"{name:24} {r['preference_accuracy']:14.3f} {r['mean_logp_margin']:11.3f} "
-                     f"{r['mean_reward_margin']:13.4f} {acc:>11}")
+        lines.append(f"{name:24} {r['preference_accuracy']:14.3f} {r['normalized_accuracy']:14.3f} "
+                     f"{r['mean_logp_margin']:11.3f} {r['mean_reward_margin']:13.4f} {acc:>11}")
     lines += ["", f"{report['results']['base']['pairs']} held-out pairs of {args.dataset}; reward margin = beta "
               f"{args.beta} x (log-ratio chosen - log-ratio rejected) against the base", "",
               "saved: " + ", ".join(report["saved_to"])]

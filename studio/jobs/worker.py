@@ -127,7 +127,10 @@ def trainer_class():
         return SFTTrainer
 
     class CpuSFTTrainer(SFTTrainer):
-        fused_loss: bool | None = None  # decided on the first step (`_fused_loss_holds`)
+        # The chunked LM head (`cpu_speed.fused_lm_loss`): None decides on the first step (`_fused_loss_holds`).
+        # Off in the recipe until a quiet-machine measurement shows it faster: the only one so far (load
+        # 16-20 on 2 cores, docs/benchmarks.md) could not tell it from noise.
+        fused_loss: bool | None = False
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             inputs["use_cache"] = False  # packed rows are kept apart only without a KV cache

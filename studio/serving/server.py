@@ -60,7 +60,7 @@ def serve(host: str, port: int, model: str, quant: str, adapters: dict[str, Path
 
 
 def app_backend():
-    """The Gradio app's backend: the engine the Chat tab loaded last, else the default model in fp32."""
+    """The Gradio app's backend: the engine the Chat tab used last, else the default model in fp32."""
     from studio.serving.api import Backend
 
     def engine():

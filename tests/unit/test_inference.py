@@ -181,3 +181,27 @@ def test_loading_an_adapter_while_another_is_merged_keeps_the_books_right(tiny_m
     stats: dict = {}
     assert "".join(engine.answer(ASK, SETTINGS, "good", stats=stats)) == expected
     assert stats["merge_ms"] > 0 and engine.stats()["folded"] == "good"  # merged again, and says so
+
+
+def test_engines_are_kept_by_last_use_and_a_load_keeps_no_one_else_waiting(tiny_model_dir, bundled_dir):
+    import threading
+    import time
+
+    from studio import inference
+
+    tiny = get_engine(str(tiny_model_dir), "fp32")
+    loading = threading.Thread(target=get_engine, args=(str(bundled_dir), "fp32"))
+    loading.start()
+    deadline = time.time() + 60
+    while (str(bundled_dir), "fp32") not in inference._loading and loading.is_alive():
+        assert time.time() < deadline
+        time.sleep(0.001)
+    start = time.perf_counter()
+    assert get_engine(str(tiny_model_dir), "fp32") is tiny  # while the bundled model loads
+    waited = time.perf_counter() - start
+    still_loading = loading.is_alive()
+    loading.join()
+    assert not still_loading or waited < 0.5  # served at once, not after the other load
+    assert inference.loaded_engines()[-1].ref == str(bundled_dir)
+    get_engine(str(tiny_model_dir), "fp32")
+    assert inference.loaded_engines()[-1] is tiny  # the last used is what the app's API serves

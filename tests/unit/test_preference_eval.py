@@ -16,6 +16,8 @@ def test_scores_count_pairs_where_chosen_is_more_likely_and_reward_against_the_b
     scores = preference_scores([-1.0, -5.0, -2.0, -3.0], [-2.0, -4.0, -6.0, -3.5], ([-2.0] * 4, [-2.0] * 4), 0.5)
     assert scores["preference_accuracy"] == 0.75 and scores["mean_logp_margin"] == pytest.approx(1.125)
     assert scores["mean_reward_margin"] == pytest.approx(0.5 * 1.125) and scores["reward_accuracy"] == 0.75
+    normalized = preference_scores([-4.0], [-6.0], None, 0.1, ([2], [6]))  # -2 per token vs -1 per token
+    assert normalized["preference_accuracy"] == 1.0 and normalized["normalized_accuracy"] == 0.0
 
 
 def test_base_is_measured_on_held_out_pairs_and_sft_data_is_refused(tmp_path, tiny_model_dir):
