@@ -53,7 +53,7 @@ def first_loss_check(ref: str, name: str, run_dir: Path) -> dict:
     best = None
     for row in load_prepared(name).train:
         ids, mask = list(row["input_ids"]), list(row["assistant_masks"])
-        text = tok.decode(ids, skip_special_tokens=False)
+        text = tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
         if tok.bos_token and text.startswith(tok.bos_token):
             text = text[len(tok.bos_token):]
         plain = tok(text)["input_ids"]  # transformers' own special tokens: BOS where the tokenizer adds it
@@ -146,6 +146,7 @@ def main() -> int:
     parser.add_argument("--workspace", default=None)
     parser.add_argument("--data", default="assets/hinglish_demo.jsonl", help="a sample dataset of the repo")
     parser.add_argument("--max-len", type=int, default=192)
+    parser.add_argument("--reuse", action="store_true", help="check the run already in --workspace again")
     args = parser.parse_args()
     ws = Path(args.workspace or tempfile.mkdtemp(prefix="studio-e2e-"))
     ws.mkdir(parents=True, exist_ok=True)
@@ -158,17 +159,20 @@ def main() -> int:
     from studio.templates import describe
 
     report = {"model": args.model, "template": describe(load_tokenizer(args.model))}
-    store.prepare(ROOT / args.data, args.model, args.name, max_len=args.max_len, eval_split=0.1,
-                  cot_style="answer", overwrite=True)
+    if not args.reuse:
+        store.prepare(ROOT / args.data, args.model, args.name, max_len=args.max_len, eval_split=0.1,
+                      cot_style="answer", overwrite=True)
     spec = RunSpec(name=args.name, dataset=args.name, model=ModelSpec(ref=args.model, quant="fp32"),
                    lora=LoraSpec(r=16, alpha=32, dropout=0.0, target_modules="all-linear"),
                    train=TrainSpec(max_seq_len=args.max_len, micro_batch=1, grad_accum=1, lr=1e-3, warmup_ratio=0.0,
                                    max_steps=args.steps, save_steps=1000, eval_steps=0,
                                    gradient_checkpointing=False, optimizer="adamw_torch", precision="fp32",
                                    packing=False))
-    run_dir = manager.create(spec)
+    run_dir = ws / "runs" / args.name
     start = time.time()
-    worker.train(run_dir, foreground=True)
+    if not (args.reuse and (run_dir / "adapter").is_dir()):  # --reuse: check a finished run again
+        run_dir = manager.create(spec)
+        worker.train(run_dir, foreground=True)
     report["train_seconds"] = round(time.time() - start, 1)
     report["first_loss"] = first_loss_check(args.model, args.name, run_dir)
     report["stops"] = stop_check(args.model, run_dir.name)
