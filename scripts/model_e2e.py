@@ -51,23 +51,25 @@ def first_loss_check(ref: str, name: str, run_dir: Path) -> dict:
     tok = AutoTokenizer.from_pretrained(folder)  # plain transformers: no studio code below
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     best = None
-    for row in load_prepared(name).train:
+    for index, row in enumerate(load_prepared(name).train):  # the row the first step trained on: closest loss
         ids, mask = list(row["input_ids"]), list(row["assistant_masks"])
-        text = tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-        if tok.bos_token and text.startswith(tok.bos_token):
-            text = text[len(tok.bos_token):]
-        plain = tok(text)["input_ids"]  # transformers' own special tokens: BOS where the tokenizer adds it
-        if plain != ids:
-            continue
         with_bos = row_losses(model, tok, ids, mask)
         if best is None or abs(with_bos - first) < abs(best["with_bos"] - first):
-            no_bos = row_losses(model, tok, ids[1:], mask[1:]) if ids[0] == tok.bos_token_id else with_bos
-            best = {"with_bos": with_bos, "without_bos": no_bos, "bos_count": ids.count(tok.bos_token_id)
-                    if tok.bos_token_id is not None else 0}
+            best = {"row": index, "ids": ids, "mask": mask, "with_bos": with_bos}
             if abs(with_bos - first) < 1e-4:
-                break  # found the row the first step trained on
-    return {"first_step_loss": first, "transformers_loss_with_bos": round(best["with_bos"], 4),
-            "same_row_without_bos": round(best["without_bos"], 4), "bos_in_row": best["bos_count"],
+                break
+    ids, mask = best["ids"], best["mask"]
+    text = tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    if tok.bos_token and text.startswith(tok.bos_token):
+        text = text[len(tok.bos_token):]
+    plain = tok(text)["input_ids"]  # transformers' own special tokens: BOS where the tokenizer adds it
+    bos = tok.bos_token_id
+    no_bos = row_losses(model, tok, ids[1:], mask[1:]) if bos is not None and ids[0] == bos else best["with_bos"]
+    return {"first_step_loss": round(first, 4), "row": best["row"], "row_tokens": len(ids),
+            "trained_tokens": sum(mask), "transformers_loss_with_bos": round(best["with_bos"], 4),
+            "same_row_without_bos": round(no_bos, 4), "bos_in_row": ids.count(bos) if bos is not None else 0,
+            "starts_with_bos": bos is not None and ids[0] == bos,
+            "plain_retokenization_same_ids": plain[:len(ids)] == ids,
             "equal": abs(best["with_bos"] - first) < 2e-3}
 
 
