@@ -76,9 +76,27 @@ def load_data(spec: RunSpec, tokenizer):
                        f"({prepared.meta.get('model_ref')}), not for {spec.model.ref}.",
                        f"Prepare the data again with model {spec.model.ref} in the Data tab.")
     columns = ["input_ids", "assistant_masks"]
-    train = prepared.train.select_columns(columns)
+    train = trained_within(prepared.train.select_columns(columns), spec.train.max_seq_len, "training")
     evaluation = prepared.eval.select_columns(columns) if prepared.eval is not None and len(prepared.eval) else None
+    if evaluation is not None:
+        evaluation = trained_within(evaluation, spec.train.max_seq_len, "evaluation")
+        evaluation = evaluation if len(evaluation) else None
+    if not len(train):
+        raise RunError(f"No training row of {spec.dataset!r} has an answer token within the run's max length "
+                       f"({spec.train.max_seq_len}): every answer would be cut off.",
+                       "Raise the max length in the Presets tab (or train.max_seq_len), or prepare shorter rows.")
     return prepared, train, evaluation
+
+
+def trained_within(rows, max_len: int, split: str):
+    """The rows with at least one trained token within `max_len`. The trainer cuts rows at the run's max
+    length, which may be below the one the dataset was prepared with: a row whose answer lies wholly
+    beyond it would train nothing (a step of such rows logs a loss of 0), so it is left out, and said."""
+    kept = rows.filter(lambda row: any(row["assistant_masks"][:max_len]))
+    if len(kept) < len(rows):
+        print(f"[studio] {len(rows) - len(kept):,} of {len(rows):,} {split} rows left out: their answer starts "
+              f"beyond the run's max length {max_len} (raise it to train on them)", flush=True)
+    return kept
 
 
 def build_model(spec: RunSpec, recompute: bool):
