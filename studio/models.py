@@ -239,7 +239,19 @@ def load_tokenizer(ref: str = BUNDLED, trust_remote_code: bool = False, progress
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    from studio import templates
+
+    templates.prepare_tokenizer(tokenizer, _config_or_none(path))  # the one template choice, with its "why"
     return tokenizer
+
+
+def _config_or_none(path: str):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(path)
+    except (OSError, ValueError):
+        return None
 
 
 def load_model(ref: str = BUNDLED, quant: str = "fp32", device: str | None = None,
@@ -254,17 +266,25 @@ def load_model(ref: str = BUNDLED, quant: str = "fp32", device: str | None = Non
     path = resolve(ref, progress)
     progress(0.8 if ref == BUNDLED else 0.2, f"Loading {ref} ({quant}) on {device}...")
     tokenizer = load_tokenizer(path, trust_remote_code)
+    kwargs = dict(dtype=_torch_dtype(quant, device), quantization_config=qconfig,
+                  device_map={"": device} if (qconfig is not None or device.startswith("cuda")) else None,
+                  trust_remote_code=trust_remote_code, low_cpu_mem_usage=True)
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=_torch_dtype(quant, device), quantization_config=qconfig,
-            device_map={"": device} if (qconfig is not None or device.startswith("cuda")) else None,
-            trust_remote_code=trust_remote_code, attn_implementation="sdpa", low_cpu_mem_usage=True)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa", **kwargs)
+        except ValueError as exc:  # e.g. Gemma-2 (soft-capped attention) has no SDPA kernel: eager it is
+            if "attention implementation" not in str(exc):
+                raise
+            model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager", **kwargs)
     except torch.cuda.OutOfMemoryError as exc:
         raise ModelError(f"Out of GPU memory while loading {ref} in {quant}.",
                          "Choose 4bit, or a smaller model, or close other GPU programs.") from exc
     except (OSError, ValueError) as exc:
         raise ModelError(f"Cannot load the model from {path}: {exc}",
                          "Check the folder has config.json and *.safetensors weights.") from exc
+    from studio import templates
+
+    templates.prepare_model(model, tokenizer)  # fallback markers get rows; generation stops on every end of turn
     model.eval()
     progress(1.0, f"Loaded {ref} in {time.time() - start:.1f} s.")
     return LoadedModel(model, tokenizer, ref, path, quant, device, time.time() - start)
@@ -286,7 +306,20 @@ def model_info(loaded: LoadedModel) -> dict:
         "vocab_size": getattr(config, "vocab_size", None),
         "quant": loaded.quant,
         "device": loaded.device,
-        "chat_template": bool(getattr(loaded.tokenizer, "chat_template", None)),
+        "chat_template": _template_why(loaded.tokenizer),
+        "stop_ids": _stop_ids(loaded.tokenizer),
         "memory_footprint_mb": round(model.get_memory_footprint() / 2**20, 1),
         "load_seconds": round(loaded.load_seconds, 2),
     }
+
+
+def _template_why(tokenizer) -> str:
+    from studio import templates
+
+    return templates.describe(tokenizer)
+
+
+def _stop_ids(tokenizer) -> list[int]:
+    from studio import templates
+
+    return templates.current(tokenizer).stop_ids

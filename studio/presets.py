@@ -175,6 +175,10 @@ def model_shape(ref: str) -> dict:
     if key == "bundled":
         return _bundled_shape()
     path = Path(ref).expanduser()
+    if path.suffix == ".gguf":  # converted once into a plain HF folder (cached under STUDIO_HOME), then read
+        from studio.models import resolve
+
+        return _read_config(Path(resolve(str(path))) / "config.json")
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelError(f"The folder {path} has no config.json.", "Point to a Hugging Face model folder.")
@@ -201,8 +205,10 @@ def _cached_hub_config(ref: str) -> dict:
         cached = None
     if isinstance(cached, str):
         return _read_config(Path(cached))
-    raise ModelError(f"No config for {ref!r}: it is not a shipped shape, a local folder or a cached hub model.",
-                     f"Use one of {', '.join(list_shapes())}, 'bundled', or a folder with config.json.")
+    raise ModelError(f"No config for {ref!r}: it is not a local folder or .gguf file, a shipped shape, or a "
+                     "hub model in the local cache.",
+                     "Give the model's folder (with config.json) or its .gguf file; for a hub id, download it "
+                     f"once where a hub is reachable. Shipped shapes: {', '.join(list_shapes())}.")
 
 
 def _read_config(path: Path) -> dict:
@@ -227,17 +233,19 @@ class Shape:
     vocab: int
     tied: bool
     fused: bool  # Phi-3 style fused qkv_proj and gate_up_proj
+    window: int = 0  # sliding-window attention span (Mistral, Gemma-2/3 local layers); 0 = full
 
     @classmethod
     def of(cls, config: dict) -> Shape:
         try:
             hidden, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
-            return cls(hidden=hidden, inter=int(config["intermediate_size"]),
+            inter = config.get("intermediate_size") or config.get("ffn_dim") or config.get("n_inner") or 4 * hidden
+            return cls(hidden=hidden, inter=int(inter), window=_window(config),
                        layers=int(config["num_hidden_layers"]), heads=heads,
                        kv_heads=int(config.get("num_key_value_heads") or heads),
                        head_dim=int(config.get("head_dim") or hidden // heads), vocab=int(config["vocab_size"]),
                        tied=bool(config.get("tie_word_embeddings", False)),
-                       fused=config.get("model_type") in ("phi3", "phimoe"))
+                       fused=_fused(config))
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"The model config lacks a size field ({exc}).",
                              "Give a decoder-only model config with hidden_size, intermediate_size, "
@@ -251,6 +259,21 @@ class Shape:
         mlp = ({"gate_up_proj": (self.hidden, 2 * self.inter)} if self.fused else
                {"gate_proj": (self.hidden, self.inter), "up_proj": (self.hidden, self.inter)})
         return {**attn, "o_proj": (q, self.hidden), **mlp, "down_proj": (self.inter, self.hidden)}
+
+
+def _window(config: dict) -> int:
+    """The sliding window when every layer slides (Mistral); 0 where some layers attend globally
+    (Gemma-2/3 alternate local and global layers: the global ones set the peak)."""
+    window = int(config.get("sliding_window") or 0)
+    if config.get("use_sliding_window") is False or "full_attention" in (config.get("layer_types") or []):
+        return 0
+    return window
+
+
+def _fused(config: dict) -> bool:
+    """Phi-3 style fused projections: named by the architecture, not a table of layouts."""
+    archs = " ".join(config.get("architectures") or []).lower()
+    return config.get("model_type") in ("phi3", "phimoe") or "phi3" in archs
 
 
 def _targets(shape: Shape, lora: LoraSpec) -> dict[str, tuple[int, int]]:
@@ -340,7 +363,8 @@ def _attention_bytes(shape: Shape, train: TrainSpec, act_bytes: int, rows: int) 
     """
     if act_bytes != 4:
         return 0.0
-    return rows * shape.heads * train.max_seq_len ** 2 * ATTN_SCORE_BYTES
+    span = min(train.max_seq_len, shape.window) if shape.window else train.max_seq_len  # sliding window
+    return rows * shape.heads * train.max_seq_len * span * ATTN_SCORE_BYTES
 
 
 def estimate_preset(model_config: dict, preset: Preset) -> Estimate:

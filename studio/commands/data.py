@@ -171,7 +171,9 @@ def _print_report(report, tokenized: bool) -> None:
         print(f"placeholder {found}; replace with --replace name=TEXT,author=TEXT")
     if report.identity_rows:
         print(f"identity    {report.identity_rows} rows say who the assistant is; check the name and maker")
-    for note in [report.template_warning, *report.notes]:
+    if report.template_warning:
+        print(f"template    {report.template_warning}")
+    for note in report.notes:
         if note:
             print(f"note        {note}")
     stats = report.token_stats
@@ -244,6 +246,8 @@ def prepare(args) -> int:
                            train_on_all=args.train_on_all, seed=args.seed, overwrite=args.overwrite,
                            progress=_progress, options=options(args), long_docs=args.long_docs)
     meta = read_json(folder / "meta.json", {})
+    if meta.get("template_warning"):
+        print(f"template    {meta['template_warning']}")
     counts = meta["counts"]
     print(f"saved {folder}: {counts['train']} train, {counts['eval']} eval rows from {counts['rows_ok']} usable "
           f"of {counts['rows_in']} ({counts['rows_invalid']} invalid, {counts['duplicates']} duplicates; "

@@ -6,6 +6,7 @@ import json
 import sys
 
 from studio.config import QUANT_MODES
+from studio.export import GGUF_TYPES
 
 
 def add(sub) -> None:
@@ -50,7 +51,7 @@ def add(sub) -> None:
     e.add_argument("--quant", default="fp32", choices=QUANT_MODES, help="4bit/8bit bases are dequantized first")
     e.add_argument("--adapter", required=True)
     e.add_argument("--out", required=True, help="folder name under exports/")
-    e.add_argument("--gguf", nargs="*", default=[], choices=("f16", "q8_0"), help="also write these GGUF files")
+    e.add_argument("--gguf", nargs="*", default=[], choices=GGUF_TYPES, help="also write these GGUF files")
     e.add_argument("--overwrite", action="store_true")
     e.set_defaults(func=export_merge)
     e = esub.add_parser("adapter", help="zip an adapter into exports/<name>.zip")
@@ -60,7 +61,7 @@ def add(sub) -> None:
     e = esub.add_parser("gguf", help="write an HF model folder as GGUF (llama.cpp, Ollama)")
     e.add_argument("folder", help="a merged (or any Llama-architecture) HF folder")
     e.add_argument("--out", required=True, help="file name under exports/ (without .gguf)")
-    e.add_argument("--type", default="q8_0", choices=("f16", "q8_0"))
+    e.add_argument("--type", default="q8_0", choices=GGUF_TYPES)
     e.add_argument("--overwrite", action="store_true")
     e.set_defaults(func=export_gguf)
     e = esub.add_parser("push", help="upload an exported folder or file to the Hugging Face Hub")

@@ -72,8 +72,10 @@ def info(args) -> int:
 def generate(args) -> int:
     from studio.inference import GenerationSettings, stream_chat
     from studio.models import load_model
+    from studio.templates import describe
 
     loaded = load_model(args.model, args.quant, trust_remote_code=args.trust_remote_code, progress=_progress)
+    print(f"template: {describe(loaded.tokenizer)}", file=sys.stderr)
     messages = ([{"role": "system", "content": args.system}] if args.system else [])
     messages.append({"role": "user", "content": args.prompt})
     for piece in stream_chat(loaded.model, loaded.tokenizer, messages,

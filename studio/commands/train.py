@@ -40,7 +40,14 @@ def train(args) -> int:
         return 0
     path = manager.create(spec)
     print(f"training {path.name} in the foreground (run folder {path})", file=sys.stderr)
-    state = worker.train(path, foreground=True)
+    try:
+        state = worker.train(path, foreground=True)
+    except BaseException as exc:  # the real error lands in status.json, so `runs show` and the Train tab show it
+        import time
+
+        message, fix = worker.explain_failure(exc, spec)
+        worker.Status(path, enabled=True).update(state="failed", finished=time.time(), message=message, fix=fix)
+        raise
     print(json.dumps(_status(path), indent=2, default=str))
     return 0 if state in ("completed", "stopped") else 1
 

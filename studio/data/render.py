@@ -8,12 +8,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# ChatML, used where a tokenizer has no chat template of its own (with a visible warning).
-CHATML_TEMPLATE = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
-    "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-
 
 def apply_template(tokenizer, messages: list[dict], add_generation_prompt: bool = False,
                    tools: list[dict] | None = None) -> str:
@@ -26,7 +20,9 @@ def apply_template(tokenizer, messages: list[dict], add_generation_prompt: bool 
 
 def _chat_template(tokenizer) -> str:
     """The template text used for this tokenizer (the single place that asks which one)."""
-    return tokenizer.chat_template or CHATML_TEMPLATE
+    from studio import templates
+
+    return templates.current(tokenizer).template  # own, the family's, or the generic fallback (studio.templates)
 
 
 # ---------------------------------------------------------------- tools: native or the fallback
@@ -126,11 +122,10 @@ _START, _END = "\ue000", "\ue001"
 
 
 def template_warning(tokenizer) -> str:
-    """A visible warning where the tokenizer has no chat template (the ChatML fallback is used)."""
-    if getattr(tokenizer, "chat_template", None):
-        return ""
-    return ("This tokenizer has no chat template, so conversations are rendered as ChatML "
-            "(<|im_start|>role ... <|im_end|>). A model that was never trained on ChatML must learn it.")
+    """Which template is used and why (studio.templates), shown wherever a user meets the template."""
+    from studio import templates
+
+    return templates.describe(tokenizer)
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -138,7 +133,7 @@ def tokenizer_fingerprint(tokenizer) -> str:
     tokenizer must not be trained with another."""
     specials = sorted((str(t), int(tokenizer.convert_tokens_to_ids(t))) for t in tokenizer.all_special_tokens)
     blob = json.dumps({"vocab_size": len(tokenizer), "special_tokens": specials,
-                       "chat_template": tokenizer.chat_template or CHATML_TEMPLATE}, sort_keys=True)
+                       "chat_template": _chat_template(tokenizer)}, sort_keys=True)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]  # 64 bits: collisions are not a concern
 
 
@@ -240,8 +235,16 @@ def render_text(tokenizer, messages: list[dict], train_on_all: bool = False) -> 
     if spans is None:
         spans = _spans_by_prefix(tokenizer, messages, tools, plain) or _spans_by_search(plain, messages)
     calls = _spans_by_prefix(tokenizer, messages, tools, plain, calls=True) or []
-    specials = sorted((str(t) for t in tokenizer.all_special_tokens), key=len, reverse=True)
-    return plain, _with_end_of_turn(plain, sorted(spans + calls), specials)
+    return plain, _with_end_of_turn(plain, sorted(spans + calls), _end_tokens(tokenizer))
+
+
+def _end_tokens(tokenizer) -> list[str]:
+    """Tokens that may end a trained turn: the template's end of turn, EOS and the other specials."""
+    from studio import templates
+
+    end = templates.current(tokenizer).end_of_turn
+    specials = {str(t) for t in tokenizer.all_special_tokens} | ({end} if end else set())
+    return sorted(specials, key=len, reverse=True)
 
 
 @dataclass
@@ -290,7 +293,13 @@ def render_batch(tokenizer, conversations: list[list[dict]], max_len: int,
                  zip(enc["input_ids"], enc["offset_mapping"], spans, strict=True)]
     else:
         pairs = [_mask_by_pieces(tokenizer, t, s) for t, s in zip(texts, spans, strict=True)]
+    from studio import templates
+
     for (ids, mask), text in zip(pairs, texts, strict=True):
+        bos_ids = templates.with_bos(tokenizer, ids)  # BOS exactly once where the tokenizer expects it
+        shift = len(bos_ids) - len(ids)  # +1: a BOS was added (not trained); -k: duplicate BOS dropped
+        mask = [0] * shift + list(mask) if shift >= 0 else list(mask)[-shift:]
+        ids = bos_ids
         out.append(Rendered(list(ids[:max_len]), mask[:max_len], len(ids), text, max(0, len(ids) - max_len)))
     return out
 

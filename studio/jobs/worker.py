@@ -76,9 +76,27 @@ def load_data(spec: RunSpec, tokenizer):
                        f"({prepared.meta.get('model_ref')}), not for {spec.model.ref}.",
                        f"Prepare the data again with model {spec.model.ref} in the Data tab.")
     columns = ["input_ids", "assistant_masks"]
-    train = prepared.train.select_columns(columns)
+    train = trained_within(prepared.train.select_columns(columns), spec.train.max_seq_len, "training")
     evaluation = prepared.eval.select_columns(columns) if prepared.eval is not None and len(prepared.eval) else None
+    if evaluation is not None:
+        evaluation = trained_within(evaluation, spec.train.max_seq_len, "evaluation")
+        evaluation = evaluation if len(evaluation) else None
+    if not len(train):
+        raise RunError(f"No training row of {spec.dataset!r} has an answer token within the run's max length "
+                       f"({spec.train.max_seq_len}): every answer would be cut off.",
+                       "Raise the max length in the Presets tab (or train.max_seq_len), or prepare shorter rows.")
     return prepared, train, evaluation
+
+
+def trained_within(rows, max_len: int, split: str):
+    """The rows with at least one trained token within `max_len`. The trainer cuts rows at the run's max
+    length, which may be below the one the dataset was prepared with: a row whose answer lies wholly
+    beyond it would train nothing (a step of such rows logs a loss of 0), so it is left out, and said."""
+    kept = rows.filter(lambda row: any(row["assistant_masks"][:max_len]))
+    if len(kept) < len(rows):
+        print(f"[studio] {len(rows) - len(kept):,} of {len(rows):,} {split} rows left out: their answer starts "
+              f"beyond the run's max length {max_len} (raise it to train on them)", flush=True)
+    return kept
 
 
 def build_model(spec: RunSpec, recompute: bool):
@@ -94,12 +112,19 @@ def build_model(spec: RunSpec, recompute: bool):
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=recompute,
             gradient_checkpointing_kwargs={"use_reentrant": False})
+    from studio import templates
+
+    choice = templates.current(loaded.tokenizer)
+    print(f"[studio] template: {choice.why()}", flush=True)
     if spec.from_adapter:  # continue training an existing adapter (e.g. DPO after SFT)
         from studio.jobs.preference import load_start_adapter
 
         return load_start_adapter(model, spec.from_adapter), loaded
+    # Fallback markers were added to the vocabulary: train their embedding rows with the adapter.
+    new_rows = [int(loaded.tokenizer.convert_tokens_to_ids(t)) for t in choice.added_tokens]
     lora = LoraConfig(r=spec.lora.r, lora_alpha=spec.lora.alpha, lora_dropout=spec.lora.dropout,
-                      target_modules=spec.lora.modules(), task_type="CAUSAL_LM")
+                      target_modules=spec.lora.modules(), task_type="CAUSAL_LM",
+                      trainable_token_indices=new_rows or None)
     return get_peft_model(model, lora), loaded
 
 
@@ -436,9 +461,15 @@ def save_adapter(trainer, spec: RunSpec, run_dir: Path, prepared, metrics: dict,
     if not _sharded():  # sharded runs saved the weights already, every rank taking part (save_sharded_weights)
         trainer.model.save_pretrained(out, safe_serialization=True, selected_adapters=["default"])  # not DPO's ref
     trainer.processing_class.save_pretrained(out)
+    from studio import templates
+    from studio.adapters import portable_base_name
     from studio.models import resolve
 
-    card = {"run_id": run_dir.name, "base_model": spec.model.ref, "base_model_path": resolve(spec.model.ref),
+    templates.save(trainer.processing_class, out)  # chat_template.jinja + stop ids travel with the adapter
+    base_name = portable_base_name(spec.model.ref)
+    _set_base_name(out, base_name)
+    card = {"run_id": run_dir.name, "base_model": base_name, "base_model_ref": spec.model.ref,
+            "base_model_path": resolve(spec.model.ref), "template": templates.describe(trainer.processing_class),
             "quant": spec.model.quant, "dataset": spec.dataset,
             "dataset_sha256": prepared.meta.get("source_sha256"), "lora": to_dict(spec.lora),
             "train": to_dict(spec.train), "metrics": metrics, "train_seconds": round(seconds, 1),
@@ -446,6 +477,16 @@ def save_adapter(trainer, spec: RunSpec, run_dir: Path, prepared, metrics: dict,
     write_json_atomic(out / "card.json", card)
     (out / "README.md").write_text(model_card(card), encoding="utf-8")
     return out
+
+
+def _set_base_name(adapter_dir: Path, name: str) -> None:
+    """base_model_name_or_path = a hub id or folder name, not this machine's absolute path."""
+    import json
+
+    path = adapter_dir / "adapter_config.json"
+    config = json.loads(path.read_text())
+    config["base_model_name_or_path"] = name
+    path.write_text(json.dumps(config, indent=2) + "\n")
 
 
 def save_sharded_weights(trainer, run_dir: Path) -> None:

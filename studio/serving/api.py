@@ -301,7 +301,7 @@ def _sse(data: dict | str) -> str:
 
 def _prepare(backend: Backend, body: dict, chat: bool):
     """Runs in a worker thread: the engine (loaded where needed), the adapter, and the prompt ids."""
-    from studio.inference import MAX_PROMPT_CHARS, adapter_system_turn, encode_chat
+    from studio.inference import MAX_PROMPT_CHARS, encode_chat, with_adapter_system
 
     parsed = parse_common(body, DEFAULT_CHAT_TOKENS if chat else DEFAULT_COMPLETION_TOKENS)
     engine = backend.engine()
@@ -309,8 +309,7 @@ def _prepare(backend: Backend, body: dict, chat: bool):
     if chat:
         messages = chat_messages(body)
         parsed.tools = chat_tools(body)
-        if messages[0]["role"] != "system" and (turn := adapter_system_turn(adapter)) is not None:
-            messages.insert(0, turn)  # start the way training did (the dataset's system-prompt choice)
+        messages = with_adapter_system(messages, adapter)  # start the way training did (the dataset's choice)
         if sum(len(m["content"]) for m in messages) > MAX_PROMPT_CHARS:
             raise ApiError(400, f"The messages are over {MAX_PROMPT_CHARS:,} characters.", "invalid_request_error",
                            "context_length_exceeded", "messages")

@@ -75,7 +75,7 @@ def test_rendered_text_matches_template_on_every_sample_row(tok):
             assert [text[a:b] for a, b in spans] == [a + "<|im_end|>" for a in answers]
 
 
-def test_chatml_fallback_when_tokenizer_has_no_template(tiny_model_dir):
+def test_family_chatml_when_tokenizer_has_no_template(tiny_model_dir):
     from studio.data.render import template_warning
 
     tok = load_tokenizer(str(tiny_model_dir))

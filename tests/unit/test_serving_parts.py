@@ -108,7 +108,7 @@ def test_tools_for_a_template_without_tool_support_use_the_fallback_training_use
     ({"mode": "keep", "text": ""}, None)])
 def test_an_adapter_starts_conversations_the_way_its_dataset_did(workspace, choice, turn):
     from studio import paths
-    from studio.inference import adapter_system_turn
+    from studio.inference import adapter_system_turn, with_adapter_system
 
     folder = _adapter(paths.adapters_dir() / "nurse")
     (folder / "card.json").write_text(json.dumps({"base_model": "bundled", "dataset": "triage"}))
@@ -116,3 +116,8 @@ def test_an_adapter_starts_conversations_the_way_its_dataset_did(workspace, choi
     (paths.datasets_dir() / "triage" / "meta.json").write_text(json.dumps({"system_prompt": choice}))
     assert adapter_system_turn("nurse") == turn
     assert adapter_system_turn("no-such-adapter") is None and adapter_system_turn(None) is None
+    # Chat, the CLI and the API all start the conversation with it, unless it brings its own system turn
+    asked = [{"role": "user", "content": "Hi"}]
+    assert with_adapter_system(asked, "nurse") == ([turn, *asked] if turn else asked)
+    own = [{"role": "system", "content": "Be brief."}, *asked]
+    assert with_adapter_system(own, "nurse") == own and with_adapter_system(asked, None) == asked

@@ -58,3 +58,19 @@ def test_cpu_skips_recomputation_only_when_a_pass_fits_in_free_ram(monkeypatch):
         available = 1e9  # 1 GB free: recompute even the small row
     monkeypatch.setattr(psutil, "virtual_memory", lambda: Full())
     assert pass_plan(spec).gradient_checkpointing and pass_plan(spec).micro_batch == 1
+
+
+def test_rows_whose_answer_lies_beyond_the_run_max_length_are_left_out(capsys):
+    """A run's max length below the dataset's: rows with no answer token within it would train nothing."""
+    import datasets
+
+    from studio.jobs.worker import trained_within
+
+    rows = datasets.Dataset.from_dict({"input_ids": [[1] * 8, [1] * 8, [1] * 8],
+                                       "assistant_masks": [[0, 0, 1, 1, 1, 1, 1, 1],   # answer from token 2
+                                                           [0] * 6 + [1, 1],           # answer from token 6
+                                                           [0, 0, 0, 0, 1, 1, 1, 1]]})  # answer from token 4
+    kept = trained_within(rows, 4, "training")
+    assert [sum(m[:4]) for m in kept["assistant_masks"]] == [2]
+    assert "2 of 3 training rows left out" in capsys.readouterr().out
+    assert len(trained_within(rows, 8, "training")) == 3

@@ -351,6 +351,12 @@ def _registry_ui(names: list[str]) -> Registry:
                     delete_btn, status)
 
 
+def _template_line(model_ref: str) -> str:
+    from studio.templates import describe_ref
+
+    return describe_ref(model_ref)
+
+
 def build(shared: Shared) -> None:
     # Adapter dropdowns take custom values: a name typed by hand still works (unknown names get the
     # registry's clear message). The lists follow the shared state: a run that finishes shows up by itself.
@@ -369,6 +375,9 @@ def build(shared: Shared) -> None:
                                    elem_id="chat-load-list", scale=3)
         load_btn = gr.Button("Load base + adapters", elem_id="chat-load", scale=1)
     load_info = gr.Markdown(elem_id="chat-load-info")
+    template_line = gr.Markdown(elem_id="chat-template")  # the template chat prompts with, and its stop ids
+    if shared.model_ref is not None:
+        shared.model_ref.change(_template_line, shared.model_ref, template_line, show_progress="hidden")
     mode = gr.Radio(["Compare", "Chat"], value="Compare", label="Mode", elem_id="chat-mode")
     with gr.Group(visible=True) as compare_group:
         with gr.Row():

@@ -211,6 +211,12 @@ def what_will_train(current, settings) -> str:
             f"settings of preset **{current.preset or 'custom'}** (change them in the Presets tab).")
 
 
+def _template_line(model_ref: str) -> str:
+    from studio.templates import describe_ref
+
+    return describe_ref(model_ref)
+
+
 def build(shared: Shared) -> None:
     from studio.config import TrainSpec, to_dict
 
@@ -237,6 +243,9 @@ def build(shared: Shared) -> None:
                                         info="FSDP / DeepSpeed ZeRO-3 across GPUs; its num_processes applies. "
                                              "Leave it at none on one GPU or a CPU.")
         start_btn = gr.Button("Start training", variant="primary", elem_id="train-start")
+    template_line = gr.Markdown(elem_id="train-template")  # which chat template the run trains with, and why
+    if shared.model_ref is not None:
+        shared.model_ref.change(_template_line, shared.model_ref, template_line, show_progress="hidden")
     from studio.ui.tabs import train_method
 
     method_inputs = train_method.controls()  # method (sft / dpo / orpo), beta, ORPO lambda, starting adapter
