@@ -1,7 +1,9 @@
 """Write assets/preference_demo.jsonl: the team-written preference sample (TRL prompt/chosen/rejected messages).
 
-Every prompt has a short, correct answer (chosen) and one of three kinds of worse answer (rejected), in turn:
-an evasion (short, unhelpful), a wrong fact of the same length, or a rambling, hedged answer. The facts and
+Every prompt has a correct answer (chosen) and a fluent worse answer (rejected) that the untuned model tends
+to like: for capitals and arithmetic, chosen gives the answer with its reason or check and rejected is a short,
+confident wrong answer (the shorter answer has the higher total log-probability); for the other facts, rejected
+is a wrong fact in the same sentence, of the same length. The facts and
 sentences below were written by the Tuning Studio team; the script only pairs them up, so the file is
 reproducible: `python scripts/make_preference_demo.py`.
 """
@@ -132,48 +134,45 @@ FACTS = [
      "Canada is the largest country by area."),
 ]
 
-EVASIONS = ["I'm not sure, you could look it up.", "I don't know.", "Sorry, I can't answer that.",
-            "That is hard to say.", "You should ask someone else.", "I have no idea, sorry.",
-            "Please search online for that.", "I'd rather not guess."]
-
-RAMBLE = ("Great question! People often get confused about this, and honestly it depends on who you ask. "
-          "If I had to guess, I would say {answer} But I might be wrong, so please double-check!")
+CURT = ["{wrong}.", "It's {wrong}.", "{wrong}, of course.", "Easy: {wrong}."]
 
 
 def arithmetic() -> list[tuple[str, str, str]]:
+    """(question, correct answer with its check, a curt wrong answer)."""
     rows = []
     for a, b in [(7, 5), (12, 9), (23, 19), (8, 6), (15, 27), (34, 48), (9, 9), (56, 25), (11, 14), (40, 38),
-                 (17, 26), (63, 18), (29, 33), (45, 46), (72, 19)]:
-        rows.append((f"What is {a} + {b}?", f"{a} + {b} = {a + b}.", f"{a} + {b} = {a + b + 1}."))
-    for a, b in [(6, 7), (8, 9), (12, 3), (7, 7), (9, 4), (11, 5), (6, 8), (4, 13), (5, 15), (3, 21)]:
-        rows.append((f"What is {a} times {b}?", f"{a} × {b} = {a * b}.", f"{a} × {b} = {a * b + a}."))
+                 (17, 26), (63, 18), (29, 33), (45, 46), (72, 19), (38, 27), (66, 17), (28, 59), (47, 36), (19, 64)]:
+        rows.append((f"What is {a} + {b}?", f"{a} + {b} = {a + b}, because {a + b} − {b} = {a}.", str(a + b + 1)))
+    for a, b in [(6, 7), (8, 9), (12, 3), (7, 7), (9, 4), (11, 5), (6, 8), (4, 13), (5, 15), (3, 21),
+                 (7, 8), (9, 6), (12, 4), (14, 3), (8, 8)]:
+        rows.append((f"What is {a} times {b}?", f"{a} × {b} = {a * b}, because {b} added {a} times is {a * b}.",
+                     str(a * b + a)))
     for a, b in [(20, 7), (45, 18), (100, 36), (63, 29), (81, 40), (52, 17), (90, 45), (74, 38), (33, 12), (61, 25),
-                 (48, 19), (99, 51), (70, 26), (85, 47), (57, 33)]:
-        rows.append((f"What is {a} minus {b}?", f"{a} − {b} = {a - b}.", f"{a} − {b} = {a - b - 1}."))
+                 (48, 19), (99, 51), (70, 26), (85, 47), (57, 33), (93, 28), (64, 37), (76, 49), (88, 59), (42, 15)]:
+        rows.append((f"What is {a} minus {b}?", f"{a} − {b} = {a - b}, because {a - b} + {b} = {a}.",
+                     str(a - b - 1)))
     return rows
 
 
-def questions() -> list[tuple[str, str, str]]:
-    capitals = [(f"What is the capital of {country}?", f"The capital of {country} is {right}.",
-                 f"The capital of {country} is {wrong}.") for country, right, wrong in CAPITALS]
-    return capitals + FACTS + arithmetic()
+def capitals() -> list[tuple[str, str, str]]:
+    """(question, correct answer that names the usual confusion, a curt wrong answer)."""
+    return [(f"What is the capital of {country}?",
+             f"The capital of {country} is {right}. {wrong} is another well-known city there, but not the capital.",
+             wrong) for country, right, wrong in CAPITALS]
 
 
 def rows() -> list[dict]:
     out = []
-    for i, (question, right, wrong) in enumerate(questions()):
-        kind = i % 3
-        if kind == 0:
-            rejected = EVASIONS[(i // 3) % len(EVASIONS)]
-        elif kind == 1:
-            rejected = wrong
-        else:
-            rejected = RAMBLE.format(answer=right[0].lower() + right[1:] if right[1:2].islower() else right)
-        out.append({"prompt": [{"role": "user", "content": question}],
-                    "chosen": [{"role": "assistant", "content": right}],
-                    "rejected": [{"role": "assistant", "content": rejected}],
-                    "rejected_kind": ("evasive", "wrong", "rambling")[kind]})
+    for i, (question, right, wrong) in enumerate(capitals() + arithmetic()):
+        out.append(_row(question, right, CURT[i % len(CURT)].format(wrong=wrong), "curt-wrong"))
+    for question, right, wrong in FACTS:
+        out.append(_row(question, right, wrong, "wrong"))
     return out
+
+
+def _row(question: str, chosen: str, rejected: str, kind: str) -> dict:
+    return {"prompt": [{"role": "user", "content": question}], "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}], "rejected_kind": kind}
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ SAMPLE = Path(__file__).resolve().parents[2] / "assets" / "preference_demo.jsonl
 
 
 def _pairs(tmp_path: Path, model_ref: str, rows: int = 24, name: str = "pairs") -> str:
-    """The first `rows` pairs of the sample (evasive, wrong and rambling rejected answers alike)."""
+    """The first `rows` pairs of the sample (capitals: curt wrong rejected answers)."""
     lines = SAMPLE.read_text(encoding="utf-8").splitlines()[:rows]
     small = tmp_path / "pairs.jsonl"
     small.write_text("\n".join(lines) + "\n", encoding="utf-8")

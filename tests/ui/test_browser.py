@@ -216,9 +216,10 @@ def test_4_train_picks_the_dataset_and_runs_to_the_end(page, app):
     assert page.locator("#train-resume").is_disabled() and not page.locator("#train-delete").is_disabled()
     log = value(page, "train-log")
     assert log.strip() and not [n for n in NOISE if n in log], log
-    scrolled = page.evaluate("""() => { const t = document.querySelector('#train-log textarea');
-        return t.scrollTop + t.clientHeight >= t.scrollHeight - 4; }""")
-    assert scrolled, "the log box shows its newest line"
+    # the log box shows its newest line (once the last update is laid out)
+    page.wait_for_function("""() => { const t = document.querySelector('#train-log textarea');
+        return t.scrollTop + t.clientHeight >= t.scrollHeight - 4; }""",
+                           timeout=15_000)
     stats = page.inner_text("#train-stats")
     assert "loss" in stats and DATASET in stats
     no_raw_floats(page)
@@ -288,4 +289,41 @@ def test_8_reload_keeps_everything_and_no_console_errors(page):
     assert value(page, "train-run") == RUN and value(page, "train-dataset") == DATASET  # no typing needed
     tab(page, "Chat")
     assert value(page, "chat-right-adapter") == ADAPTER
+    assert page.console_errors == [], page.console_errors
+
+
+DPO_DATASET = "prefs-walk"
+DPO_RUN = "walk-dpo"
+
+
+def test_9_preference_pairs_then_a_dpo_run(page, app):
+    """After the first fine-tune: the preference sample in the Data tab's preference section, saved, then a
+    short DPO run from the Train tab with its reward margin and preference accuracy plotted live."""
+    tab(page, "Data")
+    page.locator("#pref-section").get_by_text("Preference pairs (chosen vs rejected", exact=False).first.click()
+    page.click("#pref-sample")
+    page.wait_for_selector("#pref-summary:has-text('Preference pairs')", timeout=LONG_MS)
+    fill(page, "data-name", DPO_DATASET)
+    page.click("#pref-save")
+    page.wait_for_selector("#pref-save-result:has-text('Saved')", timeout=LONG_MS)
+    wait_state(page, "dataset", DPO_DATASET)
+    shot(page, "walk-10-preference-data", "#pref-summary")
+
+    tab(page, "Train")
+    page.wait_for_function("v => document.querySelector('#train-dataset input')?.value === v", arg=DPO_DATASET)
+    page.locator("#train-method").get_by_text("dpo", exact=True).click()
+    fill(page, "train-name", DPO_RUN)
+    fill(page, "train-max-steps", "2")
+    page.click("#train-start")
+    wait_state(page, "run", DPO_RUN)
+    # completed at step 2 (the first run's progress, completed at step 5, may still be on screen a moment)
+    page.wait_for_function("""() => { const p = document.querySelector('#train-progress')?.dataset;
+        return p?.state === 'completed' && p?.step === '2'; }""", timeout=LONG_MS)
+    page.wait_for_selector("#train-preference canvas, #train-preference svg")  # margin / accuracy, live
+    assert "reward margin" in page.inner_text("#train-stats")
+    _, ws = app
+    card = json.loads((ws / "runs" / DPO_RUN / "adapter" / "card.json").read_text())
+    assert card["train"]["method"] == "dpo", card["train"]
+    no_raw_floats(page)
+    shot(page, "walk-11-dpo-completed", "#train-progress")
     assert page.console_errors == [], page.console_errors

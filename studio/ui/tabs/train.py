@@ -265,6 +265,9 @@ def build(shared: Shared) -> None:
     plot = gr.Plot(label="Loss", elem_id="train-loss")
     log = gr.Textbox(label="Log (newest last; library notices are kept in worker.log only)", lines=12,
                      max_lines=12, autoscroll=True, elem_id="train-log")
+    # Gradio's autoscroll can run before a long update is laid out; scroll to the newest line after it too.
+    log.change(None, None, None, js="() => { const t = document.querySelector('#train-log textarea'); "
+                                   "if (t) requestAnimationFrame(() => { t.scrollTop = t.scrollHeight; }); }")
     table = gr.Dataframe(runs_table(), headers=RUN_COLUMNS, label="Runs", interactive=False, elem_id="train-runs")
     _wire(shared, settings, summary, dataset, model, name, max_steps, processes, start_btn, run,
           (stop_btn, resume_btn, confirm, delete_btn, action_info), [table, progress, stats, plot, log],
