@@ -136,8 +136,11 @@ def loss_chart(events: list[dict]):
     if not rows:
         return None
     frame = pd.DataFrame(rows, columns=["step", "loss", "series"])
+    last = int(frame["step"].max())
+    # Few steps: a tick at each one (vega-lite would put a "1.5" tick, shown as "2", between 1 and 2).
+    ticks = alt.Axis(values=list(range(1, last + 1)), format="d") if last <= 20 else alt.Axis(tickMinStep=1, format="d")
     return alt.Chart(frame, title="Loss (lower is better)").mark_line(point=alt.OverlayMarkDef(size=50)).encode(
-        x=alt.X("step:Q", axis=alt.Axis(tickMinStep=1, format="d"), title="step"),
+        x=alt.X("step:Q", axis=ticks, title="step"),
         y=alt.Y("loss:Q", scale=alt.Scale(zero=False), title="loss"),
         color=alt.Color("series:N", title=None), tooltip=["series", "step", alt.Tooltip("loss:Q", format=".4f")],
     ).properties(width=CHART_WIDTH, height=260, usermeta={"embedOptions": {"renderer": "svg", "actions": False}})
