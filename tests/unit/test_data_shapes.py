@@ -277,8 +277,10 @@ def test_preference_pairs_are_named_for_what_they_are(capsys):
     assert formats.looks_like_preference([json.loads(line) for line in path.read_text().splitlines()])
     with pytest.raises(DataError, match=r"this is preference data \(chosen/rejected\): use method dpo or orpo"):
         store.inspect(path)
-    assert main(["data", "inspect", str(path)]) == 2
+    assert main(["data", "inspect", str(path), "--kind", "sft"]) == 2  # asked to read pairs as SFT: refused
     assert "use method dpo or orpo" in capsys.readouterr().err
+    assert main(["data", "inspect", str(path)]) == 0  # auto: inspected as what it is, preference pairs
+    assert "preference pairs (train with method dpo or orpo)" in capsys.readouterr().out
 
 
 def test_inspect_exits_non_zero_when_no_row_is_usable(tmp_path, tiny_model_dir, capsys):
