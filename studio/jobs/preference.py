@@ -90,31 +90,10 @@ def load_start_adapter(model, ref: str):
 
 def _common(spec: RunSpec, run_dir: Path, has_eval: bool, foreground: bool, plan) -> dict:
     """The TrainingArguments shared with the SFT recipe (same optimizer fallbacks, checkpoints, logging)."""
-    import torch
+    from studio.jobs.worker import base_args
 
-    from studio.jobs.worker import autocast_bf16
-
-    t = plan or spec.train
-    cuda = torch.cuda.is_available()
-    optimizer = t.optimizer
-    if not cuda and optimizer in ("paged_adamw_8bit", "adamw_8bit", "adamw_torch_fused"):
-        optimizer = "adamw_torch"  # paged / 8-bit optimizers need CUDA; plain AdamW is exact on CPU
-    evaluate = has_eval and t.eval_steps > 0
-    return dict(
-        output_dir=str(run_dir / "checkpoints"),
-        per_device_train_batch_size=t.micro_batch, per_device_eval_batch_size=t.micro_batch,
-        gradient_accumulation_steps=t.grad_accum, learning_rate=t.lr, lr_scheduler_type=t.scheduler,
-        warmup_steps=t.warmup_ratio, num_train_epochs=t.epochs, max_steps=t.max_steps,
-        gradient_checkpointing=t.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False}, optim=optimizer,
-        bf16=autocast_bf16(spec), fp16=t.precision == "fp16" and cuda,
-        logging_steps=t.logging_steps, logging_first_step=True,
-        eval_strategy="steps" if evaluate else "no", eval_steps=t.eval_steps if evaluate else None,
-        save_strategy="steps", save_steps=t.save_steps, save_total_limit=3,
-        seed=t.seed, report_to=[], disable_tqdm=not foreground, max_length=t.max_seq_len,
-        include_num_input_tokens_seen="non_padding", dataloader_num_workers=0, use_cpu=not cuda,
-        ddp_find_unused_parameters=False, save_only_model=False, disable_dropout=True,
-    )
+    return {**base_args(spec, run_dir, has_eval, foreground, plan),
+            "include_num_input_tokens_seen": "non_padding", "disable_dropout": True}
 
 
 def dpo_trainer_class():

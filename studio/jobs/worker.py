@@ -337,10 +337,9 @@ def _try_change(name: str, change, model) -> bool:
         return False
 
 
-def training_args(spec: RunSpec, run_dir: Path, has_eval: bool, foreground: bool, plan=None):
-    """SFTConfig for the spec; `plan` (from `pass_plan`) sets the rows per pass, accumulation and checkpointing."""
+def base_args(spec: RunSpec, run_dir: Path, has_eval: bool, foreground: bool, plan=None) -> dict:
+    """The training arguments every recipe shares (SFT, DPO, ORPO): optimizer fallback, checkpoints, logging."""
     import torch
-    from trl import SFTConfig
 
     t = plan or spec.train
     cuda = torch.cuda.is_available()
@@ -348,25 +347,31 @@ def training_args(spec: RunSpec, run_dir: Path, has_eval: bool, foreground: bool
     if not cuda and optimizer in ("paged_adamw_8bit", "adamw_8bit", "adamw_torch_fused"):
         optimizer = "adamw_torch"  # paged / 8-bit optimizers need CUDA; plain AdamW is exact on CPU
     evaluate = has_eval and t.eval_steps > 0
-    bf16 = autocast_bf16(spec)
-    return SFTConfig(
+    return dict(
         output_dir=str(run_dir / "checkpoints"),
         per_device_train_batch_size=t.micro_batch, per_device_eval_batch_size=t.micro_batch,
         gradient_accumulation_steps=t.grad_accum, learning_rate=t.lr, lr_scheduler_type=t.scheduler,
         warmup_steps=t.warmup_ratio, num_train_epochs=t.epochs, max_steps=t.max_steps,
         gradient_checkpointing=t.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False}, optim=optimizer,
-        bf16=bf16, fp16=t.precision == "fp16" and cuda,
+        bf16=autocast_bf16(spec), fp16=t.precision == "fp16" and cuda,
         logging_steps=t.logging_steps, logging_first_step=True,
         eval_strategy="steps" if evaluate else "no", eval_steps=t.eval_steps if evaluate else None,
         save_strategy="steps", save_steps=t.save_steps, save_total_limit=3,  # keep the latest 3
-        seed=t.seed, report_to=[], disable_tqdm=not foreground,
-        max_length=t.max_seq_len, packing=t.packing, packing_strategy="bfd",
-        include_num_input_tokens_seen="all" if t.packing else "non_padding",
-        dataloader_num_workers=0, use_cpu=not cuda,
-        ddp_find_unused_parameters=False, save_only_model=False,
-        use_liger_kernel=use_liger(spec),
+        seed=t.seed, report_to=[], disable_tqdm=not foreground, max_length=t.max_seq_len,
+        dataloader_num_workers=0, use_cpu=not cuda, ddp_find_unused_parameters=False, save_only_model=False,
     )
+
+
+def training_args(spec: RunSpec, run_dir: Path, has_eval: bool, foreground: bool, plan=None):
+    """SFTConfig for the spec; `plan` (from `pass_plan`) sets the rows per pass, accumulation and checkpointing."""
+    from trl import SFTConfig
+
+    t = plan or spec.train
+    return SFTConfig(**base_args(spec, run_dir, has_eval, foreground, plan),
+                     packing=t.packing, packing_strategy="bfd",
+                     include_num_input_tokens_seen="all" if t.packing else "non_padding",
+                     use_liger_kernel=use_liger(spec))
 
 
 def use_liger(spec: RunSpec) -> bool:
