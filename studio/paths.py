@@ -1,7 +1,7 @@
 """Where the studio keeps things on disk.
 
 - STUDIO_HOME (default ~/.cache/tuning-studio): caches, e.g. the converted bundled model.
-- STUDIO_WORKSPACE (default: the current folder): what the user makes, runs/, datasets/,
+- STUDIO_WORKSPACE (default: the current folder): what the user makes, runs/, tasks/, datasets/,
   adapters/ and exports/. Nothing in here is ever overwritten silently.
 """
 
@@ -34,6 +34,11 @@ def _sub(name: str) -> Path:
 
 def runs_dir() -> Path:
     return _sub("runs")
+
+
+def tasks_dir() -> Path:
+    """Evaluation and pruning tasks (studio.jobs.tasks): one folder each, like runs/."""
+    return _sub("tasks")
 
 
 def datasets_dir() -> Path:

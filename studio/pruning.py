@@ -322,7 +322,8 @@ def _prune_block(block, inputs, spec: PruneSpec) -> float:
 @contextmanager
 def _one_thread():
     """The column loop is thousands of small ops: on CPU one thread avoids thread hand-offs (10x faster
-    on a busy 2-core machine); GPUs are unaffected."""
+    on a busy 2-core machine); GPUs are unaffected. The setting is process-wide: the app runs pruning in a
+    task process of its own (studio.jobs.tasks), so chat in the app keeps its threads."""
     import torch
 
     before = torch.get_num_threads()

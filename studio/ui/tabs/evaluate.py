@@ -1,39 +1,48 @@
 """Evaluate tab: perplexity and a side-by-side battery (ROUGE) for the base and adapters, and pruning.
 
-Every action runs the same functions as `python -m studio eval` / `python -m studio prune`; results
-are saved next to each adapter's run and on its card. Stop cancels between batches.
+Every action runs as a task in its own process (studio.jobs.tasks), calling the same functions as
+`python -m studio eval` / `python -m studio prune`: the app never loads a model copy for them. The tab polls
+the task's status.json for progress, Stop asks it to stop between batches, and a page opened later (or an
+app restarted meanwhile) shows the latest task's state and results. Results are saved next to each
+adapter's run and on its card.
 """
 
 from __future__ import annotations
 
-import threading
+import time
+from pathlib import Path
 
 import gradio as gr
 import pandas as pd
 
 from studio.config import QUANT_MODES
 from studio.errors import StudioError
+from studio.jobs import tasks
+from studio.jobs.events import ACTIVE
 from studio.ui import fmt
 from studio.ui.shared import Shared, cancellable
 
 TITLE = "Evaluate"
-_stops: dict[str, threading.Event] = {}  # one stop flag per browser session
+POLL_SEC = 0.5  # how often a running action re-reads its task's status.json
+WATCH_SEC = 2.0  # how often a page re-reads the latest task (one started before a reload or restart)
 
 
-def _stop_flag(request: gr.Request | None) -> threading.Event:
-    key = getattr(request, "session_hash", None) or "cli"
-    flag = _stops.setdefault(key, threading.Event())
-    flag.clear()
-    return flag
+def _follow(folder: Path, progress) -> dict:
+    """Wait for the task with its progress on the bar; its result, or its error (and fix) as a gr.Error."""
+    while (status := tasks.status(folder)).get("state") in ACTIVE:
+        progress(status.get("fraction") or 0.0, desc=status.get("message") or "")
+        time.sleep(POLL_SEC)
+    if status.get("state") != "completed":
+        raise gr.Error(tasks.describe(status) or f"The task {status.get('state')}.")
+    return tasks.result(folder) or {}
 
 
-def stop(request: gr.Request):
-    _stops.setdefault(getattr(request, "session_hash", None) or "cli", threading.Event()).set()
-    gr.Info("Stopping after the current batch...")
-
-
-def _progress(progress):
-    return lambda fraction, message: progress(fraction, desc=message)
+def stop():
+    """Stop the running task: first between batches, on a second press at once."""
+    folder = tasks.latest()
+    said = tasks.stop(folder) if folder else "none"
+    gr.Info({"stopping": "Stopping after the current batch...", "killed": "Killed the task."}.get(
+        said, "No evaluation or pruning task is running."))
 
 
 def _need(dataset) -> str:
@@ -48,66 +57,95 @@ def _quant(quant, adapters) -> str:
     return precision_for(quant, *(adapters or []))[0]
 
 
-def run_perplexity(ref, quant, dataset, adapters, max_rows, request: gr.Request, progress=gr.Progress()):
-    from studio.data.preference import dataset_kind
-    from studio.evaluation import compare_perplexity, compare_preference
-
-    flag = _stop_flag(request)
-    try:  # a preference dataset (DPO/ORPO pairs) is scored by held-out preference accuracy and reward margin
-        compare = compare_preference if dataset_kind(_need(dataset)) == "preference" else compare_perplexity
-        report = compare(ref, _quant(quant, adapters), dataset, list(adapters or []), max_rows=int(max_rows) or None,
-                         progress=_progress(progress), should_stop=flag.is_set)
-    except StudioError as exc:
-        raise gr.Error(str(exc)) from exc
+def show_perplexity(report: dict) -> tuple:
     table = fmt.table(pd.DataFrame([{"model": name, **r} for name, r in report["results"].items()]))
     return table, f"Saved: {', '.join(report['saved_to'])}"
 
 
-def run_battery(ref, quant, dataset, adapters, prompts, max_new_tokens, request: gr.Request, progress=gr.Progress()):
-    from studio.evaluation import compare_battery
-
-    flag = _stop_flag(request)
-    try:
-        report = compare_battery(ref, _quant(quant, adapters), _need(dataset), list(adapters or []), int(prompts),
-                                 int(max_new_tokens), _progress(progress), flag.is_set)
-    except StudioError as exc:
-        raise gr.Error(str(exc)) from exc
+def show_battery(report: dict) -> tuple:
     json_path = report["saved_to"][0]
     files = [json_path.replace(".json", ".csv"), json_path.replace(".json", ".jsonl")]
     scores = fmt.table(pd.DataFrame([{"model": name, **s} for name, s in report["rouge"].items()]))
     return pd.DataFrame(report["rows"]), scores, files
 
 
-def run_sweep(ref, dataset, levels, calib_samples, eval_rows, request: gr.Request, progress=gr.Progress()):
-    from studio import pruning
-
-    flag = _stop_flag(request)
-    try:
-        results = pruning.sweep(ref, dataset or "builtin:pydoc", [x for x in str(levels).split() if x],
-                                calib_samples=int(calib_samples), calib_len=128, eval_rows=int(eval_rows),
-                                progress=_progress(progress), should_stop=flag.is_set)
-        folder = pruning.save_sweep(results)
-    except StudioError as exc:
-        raise gr.Error(str(exc)) from exc
-    table = pd.DataFrame(results)
-    plot = table[table["method"] != "dense"][["sparsity", "perplexity", "method"]]
-    return table, plot, f"Saved: {folder}"
-
-
-def run_prune(ref, dataset, method, level, out_name, overwrite, request: gr.Request, progress=gr.Progress()):
-    from studio import pruning
-
-    flag = _stop_flag(request)
-    try:
-        sparsity, pattern = pruning.parse_level(level)
-        spec = pruning.PruneSpec(method, sparsity, pattern, calib_samples=16, calib_len=128)
-        report = pruning.prune_and_save(ref, spec, dataset or "builtin:pydoc", out_name, bool(overwrite),
-                                        progress=_progress(progress), should_stop=flag.is_set)
-    except StudioError as exc:
-        raise gr.Error(str(exc)) from exc
+def show_prune(report: dict) -> str:
     return (f"**{report['label']}**: sparsity {report['measured_sparsity']:.1%}, held-out perplexity "
             f"{report['perplexity_before']:.2f} → {report['perplexity_after']:.2f}. Saved to `{report['path']}`; "
             "load it as a base model (a folder path) in the Model tab.")
+
+
+def show_sweep(result: dict) -> tuple:
+    table = pd.DataFrame(result["results"])
+    plot = table[table["method"] != "dense"][["sparsity", "perplexity", "method"]]
+    return table, plot, f"Saved: {result['folder']}"
+
+
+def run_perplexity(ref, quant, dataset, adapters, max_rows, progress=gr.Progress()):
+    from studio.data.preference import dataset_kind
+
+    try:  # a preference dataset (DPO/ORPO pairs) is scored by held-out preference accuracy and reward margin
+        kind = "eval_preference" if dataset_kind(_need(dataset)) == "preference" else "eval_perplexity"
+        folder = tasks.start(kind, ref=ref, quant=_quant(quant, adapters), dataset_name=dataset,
+                             adapters=list(adapters or []), max_rows=int(max_rows) or None)
+    except StudioError as exc:
+        raise gr.Error(str(exc)) from exc
+    return show_perplexity(_follow(folder, progress))
+
+
+def run_battery(ref, quant, dataset, adapters, prompts, max_new_tokens, progress=gr.Progress()):
+    try:
+        folder = tasks.start("eval_battery", ref=ref, quant=_quant(quant, adapters), dataset_name=_need(dataset),
+                             adapters=list(adapters or []), prompts=int(prompts), max_new_tokens=int(max_new_tokens))
+    except StudioError as exc:
+        raise gr.Error(str(exc)) from exc
+    return show_battery(_follow(folder, progress))
+
+
+def run_sweep(ref, dataset, levels, calib_samples, eval_rows, progress=gr.Progress()):
+    try:
+        folder = tasks.start("prune_sweep", ref=ref, dataset=dataset or "builtin:pydoc",
+                             levels=[x for x in str(levels).split() if x], calib_samples=int(calib_samples),
+                             calib_len=128, eval_rows=int(eval_rows))
+    except StudioError as exc:
+        raise gr.Error(str(exc)) from exc
+    return show_sweep(_follow(folder, progress))
+
+
+def run_prune(ref, dataset, method, level, out_name, overwrite, progress=gr.Progress()):
+    try:
+        folder = tasks.start("prune", ref=ref, dataset=dataset or "builtin:pydoc", out_name=out_name,
+                             overwrite=bool(overwrite), method=method, level=str(level), calib_samples=16,
+                             calib_len=128)
+    except StudioError as exc:
+        raise gr.Error(str(exc)) from exc
+    return show_prune(_follow(folder, progress))
+
+
+# where each kind's results go among the tab's result outputs (see `build`), and how they are drawn
+RESULTS = {"eval_perplexity": (show_perplexity, 0), "eval_preference": (show_perplexity, 0),
+           "eval_battery": (show_battery, 2), "prune": (show_prune, 5), "prune_sweep": (show_sweep, 6)}
+N_RESULTS = 9
+
+
+def watch(seen: str | None):
+    """The latest task, read from disk: its state line, Stop while it runs, and its results (once) when it
+    has completed. A page opened later, or an app restarted meanwhile, loses nothing."""
+    folder = tasks.latest()
+    results = [gr.skip()] * N_RESULTS
+    if folder is None:
+        return None, "", gr.Button(interactive=False), *results
+    status = tasks.status(folder)
+    state, kind = status.get("state"), status.get("kind")
+    done = f"{status.get('fraction') or 0:.0%}, " if state in ACTIVE else ""
+    line = f"Latest task `{folder.name}`: **{state}** ({done}{tasks.describe(status)})"
+    key = f"{folder.name}:{state}"
+    if state == "completed" and key != seen and (report := tasks.result(folder)) and kind in RESULTS:
+        show, at = RESULTS[kind]
+        shown = show(report)
+        shown = shown if isinstance(shown, tuple) else (shown,)
+        results[at:at + len(shown)] = shown
+    return key, line, gr.Button(interactive=state in ACTIVE), *results
 
 
 EXPLAIN = """Measure the base and your adapters on a saved dataset's **eval split** (rows kept out of training).
@@ -151,6 +189,7 @@ def build(shared: Shared) -> None:
     battery_table = gr.Dataframe(headers=["question", "reference", "model", "answer"], label="Answers side by side",
                                  elem_id="eval-battery", wrap=True)
     files = gr.File(label="Battery as CSV and JSONL", file_count="multiple", elem_id="eval-files")
+    task_info = gr.Markdown(elem_id="eval-task")
     dataset.input(shared.set("dataset"), [shared.current, dataset], shared.current)
     shared.follow(lambda c, chosen: (gr.Dropdown(choices=list(c.datasets), value=c.dataset),
                                      gr.Dropdown(choices=list(c.adapters), value=_keep(chosen, c))),
@@ -183,8 +222,13 @@ def build(shared: Shared) -> None:
                (prune_btn, run_prune, [model_ref, dataset, method, level, out_name, overwrite], prune_info, "prune"),
                (sweep_btn, run_sweep, [model_ref, dataset, levels, calib, eval_rows],
                 [sweep_table, sweep_plot, sweep_info], "prune_sweep")]
-    runs = [cancellable(btn.click, fn, inputs, outputs, api, stop_btn) for btn, fn, inputs, outputs, api in actions]
-    stop_btn.click(stop, None, None, api_name="eval_stop", cancels=runs)
+    for btn, fn, inputs, outputs, api in actions:  # no `cancels`: Stop asks the task, whose end the action shows
+        cancellable(btn.click, fn, inputs, outputs, api, stop_btn)
+    stop_btn.click(stop, None, None, api_name="eval_stop")
+    seen = gr.State(None)  # "<task>:<state>" whose results this page has shown already
+    results = [ppl_table, saved, battery_table, rouge_table, files, prune_info, sweep_table, sweep_plot, sweep_info]
+    gr.Timer(WATCH_SEC).tick(watch, seen, [seen, task_info, stop_btn, *results], show_progress="hidden",
+                             api_name="eval_task")
 
 
 def _keep(chosen, current) -> list[str]:

@@ -1,0 +1,172 @@
+"""Evaluation and pruning as tasks, each in its own process like training: `python -m studio.jobs.tasks TASK_DIR`.
+
+The app never loads a model copy for them, and pruning's one-thread setting (pruning._one_thread) stays in
+the task's process, away from chat. No torch import at module level: the UI starts, polls and stops tasks.
+
+tasks/<id>/
+  task.json      {kind, args, created}: what to run; kind is one of KINDS, args its function's arguments
+  status.json    {kind, state, fraction, message, fix, pid, heartbeat, started, finished} (states as in events.py)
+  result.json    what the function returned, written once it completed
+  task.log       everything the task printed: progress lines, a traceback on a crash
+  stop.request   Stop: the task checks it between batches (a second Stop kills the process)
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import sys
+import threading
+import time
+import traceback
+import uuid
+from pathlib import Path
+
+from studio import paths
+from studio.errors import RunError, StudioError
+from studio.jobs.events import ACTIVE, read_status, write_status
+from studio.jobs.manager import DEAD_AFTER_SEC, _alive, _kill_group
+from studio.jobs.worker import STOP_FILE, Status
+from studio.util import read_json, write_json_atomic
+
+KINDS = ("eval_perplexity", "eval_preference", "eval_battery", "prune", "prune_sweep")
+LOG = "task.log"
+_children: dict[str, subprocess.Popen] = {}  # tasks this process started, reaped when polled
+
+
+def start(kind: str, **args) -> Path:
+    """Write tasks/<id>/ and start its process. One task at a time: each loads its own copy of a model."""
+    if kind not in KINDS:
+        raise RunError(f"Unknown task kind {kind!r}.", f"Use one of: {', '.join(KINDS)}.")
+    with open(paths.tasks_dir() / ".start.lock", "w") as lock:  # two Start presses at once start one task
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        busy = latest()
+        if busy and status(busy).get("state") in ACTIVE:
+            raise RunError(f"Another evaluation or pruning task is running ({busy.name}).",
+                           "Wait for it to finish, or press Stop.")
+        folder = paths.tasks_dir() / f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}-{uuid.uuid4().hex[:6]}"
+        folder.mkdir()
+        write_json_atomic(folder / "task.json", {"kind": kind, "args": args, "created": time.time()})
+        write_status(folder, kind=kind, state="queued", fraction=0.0, heartbeat=time.time(), message="Starting...")
+        _children[folder.name] = _launch(folder)
+        write_status(folder, pid=_children[folder.name].pid, heartbeat=time.time())
+    return folder
+
+
+def _launch(folder: Path) -> subprocess.Popen:
+    root = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false",
+               STUDIO_WORKSPACE=str(paths.workspace()), PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    with open(folder / LOG, "a", encoding="utf-8") as log:
+        return subprocess.Popen([sys.executable, "-m", "studio.jobs.tasks", str(folder)], stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                env=env, cwd=root)
+
+
+def latest(kinds: tuple[str, ...] = KINDS) -> Path | None:
+    """The newest task of these kinds (after an app restart, what the Evaluate tab shows)."""
+    found = [(read_json(p / "task.json", {}), p) for p in paths.tasks_dir().iterdir() if p.is_dir()]
+    found = [(task.get("created", 0), p) for task, p in found if task.get("kind") in kinds]
+    return max(found)[1] if found else None
+
+
+def status(folder: Path) -> dict:
+    """status.json; a task whose process died without saying so (killed, out of memory) is marked failed."""
+    for name, proc in list(_children.items()):
+        if proc.poll() is not None:
+            del _children[name]
+    current = read_status(folder)
+    if current.get("state") not in ACTIVE:
+        return current
+    stale = time.time() - current.get("heartbeat", 0) > DEAD_AFTER_SEC
+    if (current.get("pid") is None or _alive(current.get("pid"))) and not stale:  # no pid: Popen is under way
+        return current
+    _kill_group(current.get("pid") if stale else None)
+    return write_status(folder, state="failed", finished=time.time(),
+                        message="The task process died without finishing (killed, out of memory, or crashed).",
+                        fix=f"Start it again; its log is {folder / LOG}.")
+
+
+def result(folder: Path) -> dict | None:
+    return read_json(folder / "result.json")
+
+
+def wait(folder: Path, timeout: float = 3600, poll: float = 0.5) -> dict:
+    """Block until the task leaves the active states; its final status (the UI polls the same way)."""
+    deadline = time.time() + timeout
+    while (current := status(folder)).get("state") in ACTIVE and time.time() < deadline:
+        time.sleep(poll)
+    return current
+
+
+def describe(current: dict) -> str:
+    """One line for the user: the state, the message and, for a failure, how to fix it."""
+    fix = f" Fix: {current['fix']}" if current.get("fix") and current.get("state") == "failed" else ""
+    return f"{current.get('message', '')}{fix}".strip()
+
+
+def stop(folder: Path) -> str:
+    """First call: ask the task to stop between batches. Second call: kill its process now."""
+    state = status(folder).get("state")
+    if state not in ACTIVE:
+        return state or "unknown"
+    if (folder / STOP_FILE).exists():
+        _kill_group(read_status(folder).get("pid"))
+        write_status(folder, state="stopped", finished=time.time(), message="Killed on a second Stop.")
+        return "killed"
+    (folder / STOP_FILE).touch()
+    return "stopping"
+
+
+def _call(kind: str, args: dict, progress, should_stop):
+    """The function behind `kind`: the same ones `python -m studio eval` and `prune` call."""
+    if kind.startswith("eval_"):
+        from studio import evaluation
+
+        compare = {"eval_perplexity": evaluation.compare_perplexity, "eval_preference": evaluation.compare_preference,
+                   "eval_battery": evaluation.compare_battery}[kind]
+        return compare(**args, progress=progress, should_stop=should_stop)
+    from studio import pruning
+
+    if kind == "prune":
+        sparsity, pattern = pruning.parse_level(args.pop("level"))
+        spec = pruning.PruneSpec(args.pop("method"), sparsity, pattern, calib_samples=args.pop("calib_samples", 16),
+                                 calib_len=args.pop("calib_len", 128))
+        return pruning.prune_and_save(spec=spec, **args, progress=progress, should_stop=should_stop)
+    results = pruning.sweep(**args, progress=progress, should_stop=should_stop)
+    return {"results": results, "folder": str(pruning.save_sweep(results))}
+
+
+def run(folder: Path) -> int:
+    """The task process: run task.json's function, report progress to status.json, write result.json."""
+    task = read_json(folder / "task.json", {})
+    state = Status(folder, enabled=True)
+    state.update(state="running", pid=os.getpid(), started=time.time(), message=f"Starting {task.get('kind')}...")
+    threading.Thread(target=state.beat_forever, daemon=True).start()  # liveness while a model loads
+
+    def progress(fraction: float, message: str) -> None:
+        print(f"[{fraction:4.0%}] {message}", flush=True)
+        state.update(fraction=round(float(fraction), 4), message=message)
+
+    should_stop = (folder / STOP_FILE).exists
+    try:
+        output = _call(task["kind"], dict(task["args"]), progress, should_stop)
+    except StudioError as exc:  # a cancel raises one too: the stop file says which
+        ended = "stopped" if should_stop() else "failed"
+        print(f"[{ended}] {exc}", flush=True)
+        state.update(state=ended, message=exc.message, fix=exc.fix, finished=time.time())
+        return 0 if ended == "stopped" else 1
+    except Exception as exc:  # a bug or out of memory: the traceback goes to the log, its gist to the UI
+        traceback.print_exc()
+        state.update(state="failed", message=f"{type(exc).__name__}: {exc}", finished=time.time(),
+                     fix=f"See the task's log, {folder / LOG}.")
+        return 1
+    write_json_atomic(folder / "result.json", output)
+    state.update(state="completed", fraction=1.0, finished=time.time(),
+                 message=f"Done in {time.time() - state.data['started']:.0f} s.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(Path(sys.argv[1])))
