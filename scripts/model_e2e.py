@@ -2,12 +2,14 @@
 
     python scripts/model_e2e.py --model bundled --llama-bin /path/to/llama.cpp/build/bin [--steps 20]
 
-Runs in a scratch workspace: prepares assets/medical_demo.jsonl with the model, trains `--steps` LoRA
-steps with the CPU recipe through the studio's worker, and checks (printing one JSON report):
-1. the first logged training loss equals plain transformers' loss on that row with BOS (and how far
-   the same row without BOS is);
-2. greedy answers from the adapter stop by themselves (an end-of-turn/EOS id before the token limit);
-3. the merged model exported as f16 GGUF (llama.cpp's converter) gives the same greedy tokens in the
+Runs in a scratch workspace: prepares `--data` (assets/hinglish_demo.jsonl) with the model, trains `--steps`
+LoRA steps through the studio's worker, and checks (each prints its result as it finishes, then one JSON report):
+1. first_loss: the first logged training loss equals plain transformers' loss on that row with BOS (and how
+   far the same row without BOS is);
+2. end_of_turn: p(end-of-turn token) right after each held-out answer, teacher-forced, base vs adapter;
+3. stops / stops_sampled: answers from the adapter (greedy / temperature 0.7, the chat defaults otherwise)
+   stop by themselves (an end-of-turn/EOS id before 300 tokens);
+4. gguf: the merged model exported as f16 GGUF (llama.cpp's converter) gives the same greedy tokens in the
    real llama.cpp (llama-simple) as transformers on the merged folder, and llama-tokenize splits a
    tricky string into the same tokens as transformers.
 """
@@ -73,7 +75,7 @@ def first_loss_check(ref: str, name: str, run_dir: Path) -> dict:
             "equal": abs(best["with_bos"] - first) < 2e-3}
 
 
-def stop_check(ref: str, run_id: str) -> dict:
+def stop_check(ref: str, run_id: str, temperature: float = 0.0) -> dict:
     import torch
     from peft import PeftModel
 
@@ -84,17 +86,50 @@ def stop_check(ref: str, run_id: str) -> dict:
     loaded = load_model(ref, "fp32", device="cpu")
     model = PeftModel.from_pretrained(loaded.model, str(Path("runs") / run_id / "adapter")).eval()
     stops = current(loaded.tokenizer).stop_ids
+    settings = GenerationSettings(max_new_tokens=300, temperature=temperature)  # the chat defaults otherwise
     answers = []
     for prompt in PROMPTS:
+        torch.manual_seed(settings.seed)
         ids = encode_chat(loaded.tokenizer, [{"role": "user", "content": prompt}])
         with torch.no_grad():
             out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
-                                 **generate_kwargs(loaded.tokenizer, GenerationSettings(max_new_tokens=300,
-                                                                                        temperature=0)))
+                                 **generate_kwargs(loaded.tokenizer, settings))
         new = out[0, ids.shape[1]:].tolist()
         answers.append({"prompt": prompt, "tokens": len(new), "stopped": bool(new) and new[-1] in stops,
                         "answer": loaded.tokenizer.decode(new, skip_special_tokens=True)[:300]})
-    return {"stop_ids": stops, "answers": answers, "all_stopped": all(a["stopped"] for a in answers)}
+    return {"temperature": temperature, "stop_ids": stops, "answers": answers,
+            "stopped": f"{sum(a['stopped'] for a in answers)} of {len(answers)}"}
+
+
+def end_of_turn_check(ref: str, name: str, run_id: str, rows: int = 8) -> dict:
+    """p(end of turn) right after each held-out answer, teacher-forced: base against the adapter."""
+    import statistics
+
+    import torch
+    from peft import PeftModel
+
+    from studio.data.store import load_prepared
+    from studio.models import load_model
+    from studio.templates import current
+
+    loaded = load_model(ref, "fp32", device="cpu")
+    end = loaded.tokenizer.convert_tokens_to_ids(current(loaded.tokenizer).end_of_turn or loaded.tokenizer.eos_token)
+    data = list(load_prepared(name).eval)[:rows]
+
+    def probabilities(model) -> list[float]:
+        found = []
+        for row in data:
+            ids, mask = list(row["input_ids"]), list(row["assistant_masks"])
+            with torch.no_grad():
+                logp = model(input_ids=torch.tensor([ids])).logits[0].float().log_softmax(-1)
+            found += [float(logp[i - 1, end].exp())
+                      for i, (t, m) in enumerate(zip(ids, mask, strict=True)) if m and t == end]
+        return found
+
+    base = probabilities(loaded.model)
+    tuned = probabilities(PeftModel.from_pretrained(loaded.model, str(Path("runs") / run_id / "adapter")).eval())
+    return {"end_of_turn_id": end, "answers": len(tuned), "base_median": round(statistics.median(base), 4),
+            "tuned_median": round(statistics.median(tuned), 4), "tuned": [round(x, 3) for x in tuned]}
 
 
 def gguf_check(ref: str, run_id: str, name: str, llama_bin: Path) -> dict:
@@ -139,16 +174,25 @@ def gguf_check(ref: str, run_id: str, name: str, llama_bin: Path) -> dict:
     return result
 
 
+def _show(check: str, result: dict) -> None:
+    """Print one check's result as soon as it is known (a slow machine may not reach the last one)."""
+    print(f"== {check}: " + json.dumps(result, ensure_ascii=False), flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="bundled")
     parser.add_argument("--name", default="e2e")
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--llama-bin", required=True, help="folder with llama-simple and llama-tokenize")
+    parser.add_argument("--llama-bin", default=None,
+                        help="folder with llama-simple and llama-tokenize (needed by the gguf check)")
     parser.add_argument("--workspace", default=None)
     parser.add_argument("--data", default="assets/hinglish_demo.jsonl", help="a sample dataset of the repo")
     parser.add_argument("--max-len", type=int, default=192)
+    parser.add_argument("--micro-batch", type=int, default=1, help="rows per step")
     parser.add_argument("--reuse", action="store_true", help="check the run already in --workspace again")
+    parser.add_argument("--checks", default="first_loss,end_of_turn,stops,stops_sampled,gguf",
+                        help="which checks to run, comma-separated (each prints its result as it finishes)")
     args = parser.parse_args()
     ws = Path(args.workspace or tempfile.mkdtemp(prefix="studio-e2e-"))
     ws.mkdir(parents=True, exist_ok=True)
@@ -166,7 +210,7 @@ def main() -> int:
                       cot_style="answer", overwrite=True)
     spec = RunSpec(name=args.name, dataset=args.name, model=ModelSpec(ref=args.model, quant="fp32"),
                    lora=LoraSpec(r=16, alpha=32, dropout=0.0, target_modules="all-linear"),
-                   train=TrainSpec(max_seq_len=args.max_len, micro_batch=1, grad_accum=1, lr=1e-3, warmup_ratio=0.0,
+                   train=TrainSpec(max_seq_len=args.max_len, micro_batch=args.micro_batch, grad_accum=1, lr=1e-3, warmup_ratio=0.0,
                                    max_steps=args.steps, save_steps=1000, eval_steps=0,
                                    gradient_checkpointing=False, optimizer="adamw_torch", precision="fp32",
                                    packing=False))
@@ -176,9 +220,16 @@ def main() -> int:
         run_dir = manager.create(spec)
         worker.train(run_dir, foreground=True)
     report["train_seconds"] = round(time.time() - start, 1)
-    report["first_loss"] = first_loss_check(args.model, args.name, run_dir)
-    report["stops"] = stop_check(args.model, run_dir.name)
-    report["gguf"] = gguf_check(args.model, run_dir.name, args.name, Path(args.llama_bin))
+    _show("train", {k: report[k] for k in ("template", "train_seconds")})
+    checks = {"first_loss": lambda: first_loss_check(args.model, args.name, run_dir),
+              "end_of_turn": lambda: end_of_turn_check(args.model, args.name, run_dir.name),
+              "stops": lambda: stop_check(args.model, run_dir.name),
+              "stops_sampled": lambda: stop_check(args.model, run_dir.name, temperature=0.7),
+              "gguf": lambda: gguf_check(args.model, run_dir.name, args.name, Path(args.llama_bin))}
+    for name in args.checks.split(","):
+        start = time.time()
+        report[name] = {**checks[name](), "seconds": round(time.time() - start, 1)}
+        _show(name, report[name])
     print(json.dumps(report, indent=2, ensure_ascii=False))
     return 0
 

@@ -425,9 +425,9 @@ def _check_tensor(key: str, shape: tuple, modules: dict, refuse) -> None:
         if part in name:
             module_name, kind = name.split(part)[0], part.strip(".")
             break
-    else:
-        module_name, kind = name.rsplit(".", 1)[0], "full"  # modules_to_save copies: checked by presence only
-        module_name = module_name.split(".modules_to_save")[0]
+    else:  # modules_to_save copies and trained token rows (PEFT's token_adapter): checked by presence only
+        module_name, kind = name.rsplit(".", 1)[0], "full"
+        module_name = module_name.split(".modules_to_save")[0].split(".token_adapter")[0]
     module = modules.get(module_name)
     if module is None:
         refuse(f"the base has no layer {module_name!r}")

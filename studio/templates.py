@@ -79,6 +79,19 @@ class TemplateChoice:
     stop_ids: list[int] = field(default_factory=list)  # generation stops on any of these
     added_tokens: list[str] = field(default_factory=list)  # fallback markers added to the vocabulary
 
+    @property
+    def trained_tokens(self) -> list[str]:
+        """Marker tokens whose embedding rows a LoRA run trains beside the adapter.
+
+        The fallback's markers are new rows. A family format chosen because the tokenizer has no chat
+        template usually means a base model whose turn tokens exist but were never trained (Gemma-3
+        270M base: p(<end_of_turn>) < 1e-4 after 20 LoRA-only steps, so answers never stop); LoRA on
+        the linear layers barely moves their logits, training the rows makes the turn end learnable.
+        """
+        if self.source == "fallback":
+            return list(self.added_tokens)
+        return list(_FAMILY_MARKERS.get(self.family, ())) if self.source == "family" else []
+
     def why(self) -> str:
         """One human sentence: which template, and why."""
         bos = "BOS added once at the start" if self.add_bos else "no BOS (the tokenizer adds none)"
@@ -87,7 +100,9 @@ class TemplateChoice:
             head = "The tokenizer's own chat template"
         elif self.source == "family":
             head = (f"The tokenizer has no chat template, so the {self.family} family's own format is used "
-                    "(recognised from its vocabulary/config, with its real special tokens)")
+                    "(recognised from its vocabulary/config, with its real special tokens"
+                    + (f"; their embedding rows are trained with the adapter: {', '.join(self.trained_tokens)})"
+                       if self.trained_tokens else ")"))
         else:
             added = ", ".join(self.added_tokens) or "none"
             head = ("The tokenizer has no chat template and no known family format, so ChatML is used with "

@@ -120,8 +120,8 @@ def build_model(spec: RunSpec, recompute: bool):
         from studio.jobs.preference import load_start_adapter
 
         return load_start_adapter(model, spec.from_adapter), loaded
-    # Fallback markers were added to the vocabulary: train their embedding rows with the adapter.
-    new_rows = [int(loaded.tokenizer.convert_tokens_to_ids(t)) for t in choice.added_tokens]
+    # Fallback markers (new rows) or a base model's unused turn tokens: train their embedding rows too.
+    new_rows = [int(loaded.tokenizer.convert_tokens_to_ids(t)) for t in choice.trained_tokens]
     lora = LoraConfig(r=spec.lora.r, lora_alpha=spec.lora.alpha, lora_dropout=spec.lora.dropout,
                       target_modules=spec.lora.modules(), task_type="CAUSAL_LM",
                       trainable_token_indices=new_rows or None)

@@ -183,6 +183,11 @@ def test_train_chat_merge_and_gguf(models, arch, workspace):
 
     adapter = _train_two_steps(models[arch], f"m-{arch}")
     loaded = load_model(str(models[arch]), "fp32", device="cpu")
+    choice = templates.current(loaded.tokenizer)
+    config = json.loads((export.adapter_path(adapter) / "adapter_config.json").read_text())
+    rows = [loaded.tokenizer.convert_tokens_to_ids(t) for t in choice.trained_tokens]
+    assert (config["trainable_token_indices"] or []) == (rows or [])  # a family's turn tokens: rows trained
+    assert (choice.source == "family" and arch != "mistral") == bool(rows)  # Mistral's turns are plain text
     kwargs = generate_kwargs(loaded.tokenizer, GenerationSettings(max_new_tokens=4, temperature=0))
     assert kwargs["eos_token_id"] == templates.current(loaded.tokenizer).stop_ids  # chat stops on every end of turn
     ids = torch.tensor([templates.encode(loaded.tokenizer, CONVO[:2])])
