@@ -210,7 +210,8 @@ def main() -> int:
                       cot_style="answer", overwrite=True)
     spec = RunSpec(name=args.name, dataset=args.name, model=ModelSpec(ref=args.model, quant="fp32"),
                    lora=LoraSpec(r=16, alpha=32, dropout=0.0, target_modules="all-linear"),
-                   train=TrainSpec(max_seq_len=args.max_len, micro_batch=args.micro_batch, grad_accum=1, lr=1e-3, warmup_ratio=0.0,
+                   train=TrainSpec(max_seq_len=args.max_len, micro_batch=args.micro_batch, grad_accum=1, lr=1e-3,
+                                   warmup_ratio=0.0,
                                    max_steps=args.steps, save_steps=1000, eval_steps=0,
                                    gradient_checkpointing=False, optimizer="adamw_torch", precision="fp32",
                                    packing=False))
