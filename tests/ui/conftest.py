@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -49,6 +51,19 @@ def stop_app(proc) -> None:
         proc.kill()
 
 
+def kill_workers(ws: Path) -> None:
+    """Kill every worker and task process (and its group) whose pid a run or task folder of `ws` names:
+    stopping the app leaves them running by design (runs survive an app restart), but not after a test."""
+    for status in [*ws.glob("runs/*/status.json"), *ws.glob("tasks/*/status.json")]:
+        pid = json.loads(status.read_text()).get("pid")
+        if not pid:
+            continue
+        try:
+            os.killpg(os.getpgid(pid), signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
 @pytest.fixture(scope="session")
 def app_workspace(tmp_path_factory, bundled_dir) -> Path:
     return tmp_path_factory.mktemp("app-ws")
@@ -60,3 +75,4 @@ def app_url(app_workspace):
     proc, url = start_app(app_workspace)
     yield url
     stop_app(proc)
+    kill_workers(app_workspace)

@@ -17,7 +17,6 @@ import json
 import os
 import re
 import shutil
-import signal
 from pathlib import Path
 
 import pytest
@@ -52,24 +51,12 @@ def _launcher():
     spec = importlib.util.spec_from_file_location("ui_launcher", Path(__file__).resolve().parent / "conftest.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.start_app, module.stop_app
-
-
-def kill_workers(ws: Path) -> None:
-    """Kill every worker (and its process group) whose pid a run folder of this workspace names."""
-    for status in ws.glob("runs/*/status.json"):
-        pid = json.loads(status.read_text()).get("pid")
-        if not pid:
-            continue
-        try:
-            os.killpg(os.getpgid(pid), signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+    return module.start_app, module.stop_app, module.kill_workers
 
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory, bundled_dir):
-    start_app, stop_app = _launcher()
+    start_app, stop_app, kill_workers = _launcher()
     ws = tmp_path_factory.mktemp("browser-ws")  # a fresh workspace: no dataset, run or adapter yet
     proc, url = start_app(ws)
     yield url, ws
