@@ -410,17 +410,21 @@ def child_inference(job: dict) -> dict:
     return result
 
 
-# Cumulative: each change of the CPU recipe (studio/jobs/cpu_speed.py, worker.CpuSFTTrainer) added to the row above.
+# Cumulative: each change of the CPU recipe (studio/jobs/cpu_speed.py, worker.CpuSFTTrainer) added to the row above;
+# the last row is built and tested but off in the recipe (CpuSFTTrainer.fused_loss) until it measures faster.
 PARTS = ["as the preset is written: recompute, every logit, nn.Dropout, masked SDPA",
          "+ no recompute (presets.cpu_pass)", "+ logits only where a label is", "+ attention per packed sequence",
-         "+ 16-bit dropout masks", "+ LM head in chunks over trained positions", "+ frozen weights stored in bf16"]
+         "+ 16-bit dropout masks", "+ one dropout mask per shared input (q/k/v, gate/up)",
+         "+ frozen weights stored in bf16", "+ LoRA inputs kept in bf16 (the recipe)",
+         "+ LM head in chunks over trained positions (off in the recipe)"]
+BF16_ONLY = (6, 7)  # these levels only matter under bf16 autocast
 
 
 def child_parts(job: dict) -> dict:
     """Forward + backward of one packed row of the data under each change; the best of `repeats` rounds."""
     bf16 = job["precision"] == "bf16"
     row = _packed_row(job["dataset"], job["max_len"])
-    levels = range(len(PARTS) if bf16 else len(PARTS) - 1)  # bf16 storage only matters under bf16 autocast
+    levels = [level for level in range(len(PARTS)) if bf16 or level not in BF16_ONLY]
     best: dict[int, float] = {}
     for _ in range(job["repeats"]):  # rounds through every level, so a busy moment hits all of them alike
         for level in levels:
@@ -465,9 +469,11 @@ def _parts_model(job: dict, level: int, bf16: bool):
     if level >= 3:
         cpu_speed.use_packed_attention(model)
     if level >= 4:
-        cpu_speed.use_fast_dropout(model)
-    if level >= 6:
+        cpu_speed.use_fast_dropout(model, share=level >= 5)
+    if level >= 6 and bf16:
         cpu_speed.store_frozen_in_bf16(model)
+    if level >= 7 and bf16:
+        cpu_speed.keep_lora_inputs(model)
     return model.train()
 
 
@@ -487,7 +493,7 @@ def _time_passes(model, row: dict, level: int, bf16: bool, passes: int) -> float
     for _ in range(passes + 1):
         start = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            if level >= 5:  # as CpuSFTTrainer.compute_loss does it where its probe holds
+            if level >= 8:  # as CpuSFTTrainer.compute_loss would with fused_loss on, where its probe holds
                 loss = fused_lm_loss(lm_parts(model), {**row_inputs, "labels": row["labels"]})
             else:
                 loss = model(**inputs, use_cache=False).loss
@@ -625,17 +631,26 @@ def run_workload(workload: Workload, workdir: Path, threads: int | None) -> dict
     if workload.inference:
         pair = [next(v for v in workload.variants if v[0] == side) for side in ("baseline", "studio")]
         first = {f"{side}-{p}": adapters[f"{side}-{p}-0"] for side, p in pair}
-        out["inference"] = run_child("inference", {"model_ref": model_ref, "quant": workload.quant,
-                                                   "adapters": first, "dataset": dataset, "workdir": str(workdir),
-                                                   "new_tokens": workload.new_tokens},
-                                     workdir, f"{workload.name}-inference", threads)
+        out["inference"] = _optional(lambda: run_child(
+            "inference", {"model_ref": model_ref, "quant": workload.quant, "adapters": first, "dataset": dataset,
+                          "workdir": str(workdir), "new_tokens": workload.new_tokens},
+            workdir, f"{workload.name}-inference", threads))
     if workload.parts:
         precision = next(p for side, p in workload.variants if side == "studio")  # the preset's: bf16 if the CPU has it
-        out["parts"] = run_child("parts", {"model_ref": model_ref, "quant": workload.quant, "dataset": dataset,
-                                           "max_len": workload.max_len, "precision": precision,
-                                           "lora": asdict(workload.lora), "repeats": workload.parts, "passes": 2},
-                                 workdir, f"{workload.name}-parts", threads)
+        out["parts"] = _optional(lambda: run_child(
+            "parts", {"model_ref": model_ref, "quant": workload.quant, "dataset": dataset, "max_len": workload.max_len,
+                      "precision": precision, "lora": asdict(workload.lora), "repeats": workload.parts, "passes": 2},
+            workdir, f"{workload.name}-parts", threads))
     return out
+
+
+def _optional(measure) -> dict:
+    """Inference and the per-change table: a failure there is reported, and the training table still kept."""
+    try:
+        return measure()
+    except BenchError as exc:
+        print(f"[bench] {exc.message.splitlines()[0]} (kept going; {exc.fix})", flush=True)
+        return {"error": exc.message.splitlines()[0], "fix": exc.fix}
 
 
 def _describe(workload: Workload, model_ref: str) -> dict:
@@ -737,7 +752,8 @@ def table(results: dict) -> str:
     lines += ["", "| workload | what | time to first token ms | decode tok/s |", "|---|---|---|---|"]
     for w in results["workloads"]:
         inf = w.get("inference")
-        if not inf:
+        if not inf or "error" in inf:
+            lines += [f"| {w['workload']['name']} | {inf['error']} ({inf['fix']}) | | |"] if inf else []
             continue
         for what in ("base", "adapter", "merged"):
             lines.append(f"| {w['workload']['name']} | {what} | {inf[what]['ttft_ms']} | {inf[what]['decode_tok_s']} |")
@@ -746,7 +762,9 @@ def table(results: dict) -> str:
                      f"packing check {inf['packing_check']} | | |")
     for w in results["workloads"]:
         parts = w.get("parts")
-        if parts:
+        if parts and "error" in parts:
+            lines += ["", f"CPU fast path, one change at a time: {parts['error']} ({parts['fix']})"]
+        elif parts:
             lines += ["", f"| CPU fast path, one change at a time ({parts['precision']}, one packed row of "
                       f"{parts['tokens']} tokens, {parts['sequences']} sequences) | s per pass | tok/s |",
                       "|---|---|---|"]

@@ -10,13 +10,19 @@ changing what is learned:
 - **LoRA dropout from 16-bit random numbers**: `nn.Dropout` draws one random number per element, and
   on a CPU that costs almost a fifth of the step. Four 16-bit draws per 64-bit random number give
   the same drop rate to 1/65,536 (under autocast the mask is applied to the bf16 copy the LoRA
-  matmul needs anyway);
+  matmul needs anyway). LoRA layers reading the very same tensor (q/k/v, gate/up) share one mask,
+  as one LoRA on a fused qkv/gate_up projection does: the one change here that alters the random draws
+  (not the drop rate); held-out loss is checked against the baseline by the benchmark;
 - **frozen base weights stored in bf16** when the run trains under bf16 autocast: autocast casts every
-  frozen weight to bf16 on every forward pass; storing them in bf16 does it once (same numbers).
+  frozen weight to bf16 on every forward pass; storing them in bf16 does it once (same numbers);
+- **LoRA inputs left in bf16** under bf16 autocast: PEFT casts each LoRA input to the LoRA weights'
+  fp32 and autocast casts it straight back for the matmul (same numbers, two copies saved).
 The worker's CPU trainer also computes logits only where a label is (prompt tokens need no LM head).
 """
 
 from __future__ import annotations
+
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -122,25 +128,40 @@ class _Dropout(torch.autograd.Function):
 
 
 class FastDropout(torch.nn.Module):
-    """Inverted dropout like `nn.Dropout(p)`, with 16-bit random draws."""
+    """Inverted dropout like `nn.Dropout(p)`, with 16-bit random draws.
 
-    def __init__(self, p: float):
+    With `share` (one mask per shared input), LoRA layers that read the very same tensor right after one
+    another (q/k/v read one normed hidden state, gate/up another) get the same dropped copy, as one LoRA
+    on a fused qkv or gate_up projection (Phi-3's `qkv_proj`, `gate_up_proj`) gets with PEFT: one mask
+    drawn and applied instead of three, and one saved for backward.
+    """
+
+    _last: dict = {}  # the most recent input (a weak reference and its version), its p and its dropped copy
+
+    def __init__(self, p: float, share: bool = False):
         super().__init__()
         self.p = p
+        self.share = share
 
     def forward(self, x):
         if not self.training or self.p == 0.0:
             return x
-        device = x.device.type
+        last = FastDropout._last
+        if self.share and last.get("p") == self.p and last["x"]() is x and last["version"] == x._version:
+            return last["out"]
+        source, device = x, x.device.type
         if torch.is_autocast_enabled(device):  # the LoRA matmul next would cast to bf16 anyway: mask half the bytes
             x = x.to(torch.get_autocast_dtype(device))
-        return _Dropout.apply(x, self.p)
+        out = _Dropout.apply(x, self.p)
+        if self.share:
+            FastDropout._last = {"x": weakref.ref(source), "version": source._version, "p": self.p, "out": out}
+        return out
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
 
 
-def use_fast_dropout(model) -> int:
+def use_fast_dropout(model, share: bool = False) -> int:
     """Replace the LoRA layers' `nn.Dropout` with `FastDropout`; returns how many were replaced.
 
     All or nothing: the layers are found first, `FastDropout` is checked on a probe tensor, then swapped in.
@@ -151,19 +172,51 @@ def use_fast_dropout(model) -> int:
              for name, dropout in module.lora_dropout.items()
              if isinstance(dropout, torch.nn.Dropout) and dropout.p > 0]
     if found:
-        _probe_dropout(found[0][2])
+        _probe_dropout(found[0][2], share)
     for dropouts, name, p in found:
-        dropouts[name] = FastDropout(p)
+        dropouts[name] = FastDropout(p, share)
     return len(found)
 
 
-def _probe_dropout(p: float) -> None:
+def share_dropout_masks(model) -> int:
+    """`use_fast_dropout` with one mask per shared input (see FastDropout); returns how many layers."""
+    return use_fast_dropout(model, share=True)
+
+
+def keep_lora_inputs(model) -> int:
+    """Under bf16 autocast, stop PEFT casting each LoRA layer's input to the LoRA weights' fp32.
+
+    Exact: the LoRA matmul right after runs under autocast, which casts the input back to bf16, and bf16 ->
+    fp32 -> bf16 gives back the same numbers. It saves two copies of every o_proj/down_proj input (they
+    arrive in bf16) per LoRA layer and pass. Relies on PEFT's `cast_input_dtype_enabled` switch (0.15+).
+    """
+    from peft.tuners.lora import LoraLayer
+
+    layers = [module for module in model.modules() if isinstance(module, LoraLayer)]
+    if not layers:
+        return 0
+    probe = layers[0]  # checked on one layer first: PEFT must honour the switch (a rename would not)
+    probe.cast_input_dtype_enabled = False
+    if probe._cast_input_dtype(torch.ones(1, dtype=torch.bfloat16), torch.float32).dtype != torch.bfloat16:
+        probe.cast_input_dtype_enabled = True
+        raise RuntimeError("this PEFT casts LoRA inputs whatever cast_input_dtype_enabled says")
+    for module in layers:
+        module.cast_input_dtype_enabled = False
+    return len(layers)
+
+
+def _probe_dropout(p: float, share: bool = False) -> None:
     x = torch.ones(4096, requires_grad=True)
-    y = FastDropout(p).train()(x)
+    y = FastDropout(p, share).train()(x)
     y.sum().backward()
     kept = (y != 0).float().mean().item()
     if y.shape != x.shape or not torch.equal(x.grad, y.detach()) or abs(kept - (1 - p)) > 0.1:
         raise RuntimeError(f"16-bit dropout kept {kept:.2f} of the values, not about {1 - p:.2f}")
+    if share:  # the same tensor again: the same mask; another tensor: a fresh one
+        again, other = FastDropout(p, True).train()(x), FastDropout(p, True).train()(x.detach().clone())
+        if again is not y or torch.equal(other, y.detach()):
+            raise RuntimeError("shared dropout masks are not reused for the same input only")
+        FastDropout._last = {}
 
 
 def store_frozen_in_bf16(model) -> int:

@@ -89,6 +89,40 @@ def test_fast_dropout_drops_at_the_rate_asked_and_keeps_the_mean():
     assert drop.eval()(x) is x  # no dropout outside training
 
 
+def test_shared_masks_reuse_one_dropped_copy_for_the_same_input_only():
+    torch.manual_seed(0)
+    q, k = cpu_speed.FastDropout(0.3, share=True), cpu_speed.FastDropout(0.3, share=True)
+    x = torch.ones(64, 64, requires_grad=True)
+    first = q(x)
+    assert k(x) is first  # q/k/v of one layer read one tensor: one mask, as a fused qkv LoRA has
+    other = k(x.detach().clone())  # another tensor (the next layer's input): a fresh mask
+    assert not torch.equal(other == 0, first == 0)
+    x.data.mul_(1.0)  # changed in place since: never the stale copy
+    assert k(x) is not first
+    (first.sum() + first.sum()).backward()  # used twice: gradients add up through the one mask
+    assert torch.equal(x.grad, 2 * first.detach())
+    assert cpu_speed.FastDropout(0.3).train()(x) is not k(x)  # share=False (the default) never reuses
+
+
+def test_lora_inputs_kept_in_bf16_give_the_same_numbers_under_autocast(tiny_model_dir):
+    model = _peft_model(tiny_model_dir, dropout=0.0)
+    cpu_speed.store_frozen_in_bf16(model)
+    ids, positions, _ = _packed_row(model.config.vocab_size)
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, position_ids=positions, labels=ids, use_cache=False).loss
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    loss, grads = step()
+    assert cpu_speed.keep_lora_inputs(model) == 2 * 7
+    loss2, grads2 = step()
+    assert torch.equal(loss, loss2)
+    assert all(torch.equal(a, b) for a, b in zip(grads, grads2, strict=True))  # exactly the same step
+
+
 def test_fast_dropout_replaces_only_lora_dropouts(tiny_model_dir):
     model = _peft_model(tiny_model_dir)
     count = cpu_speed.use_fast_dropout(model)

@@ -40,7 +40,8 @@ def test_every_change_applies_when_nothing_is_missing(tiny_model_dir, monkeypatc
     monkeypatch.setattr(worker, "autocast_bf16", lambda spec: True)
     model = _peft_model(tiny_model_dir)
     done = worker.speed_up_cpu(model, _spec())
-    assert done == ["attention per packed sequence", "16-bit dropout masks", "frozen weights in bf16"]
+    assert done == ["attention per packed sequence", "16-bit dropout masks, one per shared input",
+                    "frozen weights in bf16", "LoRA inputs kept in bf16"]
     assert _off_lines(capsys.readouterr().out) == []
     _trains(model)
 
@@ -54,7 +55,8 @@ def test_attention_falls_back_when_transformers_renames_its_sdpa_function(tiny_m
     done = worker.speed_up_cpu(model, _spec())
     lines = _off_lines(capsys.readouterr().out)
     assert len(lines) == 1 and "attention per packed sequence off" in lines[0] and "ImportError" in lines[0]
-    assert done == ["16-bit dropout masks", "frozen weights in bf16"]  # the other changes still apply
+    assert done == ["16-bit dropout masks, one per shared input", "frozen weights in bf16",
+                    "LoRA inputs kept in bf16"]  # the other changes still apply
     assert model.config._attn_implementation == "sdpa"
     _trains(model)
 
@@ -78,8 +80,8 @@ def test_dropout_falls_back_when_peft_renames_its_lora_layer(tiny_model_dir, mon
     model = _peft_model(tiny_model_dir)
     done = worker.speed_up_cpu(model, _spec("fp32"))
     lines = _off_lines(capsys.readouterr().out)
-    assert len(lines) == 1 and "16-bit dropout masks off" in lines[0]
-    assert "16-bit dropout masks" not in done
+    assert len(lines) == 1 and "16-bit dropout masks, one per shared input off" in lines[0]
+    assert "16-bit dropout masks, one per shared input" not in done
     dropouts = [m for m in model.modules() if isinstance(m, (torch.nn.Dropout, cpu_speed.FastDropout))]
     assert dropouts and all(type(m) is torch.nn.Dropout for m in dropouts)  # every one as PEFT made it
     _trains(model)
@@ -104,6 +106,20 @@ def test_fast_dropout_that_drops_the_wrong_share_is_not_swapped_in(tiny_model_di
     monkeypatch.setattr(cpu_speed, "DROP_BITS", 8)  # a broken bit trick: the drop rate is far off
     model = _peft_model(tiny_model_dir, dropout=0.3)
     done = worker.speed_up_cpu(model, _spec("fp32"))
-    assert "16-bit dropout masks" not in done
+    assert "16-bit dropout masks, one per shared input" not in done
     assert len(_off_lines(capsys.readouterr().out)) == 1
     assert not any(isinstance(m, cpu_speed.FastDropout) for m in model.modules())
+
+
+def test_lora_inputs_keep_their_casts_when_peft_drops_the_switch(tiny_model_dir, monkeypatch, capsys):
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    monkeypatch.setattr(worker, "autocast_bf16", lambda spec: True)
+    # as a PEFT release that dropped the per-layer switch: it always casts to the weights' dtype
+    monkeypatch.setattr(BaseTunerLayer, "_cast_input_dtype", lambda self, x, dtype: x.to(dtype))
+    model = _peft_model(tiny_model_dir)
+    done = worker.speed_up_cpu(model, _spec())
+    lines = _off_lines(capsys.readouterr().out)
+    assert len(lines) == 1 and "LoRA inputs kept in bf16 off" in lines[0]
+    assert "LoRA inputs kept in bf16" not in done and "frozen weights in bf16" in done
+    assert not any(getattr(m, "cast_input_dtype_enabled", True) is False for m in model.modules())
