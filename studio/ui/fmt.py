@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
+_TOKEN = re.compile(r"<[^<>\s]+>")  # <end_of_turn>, <|im_end|>, <bos>: special tokens as they are written
+
 
 def number(value) -> str:
     """3 significant digits for small values (loss 5.09, lr 0.000179), thousands separators for big ones."""
@@ -45,3 +49,10 @@ def table(frame):
         if out[column].dtype.kind == "f":
             out[column] = out[column].map(rounded)
     return out
+
+
+def md(text: str, in_table: bool = False) -> str:
+    """Text for gr.Markdown with special tokens shown as code: raw, `<start_of_turn>` is taken for an HTML tag
+    and everything after it disappears. In a table cell the pipes of `<|im_end|>` are escaped too."""
+    shown = _TOKEN.sub(lambda m: f"`{m.group(0)}`", str(text))
+    return shown.replace("|", "\\|") if in_table else shown

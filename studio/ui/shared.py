@@ -102,6 +102,12 @@ class Shared:
         (and on page load)."""
         self.followers.append((function, outputs, list(inputs)))
 
+    def set_on_commit(self, box, key: str) -> None:
+        """A text box sets `key` when the user leaves it or presses Enter, never on each keystroke: the
+        followers write the state back into the box, which would eat the letters typed meanwhile."""
+        for event in (box.blur, box.submit):
+            event(self.set(key), [self.current, box], self.current, show_progress="hidden")
+
     @staticmethod
     def set(key: str):
         """An event function: (current, value) -> current with `key` set to value (gr.skip() if unchanged)."""

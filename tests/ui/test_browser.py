@@ -142,6 +142,13 @@ def test_1_model_defaults_follow_the_hardware(page):
     s = state(page)
     assert (s["model"], s["quant"], s["dataset"], s["run"], s["adapter"]) == ("bundled", "fp32", "", "", "")
     assert "Dataset none yet" in page.inner_text("#current-state")
+    box = page.locator("#model-ref textarea, #model-ref input").first  # typed key by key, as a person does
+    box.fill("")
+    box.press_sequentially("bundled", delay=40)
+    page.wait_for_timeout(1500)
+    assert box.input_value() == "bundled"  # the state following the box never ate a letter typed meanwhile
+    box.press("Tab")  # leaving the box commits it
+    page.wait_for_function("() => document.querySelector('#current-state').dataset.model === 'bundled'")
     no_raw_floats(page)
     shot(page, "walk-01-model")
 

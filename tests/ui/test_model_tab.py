@@ -10,6 +10,7 @@ def test_load_bundled_in_4bit_and_generate(app_url):
     info = client.predict("bundled", "4bit", api_name="/load_model")
     assert "| quant | 4bit |" in info and "LlamaForCausalLM" in info
     assert "| chat_template | The tokenizer's own chat template" in info  # which template, and why
+    assert "end of turn `<\\|im_end\\|>`" in info  # tokens shown as code; their pipes do not split the cell
     answer = client.predict("bundled", "4bit", "What are the symptoms of type 2 diabetes?", 48, api_name="/generate")
     assert len(answer.split()) >= 10
     assert any(word in answer.lower() for word in ("thirst", "urination", "blood sugar", "fatigue", "glucose",

@@ -54,6 +54,15 @@ def test_numbers_for_people():
     assert fmt.rounded(27.18281828) == 27.18
 
 
+def test_special_tokens_survive_markdown():
+    # raw, <start_of_turn> is an HTML tag to the browser and the rest of the line disappeared (Gemma's "why")
+    line = ("trained with the adapter: <start_of_turn>, <end_of_turn>); end of turn <end_of_turn>; "
+            "stops on ids [1, 106].")
+    assert fmt.md(line) == ("trained with the adapter: `<start_of_turn>`, `<end_of_turn>`); end of turn "
+                            "`<end_of_turn>`; stops on ids [1, 106].")
+    assert fmt.md("end of turn <|im_end|>", in_table=True) == "end of turn `<\\|im_end\\|>`"  # no new table cell
+
+
 def test_the_log_tail_leaves_library_noise_in_the_file(tmp_path):
     from studio.jobs.events import log_tail
 

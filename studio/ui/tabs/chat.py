@@ -354,7 +354,7 @@ def _registry_ui(names: list[str]) -> Registry:
 def _template_line(model_ref: str) -> str:
     from studio.templates import describe_ref
 
-    return describe_ref(model_ref)
+    return fmt.md(describe_ref(model_ref))
 
 
 def build(shared: Shared) -> None:

@@ -16,6 +16,7 @@ import pandas as pd
 
 from studio.errors import StudioError
 from studio.hosted import checked_path
+from studio.ui.fmt import md as markdown_text
 from studio.ui.shared import Shared
 
 TITLE = "Data"
@@ -158,7 +159,7 @@ def template_view(path: str, row: float | None, fmt: str, mapping: dict | None, 
         return [(json.dumps(messages, indent=2, ensure_ascii=False), None)], warning
     _, items = store.preview_row(path, int(row), tokenizer, fmt, mapping, cot_style, options, int(max_len),
                                  bool(train_on_all), long_docs)
-    return _runs(tokenizer, items, int(max_len)), template_warning(tokenizer) or warning
+    return _runs(tokenizer, items, int(max_len)), markdown_text(template_warning(tokenizer) or warning or "")
 
 
 def inspect_data(path: str, fmt: str, prompt: str, response: str, system: str, cot_style: str, model_ref: str,
@@ -193,8 +194,8 @@ def inspect_data(path: str, fmt: str, prompt: str, response: str, system: str, c
                  for part, chosen in (("prompt", prompt), ("response", response), ("system", system))]
     counts, table, download = problems_outputs(report)
     plot, stats_text = histogram(report.token_stats, tokenizer is not None)
-    notes = "\n\n".join(dict.fromkeys(n for n in (report.template_warning, template_note, warning, *report.notes)
-                                      if n))
+    notes = "\n\n".join(dict.fromkeys(n for n in (markdown_text(report.template_warning or ""), template_note, warning,
+                                                    *report.notes) if n))
     return (path, evidence, *dropdowns, preview_table(report.preview), counts, table, download, plot, stats_text,
             first_row, template, notes)
 

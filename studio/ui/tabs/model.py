@@ -6,6 +6,7 @@ import gradio as gr
 
 from studio.config import QUANT_MODES
 from studio.errors import StudioError
+from studio.ui import fmt
 from studio.ui.shared import Shared
 
 TITLE = "Model"
@@ -20,7 +21,7 @@ def load(ref: str, quant: str, progress=gr.Progress()):
     except StudioError as exc:
         raise gr.Error(str(exc)) from exc
     info = model_info(engine.loaded)
-    rows = "\n".join(f"| {k} | {v} |" for k, v in info.items())
+    rows = "\n".join(f"| {k} | {fmt.md(v, in_table=True)} |" for k, v in info.items())
     return f"| property | value |\n|---|---|\n{rows}"
 
 
@@ -53,7 +54,7 @@ def build(shared: Shared) -> None:
         shared.quant = gr.Dropdown(list(QUANT_MODES), value=current.quant, label="Precision", scale=1,
                                    elem_id="model-quant", info=QUANT_HELP)
         load_btn = gr.Button("Load", variant="primary", scale=1)
-    shared.model_ref.input(shared.set("model_ref"), [shared.current, shared.model_ref], shared.current)
+    shared.set_on_commit(shared.model_ref, "model_ref")
     shared.quant.input(shared.set("quant"), [shared.current, shared.quant], shared.current)
     shared.follow(lambda c: (c.model_ref, c.quant), [shared.model_ref, shared.quant])
     info = gr.Markdown(elem_id="model-info")

@@ -217,7 +217,7 @@ def what_will_train(current, settings) -> str:
 def _template_line(model_ref: str) -> str:
     from studio.templates import describe_ref
 
-    return describe_ref(model_ref)
+    return fmt.md(describe_ref(model_ref))
 
 
 def build(shared: Shared) -> None:
@@ -282,7 +282,7 @@ def _wire(shared, settings, summary, dataset, model, name, max_steps, processes,
     stop_btn, resume_btn, confirm, delete_btn, action_info = buttons
     current = shared.current
     dataset.input(shared.set("dataset"), [current, dataset], current)
-    model.input(shared.set("model_ref"), [current, model], current)
+    shared.set_on_commit(model, "model_ref")
     run.input(shared.set("run"), [current, run], current)
     shared.follow(lambda c: (gr.Dropdown(choices=list(c.datasets), value=c.dataset), c.model_ref,
                              gr.Dropdown(choices=list(c.runs), value=c.run)), [dataset, model, run])
