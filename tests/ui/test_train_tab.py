@@ -38,9 +38,13 @@ def test_start_see_events_and_stop(client, app_workspace, tiny_model_dir, tmp_pa
     chart = json.loads(plot["plot"])  # an altair chart: integer steps on the axis, points drawn
     points = next(iter(chart["datasets"].values()))
     assert points and {"step", "loss", "series"} <= set(points[0])
-    axis = chart["encoding"]["x"]["axis"]  # whole steps: a tick at each step on a short run
+    axis = chart["encoding"]["x"]["axis"]  # whole steps: a tick at each step while the run is short
     steps = sorted({int(p["step"]) for p in points})
-    assert axis["format"] == "d" and axis["values"] == list(range(1, steps[-1] + 1)) and chart["mark"]["point"]
+    assert axis["format"] == "d" and chart["mark"]["point"]
+    if steps[-1] <= 20:  # a fast machine may log more steps before the first look: then ticks at whole steps only
+        assert axis["values"] == list(range(1, steps[-1] + 1))
+    else:
+        assert axis["tickMinStep"] == 1
     assert "Warning" not in log and "kernels" not in log  # library noise stays in worker.log
     assert "ui-run" in str(table["data"])
     with pytest.raises(Exception, match="already exists"):
