@@ -32,6 +32,7 @@ class Pieces:
     user_suf: str
     assistant_pre: str
     assistant_suf: str
+    answer_prompt: str = ""  # what opens the answer the model is asked for (add_generation_prompt)
     lead: str = ""  # before everything (a BOS the template writes itself)
     system_pre: str | None = None  # a system block of its own: system_pre + text + system_suf
     system_suf: str = ""
@@ -67,19 +68,23 @@ def _assistant(text: str, calls: list | None = None) -> dict:
 
 
 def turn_pieces(render: _Renderer) -> Pieces:
-    """The text the template puts around each user and assistant turn (from the second turn on)."""
+    """The text the template puts around each user and assistant turn (from the second turn on), and the
+    opening of the answer it asks for (add_generation_prompt), which may differ from a past answer's opening
+    (Mistral writes ' ' before a past answer and nothing after the last [/INST])."""
     conv = [_user(U1), _assistant(A1), _user(U2), _assistant(A2)]
     full, gen, upto = render(conv), render(conv[:3], gen=True), render(conv[:3])
     if full is None or gen is None or upto is None:
         raise ModelError("The chat template cannot render a plain user/assistant conversation, so no Ollama "
                          "template can be written from it.", "Check the model's chat_template (Model tab shows it).")
-    a_pre = gen[len(upto):] if gen.startswith(upto) else ""
+    u_suf = upto[upto.index(U2) + len(U2):]
+    after_user = full[full.index(U2) + len(U2):full.index(A2)]
+    a_pre = after_user[len(u_suf):] if after_user.startswith(u_suf) else after_user
+    u_suf = u_suf if after_user.startswith(u_suf) else ""
     a_suf = full[full.index(A2) + len(A2):]
     between = full[full.index(A1) + len(A1):full.index(U2)]
     u_pre = between[len(a_suf):] if between.startswith(a_suf) else between
-    u_suf = full[full.index(U2) + len(U2):full.index(A2)]
-    u_suf = u_suf[: len(u_suf) - len(a_pre)] if a_pre and u_suf.endswith(a_pre) else u_suf
-    return Pieces(user_pre=u_pre, user_suf=u_suf, assistant_pre=a_pre, assistant_suf=a_suf)
+    prompt = gen[len(upto):] if gen.startswith(upto) else a_pre
+    return Pieces(user_pre=u_pre, user_suf=u_suf, assistant_pre=a_pre, assistant_suf=a_suf, answer_prompt=prompt)
 
 
 def _head(text: str | None, p: Pieces, first_user: str = U1) -> str | None:
@@ -242,7 +247,7 @@ def go_template(p: Pieces) -> str:
                   + '{{ else if eq .Role "tool" }}' + g(p.tool_pre) + "{{ .Content }}" + g(p.tool_suf))
     else:
         turns += answer
-    return head + turns + "{{ end }}{{ end }}" + g(p.assistant_pre)
+    return head + turns + "{{ end }}{{ end }}" + g(p.answer_prompt)
 
 
 def _quoted(text: str, what: str) -> str:
