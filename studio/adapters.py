@@ -364,23 +364,49 @@ def _module_shape(module) -> tuple[int, int] | None:
 
 def portable_base_name(ref: str) -> str:
     """The base's name for adapter_config.json and the card: a hub id where one is known (the bundled
-    model is HuggingFaceTB/SmolLM2-135M-Instruct), else the folder or file name, never an absolute path."""
-    from studio.models import BUNDLED, HUB_DEFAULT
+    model is HuggingFaceTB/SmolLM2-135M-Instruct); for a .gguf file the name inside it (general.name) and
+    its hash, "<name> (gguf sha256:<12 hex>)"; else the folder or file name, never an absolute path."""
+    from studio.models import BUNDLED, HUB_DEFAULT, bundled_gguf, gguf_identity
 
     ref = str(ref).strip()
     if ref == BUNDLED:
         return HUB_DEFAULT
     path = Path(ref).expanduser()
+    if path.suffix == ".gguf" and path.is_file():
+        bundled = bundled_gguf()
+        if bundled is not None and path.resolve() == bundled.resolve():
+            return HUB_DEFAULT
+        name, sha256 = gguf_identity(path)
+        return f"{name} ({GGUF_HASH_TAG}{sha256[:12]})"
     if path.exists() or ref.startswith((".", "/", "~")):
         return path.stem if path.suffix == ".gguf" else path.name
     return ref  # a hub id already
 
 
-def _same_base(a: str, b: str) -> bool:
-    def norm(name: str) -> str:
-        return portable_base_name(name).rsplit("/", 1)[-1].lower()
+GGUF_HASH_TAG = "gguf sha256:"
+_GGUF_HASH_RE = re.compile(r"\s*\(" + re.escape(GGUF_HASH_TAG) + r"([0-9a-f]{12})\)$")
 
-    return norm(a) == norm(b)
+
+def _same_base(a: str, b: str) -> bool:
+    """Two bases are the same file where both names carry a GGUF hash, else the same name (ignoring case,
+    spaces and dashes). An adapter from before GGUF names were read names its base by the file's stem."""
+    names_a, names_b = _base_names(a), _base_names(b)
+    hash_a, hash_b = (_GGUF_HASH_RE.search(names_a[0]), _GGUF_HASH_RE.search(names_b[0]))
+    if hash_a and hash_b:
+        return hash_a.group(1) == hash_b.group(1)
+    return bool({_norm(n) for n in names_a} & {_norm(n) for n in names_b})
+
+
+def _base_names(ref: str) -> list[str]:
+    names = [portable_base_name(ref)]
+    if Path(str(ref)).suffix == ".gguf":
+        names.append(Path(str(ref)).stem)
+    return names
+
+
+def _norm(name: str) -> str:
+    name = _GGUF_HASH_RE.sub("", name).rsplit("/", 1)[-1].lower()
+    return re.sub(r"[^a-z0-9]+", "-", name).strip("-")
 
 
 def validate_adapter(path: str | Path, base_model) -> str:

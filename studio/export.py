@@ -77,6 +77,9 @@ def load_merged(ref: str, adapter: str, quant: str = "fp32", progress: Progress 
     folder = adapter_path(adapter)
     notes = []
     loaded = load_model(ref, quant, progress=progress)
+    warning = validate_adapter(folder, loaded)  # the loaded ref names the base (a .gguf by the model inside it)
+    if warning:
+        notes.append(warning)
     model = loaded.model
     if quant in ("4bit", "8bit"):
         # Merging into quantized weights would round the update away: dequantize the very weights the
@@ -84,9 +87,6 @@ def load_merged(ref: str, adapter: str, quant: str = "fp32", progress: Progress 
         model = model.dequantize()
         notes.append(f"The {quant} base was dequantized to {str(model.dtype).replace('torch.', '')} before "
                      "merging; the merged model is that size on disk.")
-    warning = validate_adapter(folder, model)
-    if warning:
-        notes.append(warning)
     progress(0.5, f"Merging {folder.name} into {ref}...")
     model = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
     model.eval()

@@ -24,7 +24,7 @@ from studio import paths
 from studio.config import QUANT_MODES
 from studio.errors import ModelError
 from studio.hosted import checked_model_ref
-from studio.util import Progress
+from studio.util import Progress, read_json, write_json_atomic
 from studio.util import no_progress as _no_progress
 
 BUNDLED = "bundled"
@@ -123,6 +123,42 @@ def resolve(ref: str = BUNDLED, progress: Progress = _no_progress) -> str:
     if ref.startswith((".", "/", "~")) or os.sep in ref.strip("/").replace("/", "", 1) or ref.count("/") > 1:
         raise ModelError(f"The model path {ref} does not exist.", "Check the path, or use 'bundled'.")
     return _check_hub(ref)
+
+
+def gguf_identity(path: str | Path) -> tuple[str, str]:
+    """(name, sha256) of a GGUF model file: the name the file gives itself (general.name, else
+    general.basename with general.size_label, else the file name) and the SHA-256 of its bytes. The hash is
+    kept in <studio home>/gguf-sha256.json by path, size and modification time, so a file is read once."""
+    path = Path(path).expanduser().resolve()
+    stat = path.stat()
+    key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+    cache_file = paths.home() / "gguf-sha256.json"
+    cache = read_json(cache_file, default={}) or {}
+    if key not in cache:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(2**24), b""):
+                digest.update(block)
+        cache = {k: v for k, v in cache.items() if not k.startswith(f"{path}|")} | {key: digest.hexdigest()}
+        write_json_atomic(cache_file, cache)
+    return _gguf_name(path), cache[key]
+
+
+def _gguf_name(path: Path) -> str:
+    try:
+        from gguf import GGUFReader
+
+        fields = GGUFReader(path).fields
+    except Exception:  # noqa: BLE001 - a damaged or foreign file: fall back to its file name
+        return path.stem
+
+    def text(key: str) -> str:
+        field = fields.get(key)
+        return str(field.contents()).strip() if field is not None else ""
+
+    if text("general.name"):
+        return text("general.name")
+    return " ".join(t for t in (text("general.basename"), text("general.size_label")) if t) or path.stem
 
 
 def _check_hub(repo_id: str) -> str:
