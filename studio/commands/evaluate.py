@@ -6,7 +6,7 @@ import json
 import sys
 
 from studio.config import QUANT_MODES
-from studio.export import GGUF_TYPES
+from studio.export import GGUF_TYPES, LORA_TYPES
 
 
 def add(sub) -> None:
@@ -64,6 +64,17 @@ def add(sub) -> None:
     e.add_argument("--type", default="q8_0", choices=GGUF_TYPES)
     e.add_argument("--overwrite", action="store_true")
     e.set_defaults(func=export_gguf)
+    e = esub.add_parser("lora-gguf", help="write an adapter as a GGUF LoRA plus an Ollama Modelfile, without "
+                                          "merging (llama-server --lora, Ollama ADAPTER)")
+    e.add_argument("--model", default=default_ref, help="the base the adapter was trained on")
+    e.add_argument("--adapter", required=True)
+    e.add_argument("--out", required=True, help="folder name under exports/")
+    e.add_argument("--type", default="f16", choices=LORA_TYPES, help="the LoRA's weights (f16: exact enough)")
+    e.add_argument("--base-gguf", default=None,
+                   help="the base as GGUF for the Modelfile's FROM (default: the bundled file or the --model .gguf; "
+                        "an HF folder base is converted to base.f16.gguf beside the adapter)")
+    e.add_argument("--overwrite", action="store_true")
+    e.set_defaults(func=export_lora_gguf)
     e = esub.add_parser("push", help="upload an exported folder or file to the Hugging Face Hub")
     e.add_argument("path")
     e.add_argument("--repo", required=True, help="user/name")
@@ -171,6 +182,16 @@ def export_gguf(args) -> int:
     from studio.export import to_gguf
 
     print(to_gguf(args.folder, args.out, args.type, args.overwrite, _progress))
+    return 0
+
+
+def export_lora_gguf(args) -> int:
+    from studio.export import lora_gguf
+
+    report = lora_gguf(args.model, args.adapter, args.out, args.type, args.base_gguf, args.overwrite, _progress)
+    for note in report["notes"]:
+        print(f"note: {note}")
+    print(f"lora-gguf: {report['path']}\nllama.cpp: {report['llama_server']}\nollama: {report['ollama']}")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Export tab: merge an adapter into its base (HF folder, optional GGUF), zip an adapter, push to the Hub.
+"""Export tab: merge an adapter into its base (HF folder, optional GGUF), zip an adapter or write it as a GGUF
+LoRA with an Ollama Modelfile, push to the Hub.
 
 The same functions as `python -m studio export ...`; nothing under exports/ is overwritten unless
 the Overwrite box is ticked. A merge from a training run is also recorded in runs/<id>/exports.jsonl.
@@ -41,6 +42,22 @@ def merge(ref, quant, adapter, out_name, gguf_types, overwrite, progress=gr.Prog
     return "\n\n".join(lines)
 
 
+def lora_gguf(ref, adapter, out_name, overwrite, progress=gr.Progress()):
+    """The adapter alone as a GGUF LoRA, with a Modelfile FROM the base GGUF (llama.cpp and Ollama, no merge)."""
+    from studio.export import lora_gguf as export_lora
+
+    if not adapter:
+        raise gr.Error("Pick an adapter to export.")
+    try:
+        require_login("exports")
+        report = export_lora(ref, adapter, out_name, overwrite=bool(overwrite), progress=_progress(progress))
+    except StudioError as exc:
+        raise gr.Error(str(exc)) from exc
+    return "\n\n".join([f"GGUF LoRA and Modelfile: `{report['path']}` (base `{report['base_gguf']}`)",
+                         f"llama.cpp: `{report['llama_server']}`", f"Ollama: `{report['ollama']}`"]
+                        + [f"Note: {n}" for n in report["notes"]])
+
+
 def zip_adapter(adapter, overwrite):
     from studio.export import export_adapter_zip
 
@@ -73,7 +90,9 @@ def build(shared: Shared) -> None:
 
     current = shared.current.value
     gr.Markdown("Ship a fine-tune: merge the adapter into its base (a full Hugging Face folder with the tokenizer "
-                "and chat template), optionally as **GGUF** for llama.cpp and Ollama; or zip the adapter alone. "
+                "and chat template), optionally as **GGUF** for llama.cpp and Ollama; or export the adapter alone, "
+                "as a zip or as a **GGUF LoRA** with an Ollama Modelfile (`FROM` the base GGUF, `ADAPTER` the LoRA; "
+                "no merge). "
                 "A 4-bit or 8-bit base is dequantized before merging. Nothing under exports/ is overwritten "
                 "unless you tick Overwrite.")
     model_ref = shared.model_ref or gr.Textbox(value="bundled", label="Model")
@@ -91,6 +110,7 @@ def build(shared: Shared) -> None:
     with gr.Row():
         merge_btn = gr.Button("Merge and save", variant="primary", elem_id="export-merge-btn")
         zip_btn = gr.Button("Zip adapter", elem_id="export-zip-btn")
+        lora_btn = gr.Button("Adapter as GGUF LoRA (llama.cpp, Ollama)", elem_id="export-lora-btn")
         cancel_btn = gr.Button("Cancel", variant="stop", elem_id="export-cancel", interactive=False)
     result = gr.Markdown(elem_id="export-result")
     zip_file = gr.File(label="Adapter zip", elem_id="export-zip")
@@ -107,6 +127,7 @@ def build(shared: Shared) -> None:
     shared.follow(lambda c: gr.Dropdown(choices=list(c.adapters), value=c.adapter), [adapter])
     actions = [(merge_btn, merge, [model_ref, quant, adapter, out_name, gguf_types, overwrite], result, "merge"),
                (zip_btn, zip_adapter, [adapter, overwrite], [zip_file, result], "zip_adapter"),
+               (lora_btn, lora_gguf, [model_ref, adapter, out_name, overwrite], result, "lora_gguf"),
                (push_btn, push, [push_name, repo, token, public], push_info, "push_to_hub")]
     runs = [cancellable(btn.click, fn, inputs, outputs, api, cancel_btn) for btn, fn, inputs, outputs, api in actions]
     cancel_btn.click(None, None, None, cancels=runs)
