@@ -131,3 +131,29 @@ def test_merge_never_overwrites_an_existing_export(client, tiny_model_dir, app_w
         client.predict(str(tiny_model_dir), "fp32", "ui-eval-rand", "ui-existing", [], False, api_name="/merge")
     assert (target / "keep.txt").read_text() == "mine"
     shutil.rmtree(target)
+
+
+def test_adapter_exports_as_a_gguf_lora_from_the_export_tab(client, tiny_model_dir, app_workspace):
+    """The 'Adapter as GGUF LoRA' button: adapter.gguf and a Modelfile (FROM the base GGUF, ADAPTER the LoRA)."""
+    from studio.errors import ModelError
+    from studio.export import lora_converter_script
+
+    try:
+        lora_converter_script()
+    except ModelError:
+        pytest.skip("llama.cpp's convert_lora_to_gguf.py is not installed; `make gguf-tools` installs it")
+    adapters = app_workspace / "adapters"
+    if not (adapters / "ui-eval-rand").exists():
+        import sys
+
+        sys.path.insert(0, str(ROOT / "tests" / "unit"))
+        from test_export import random_adapter
+
+        random_adapter(tiny_model_dir, adapters / "ui-eval-rand")
+    text = client.predict(str(tiny_model_dir), "ui-eval-rand", "ui-lora", False, api_name="/lora_gguf")
+    out = app_workspace / "exports" / "ui-lora"
+    assert "llama-server -m" in text and "ollama create ui-lora" in text
+    modelfile = (out / "Modelfile").read_text()
+    assert "FROM ./base.f16.gguf\nADAPTER ./adapter.gguf\n" in modelfile and (out / "adapter.gguf").is_file()
+    with pytest.raises(Exception, match="already exists"):
+        client.predict(str(tiny_model_dir), "ui-eval-rand", "ui-lora", False, api_name="/lora_gguf")
