@@ -29,12 +29,35 @@ def create_app(backend):
 
     app = FastAPI(title="Tuning Studio API", docs_url="/docs")
     app.include_router(router(backend), prefix="/v1")
+    openai_errors(app)
 
     @app.get("/")
     async def health():
         return {"status": "ok", "api": "/v1", "models": "/v1/models"}
 
     return app
+
+
+def openai_errors(app) -> None:
+    """Unknown routes, wrong methods and any unhandled failure answered in OpenAI's error shape."""
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException
+
+    from studio.serving.api import ApiError, _from_studio
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request, exc: HTTPException):
+        hint = " The API's routes: GET /v1/models, POST /v1/chat/completions, POST /v1/completions."
+        return ApiError(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}.{hint}",
+                        "invalid_request_error", "not_found" if exc.status_code == 404 else None).response()
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request, exc: RequestValidationError):
+        return ApiError(400, f"The request is not valid: {exc.errors()}"[:500], "invalid_request_error").response()
+
+    @app.exception_handler(Exception)
+    async def crashed(request, exc: Exception):
+        return _from_studio(exc).response()
 
 
 def serve(host: str, port: int, model: str, quant: str, adapters: dict[str, Path | None], max_batch: int,
