@@ -54,8 +54,8 @@ class ApiError(Exception):
 
 
 def _from_studio(exc: Exception) -> ApiError:
-    from studio.inference import ContextError
-    from studio.serving.scheduler import Overloaded
+    from studio.inference import AdapterChanged, ContextError
+    from studio.serving.scheduler import CacheBudgetError, EngineClosed, Overloaded
 
     if not isinstance(exc, StudioError):  # a failure inside generation: say what it was, in OpenAI's shape
         return ApiError(500, f"Generation failed: {type(exc).__name__}: {exc}. Retry; if it persists, check the "
@@ -64,6 +64,12 @@ def _from_studio(exc: Exception) -> ApiError:
     text = f"{exc.message} {exc.fix}".strip()
     if isinstance(exc, Overloaded):
         return ApiError(429, text, "rate_limit_error", "queue_full")
+    if isinstance(exc, AdapterChanged):
+        return ApiError(409, text, "invalid_request_error", "adapter_changed", "model")
+    if isinstance(exc, EngineClosed):
+        return ApiError(503, text, "server_error", "model_unloaded", "model")
+    if isinstance(exc, CacheBudgetError):
+        return ApiError(400, text, "invalid_request_error", "kv_cache_budget_exceeded", "max_tokens")
     if isinstance(exc, ContextError):
         return ApiError(400, text, "invalid_request_error", "context_length_exceeded", "messages")
     if isinstance(exc, (ConfigError, AdapterError)):
@@ -89,17 +95,17 @@ class Backend:
     def model_ids(self, engine) -> list[str]:
         from studio.adapters import adapter_names
 
-        names = [self.base_id(engine), *self.extra_adapters, *adapter_names(), *engine.adapters]
-        return list(dict.fromkeys(names))
+        extra = [name for name, folder in self.extra_adapters.items() if Path(folder).is_dir()]
+        return list(dict.fromkeys([self.base_id(engine), *extra, *adapter_names()]))  # the registry, as it is now
 
     def resolve(self, engine, model: str) -> str | None:
         """The adapter a `model` id asks for (None: the base), attached on first use; 404 if unknown."""
         if model in (self.base_id(engine), engine.ref, *BASE_ALIASES):
             return None
-        if model in self.extra_adapters:
+        if model in self.extra_adapters and Path(self.extra_adapters[model]).is_dir():
             engine.load_adapter(model, self.extra_adapters[model])
             return model
-        if model in engine.adapters or model in self.model_ids(engine):
+        if model in self.model_ids(engine):
             engine.load_adapter(model)
             return model
         raise ApiError(404, f"The model '{model}' does not exist here. Available: "
