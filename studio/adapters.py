@@ -290,6 +290,9 @@ def delete_adapter(name: str) -> None:
                            "Delete the run in the Train tab, or export the adapter first.")
     info = get_adapter(name)
     shutil.rmtree(info.path)
+    from studio.inference import forget_adapter  # no torch import: only engines already loaded are touched
+
+    forget_adapter(name)  # detached now: its requests end with a message, none goes on with the old weights
 
 
 # ---------------------------------------------------------------- cards

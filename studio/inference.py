@@ -264,7 +264,7 @@ class Engine:
             folder = Path(path) if path is not None else self._locate(name)
             if path is not None:
                 self._folders[name] = folder
-            key = content_key(folder)
+            key = _checked_key(folder)
             self._used[name] = time.monotonic()
             if name in self._peft_names:
                 if self._keys.get(name) == key:
@@ -612,6 +612,17 @@ def content_key(folder: Path) -> tuple:
     folder = Path(folder).resolve()
     stats = [(folder / f).stat() for f in (WEIGHTS_FILE, CONFIG_FILE)]
     return (str(folder), *((s.st_size, s.st_mtime_ns, s.st_ino) for s in stats))
+
+
+def _checked_key(folder: Path) -> tuple:
+    """content_key, after checking that the folder still holds a safetensors LoRA (clear errors if not)."""
+    from studio.adapters import check_files
+
+    if not folder.is_dir():
+        raise AdapterError(f"The adapter folder {folder} does not exist (deleted?).",
+                           "Pick an adapter from the list (GET /v1/models), or import it again.")
+    check_files(folder)
+    return content_key(folder)
 
 
 KV_MEMORY_SHARE = 4  # the KV cache may take a quarter of the memory free after the model is loaded
