@@ -522,8 +522,11 @@ class Engine:
 
     def submit_many(self, prompts: list[tuple[list[int], str | None]], sampling, sink: queue.Queue | None = None):
         """Queue answers that start in the same step (compare mode); each may ask for another adapter."""
-        from studio.serving.scheduler import Request
+        from studio.serving.scheduler import EngineClosed, Request
 
+        if self.loaded is None:
+            raise EngineClosed(f"The model {self.ref} was unloaded to make room for another.",
+                               "Load it again (the Model tab, or send the request again).")
         for ids, adapter in prompts:
             if adapter is not None:
                 self.load_adapter(adapter)  # 0 ms where attached from the same files; reloads what changed
