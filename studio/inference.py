@@ -700,6 +700,29 @@ def get_engine(ref: str = "bundled", quant: str = "fp32", progress=None) -> Engi
         return engine
 
 
+_serving: tuple[str, str] | None = None  # (ref, quant) the app's /v1 serves: the Model tab's choice
+
+
+def serve_engine(ref: str, quant: str, progress=None) -> Engine:
+    """Load (ref, quant) and declare it the engine the app's /v1 serves (the Model tab's Load button)."""
+    global _serving
+    engine = get_engine(ref, quant, progress=progress)
+    _serving = (ref, quant)
+    return engine
+
+
+def serving_choice() -> tuple[str, str]:
+    """The (ref, quant) the app's /v1 serves: the Model tab's last load, else the default model in fp32."""
+    from studio.models import default_model_ref
+
+    return _serving or (default_model_ref(), "fp32")
+
+
+def serving_engine() -> Engine:
+    """The engine the app's /v1 serves (loaded on first use), never another one the Chat tab used."""
+    return get_engine(*serving_choice())
+
+
 def loaded_engines() -> list[Engine]:
     """The loaded engines, least recently used first (the app's API serves the last)."""
     with _engines_lock:

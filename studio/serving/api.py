@@ -83,6 +83,7 @@ class Backend:
 
     engine_factory: object  # () -> Engine: the loaded engine (loaded on first call where needed)
     extra_adapters: dict[str, Path] = field(default_factory=dict)  # name -> folder (serve --adapters name=path)
+    chosen_in: str = "--model"  # where the served base was chosen, for the message refusing another base
 
     def engine(self):
         return self.engine_factory()
@@ -109,7 +110,9 @@ class Backend:
             engine.load_adapter(model)
             return model
         raise ApiError(404, f"The model '{model}' does not exist here. Available: "
-                            f"{', '.join(self.model_ids(engine))} (see GET /v1/models).",
+                            f"{', '.join(self.model_ids(engine))} (see GET /v1/models). This server serves one "
+                            f"base, {self.base_id(engine)} (chosen in {self.chosen_in}), and its adapters; "
+                            f"for another base, choose it in {self.chosen_in}.",
                        "invalid_request_error", "model_not_found", "model")
 
 

@@ -1,7 +1,7 @@
 """Bounded resources while serving: the KV-cache budget (a request that can never fit gets a 400 saying
 why; requests that fit only one at a time wait their turn and both answer), the attached-adapter limit
 (the least recently used idle adapter is detached, and comes back on its next request), and an evicted
-engine that stops its scheduler thread and lets go of its model."""
+engine that stops its scheduler thread and lets go of its model; the app's /v1 serves the Model tab's engine."""
 
 from __future__ import annotations
 
@@ -67,3 +67,20 @@ def test_an_evicted_engine_stops_its_thread_and_frees_its_model(tiny_model_dir, 
     assert not thread.is_alive() and model() is None and inference.loaded_engines() == [new]
     with pytest.raises(Exception, match="unloaded"):
         old.submit(ids, None, Sampling(max_new_tokens=4))
+
+
+def test_the_apps_api_serves_the_model_tabs_engine_not_the_last_one_used(tiny_model_dir, other_tiny_model_dir,
+                                                                          monkeypatch):
+    from studio.serving.server import app_backend
+
+    monkeypatch.setattr(inference, "_engines", {})
+    monkeypatch.setattr(inference, "_serving", None)
+    chosen = inference.serve_engine(str(tiny_model_dir), "fp32")  # the Model tab's Load
+    inference.get_engine(str(other_tiny_model_dir), "fp32")  # another engine used since (e.g. an evaluation)
+    backend = app_backend()
+    assert backend.engine() is chosen
+    client = TestClient(create_app(backend))
+    assert [m["id"] for m in client.get("/v1/models").json()["data"]] == [tiny_model_dir.name]
+    other = client.post("/v1/chat/completions", json={"model": other_tiny_model_dir.name, "messages": ASK})
+    assert other.status_code == 404 and "chosen in the Model tab" in other.json()["error"]["message"]
+    assert tiny_model_dir.name in other.json()["error"]["message"]
