@@ -17,7 +17,6 @@ import asyncio
 import hmac
 import json
 import os
-import queue
 import re
 import time
 import uuid
@@ -277,9 +276,24 @@ def _call(data, names: set[str] | None) -> dict | None:
 # ---------------------------------------------------------------- running a request
 
 
+class AsyncSink:
+    """A request's events delivered into an asyncio queue on the server's loop: the scheduler thread puts,
+    the route awaits (no thread-pool poll per event)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop, self.queue = loop, asyncio.Queue()
+
+    def put(self, item) -> None:  # called by the scheduler thread
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:
+            pass  # the loop has closed: the server is shutting down and nobody reads any more
+
+
 async def _submit(engine, ids: list[int], adapter: str | None, sampling):
+    sink = AsyncSink(asyncio.get_running_loop())
     try:
-        return await asyncio.to_thread(engine.submit, ids, adapter, sampling)
+        return await asyncio.to_thread(engine.submit, ids, adapter, sampling, sink)
     except StudioError as exc:
         raise _from_studio(exc) from exc
 
@@ -290,8 +304,8 @@ async def _events(request, http: HttpRequest):
     try:
         while True:
             try:
-                _, kind, payload = await asyncio.to_thread(request.sink.get, True, POLL_S)
-            except queue.Empty:
+                _, kind, payload = await asyncio.wait_for(request.sink.queue.get(), POLL_S)
+            except TimeoutError:
                 kind = payload = None
             if time.monotonic() - checked >= POLL_S:  # by the clock: a busy stream never leaves the queue empty
                 checked = time.monotonic()
