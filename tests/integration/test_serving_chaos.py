@@ -4,7 +4,8 @@ files), (c) a DoRA adapter is imported, (d) a client sends a prompt over the con
 the base and the two untouched adapters completes with the answer it gets alone; a request for a changed
 adapter ends with its old answer (finished before the change), a clear error, or the new weights'
 answer; RSS after is within 10% of before. Also: a decode forward that fails for one adapter's rows
-(PEFT refusing it) ends only those rows."""
+(PEFT refusing it) ends only those rows, and one that fails halfway through (as an out-of-memory
+would) is rolled back and retried without changing any answer."""
 
 from __future__ import annotations
 
@@ -95,6 +96,8 @@ def test_clients_on_untouched_models_get_their_alone_answers_while_adapters_chan
     random_lora(tiny_model_dir, run / "adapter", 9)
     with pytest.raises(AdapterError, match="DoRA"):  # (c) refused at import, with the reason
         import_adapter(_dora(tiny_model_dir, tmp_path / "dora"), "dora")
+    with pytest.raises(AdapterError, match="DoRA"):  # and given by folder (serve --adapters dora=...)
+        engine.load_adapter("dora", tmp_path / "dora")
     with pytest.raises(openai.BadRequestError) as too_long:  # (d) over the context, mid-batch
         client.chat.completions.create(model="A", messages=[{"role": "user", "content": "hello world " * 1100}])
     assert too_long.value.code == "context_length_exceeded"
@@ -156,3 +159,32 @@ def _until(condition, timeout: float = 60) -> None:
     while not condition():
         assert time.time() < deadline, "timed out waiting for the scheduler"
         time.sleep(0.005)
+
+
+def test_a_decode_step_that_fails_halfway_loses_no_answer_and_changes_none(tiny_model_dir):
+    """A forward that raises in its second layer (after the first layer wrote its KV cache), as an
+    out-of-memory would: the step is rolled back and retried in halves; every answer is its alone answer."""
+    from studio.inference import encode_chat
+    from studio.serving.scheduler import Sampling
+
+    engine = Engine(str(tiny_model_dir), "fp32", max_batch=4)
+    prompts = [encode_chat(engine.tokenizer, [{"role": "user", "content": p}])[0].tolist() for p in PROMPTS]
+    sampling = Sampling(max_new_tokens=60)
+    alone = ["".join(engine.submit(ids, None, sampling).stream()) for ids in prompts]
+    failures = []
+
+    def fail_once(module, args, output):
+        if not failures:
+            failures.append(1)
+            raise RuntimeError("simulated: out of memory in layer 1")
+
+    requests = [engine.submit(ids, None, sampling) for ids in prompts]
+    _until(lambda: engine.scheduler.running == 4 and min(len(r.tokens) for r in requests) >= 3)
+    with engine.lock:  # between two steps
+        handle = engine.model.model.layers[1].register_forward_hook(fail_once)
+    try:
+        answers = ["".join(r.stream()) for r in requests]
+    finally:
+        handle.remove()
+    assert failures and engine.scheduler.isolated >= 1
+    assert answers == alone and all(r.finish_reason in ("stop", "length") for r in requests)
