@@ -3,9 +3,12 @@
 `router(backend)` is mounted under /v1 of the running Gradio app (the Chat tab's engine, one copy of
 the base) and served alone by `python -m studio serve`. The `model` of a request picks the base or an
 adapter, hot-swapped on the one loaded base; requests for different adapters decode in the same
-batch (studio/serving/scheduler.py). Errors use OpenAI's shape, {"error": {"message", "type",
-"code"}}, with its HTTP statuses: 400 bad parameters or a prompt over the context, 401 a missing or
-wrong key, 404 an unknown model, 429 a full queue.
+batch (studio/serving/scheduler.py). Every field is checked before any work (studio/serving/validate.py).
+Errors use OpenAI's shape, {"error": {"message", "type", "param", "code"}}, with its HTTP statuses: 400
+bad parameters or a prompt over the context or the KV budget, 401 a missing or wrong key, 404 an unknown
+model, 409 an adapter changed while answering, 413 a body too large, 429 a full queue, 503 the model
+unloaded; `guarded` answers anything else in the same shape (500), never as a plain-text page. Each
+request's events reach its route through an asyncio queue fed by the scheduler thread (`AsyncSink`).
 
 Auth: when STUDIO_API_KEYS="key1,key2" is set, every request needs `Authorization: Bearer <key>`.
 In hosted mode (studio.hosted) a key is always required: without STUDIO_API_KEYS the API is closed.
