@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from itertools import chain, islice
 from pathlib import Path
 
+from studio import templates
 from studio.data import io, render
 from studio.errors import DataError
 
@@ -357,6 +358,7 @@ def render_pairs(tokenizer, pairs: list[Pair], max_len: int) -> list[RenderedPai
         if item is not None:
             continue
         prompt_ids, chosen_ids, rejected_ids = ids[3 * k:3 * k + 3]
+        prompt_ids = templates.with_bos(tokenizer, prompt_ids)  # BOS exactly once where SFT and chat put one
         room = max(0, max_len - len(prompt_ids))
         out[i] = RenderedPair(list(prompt_ids), list(chosen_ids[:room]), list(rejected_ids[:room]), *texts[k],
                               {"prompt": len(prompt_ids), "chosen": len(chosen_ids), "rejected": len(rejected_ids)})

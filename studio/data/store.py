@@ -540,6 +540,35 @@ def check_tokenizer(meta: dict, tokenizer) -> None:
                         "Prepare the dataset again with this model selected.")
 
 
+def prepared_sha256(name: str) -> str:
+    """A hash of what a run trains on: the prepared splits' files (train/eval parquet), in name order.
+    Preparing the same file with the same settings writes the same bytes, so the hash is the same."""
+    folder = _folder(name)
+    digest = hashlib.sha256()
+    for item in sorted(folder.glob("*.parquet")):
+        digest.update(item.name.encode())
+        digest.update(file_sha256(item).encode())
+    return digest.hexdigest()
+
+
+def check_unchanged(name: str, recorded: str, run_id: str) -> None:
+    """DataError when dataset `name` no longer holds the rows run `run_id` started on (hash `recorded`;
+    runs made before hashes were recorded have none and are not checked)."""
+    if not recorded:
+        return
+    try:
+        now = prepared_sha256(name)
+    except DataError as exc:
+        raise DataError(f"Run {run_id!r} cannot resume: its dataset {name!r} is gone. {exc.message}",
+                        f"Prepare {name!r} again from the same file with the same settings, or start a new run."
+                        ) from exc
+    if now != recorded:
+        raise DataError(f"Run {run_id!r} cannot resume: its dataset {name!r} was prepared again since the run "
+                        "started, so the remaining steps would train on other rows than the first ones.",
+                        f"Start a new run on {name!r} as it is now, or prepare {name!r} again from the same file "
+                        "with the same settings (that gives back the same rows) and resume.")
+
+
 def list_datasets() -> list[dict]:
     """The meta of every prepared dataset, by name."""
     metas = []

@@ -156,7 +156,9 @@ def test_two_users_at_once_own_chats_one_run_list(app_for_two, tiny_model_dir, w
 
 
 def _dead(pid: int) -> bool:
-    return not manager._alive(pid)  # gone, or a zombie nobody reaped yet
+    from studio.jobs import process
+
+    return not process.alive({"pid": pid})  # gone, or a zombie nobody reaped yet
 
 
 def _kill_first_with_second_queued(tmp_path, ref: str):
