@@ -3,7 +3,7 @@
 Data rendering, the worker, chat, evaluation, the API and export all ask `choose`, so training and
 inference never drift apart. The order of preference:
 1. the tokenizer's own chat template (what the model's authors trained with); a tokenizer with several
-   named templates (transformers keeps them as a dict: chat_templates/*.jinja beside chat_template.jinja,
+   named templates (transformers keeps them as a dict: additional_chat_templates/*.jinja beside chat_template.jinja,
    or a list in tokenizer_config.json) uses its `default`, and its `tool_use` one when tools are given;
 2. the model family's own format, recognised from the vocabulary and config (Gemma turns,
    Llama-3 headers, Phi-3 tags, ChatML for Qwen/SmolLM, Mistral [INST]), written with the real

@@ -48,6 +48,7 @@ def test_run_completes_and_saves_a_vanilla_peft_adapter(tmp_path, tiny_model_dir
     assert (path / "adapter" / "adapter_model.safetensors").is_file()
     card = json.loads((path / "adapter" / "card.json").read_text())
     assert card["dataset"] == data and card["metrics"]["eval_loss"] > 0
+    assert card["system_prompt"] == {"mode": "keep", "text": ""}  # the dataset's choice, kept with the adapter
     assert "base_model" in (path / "adapter" / "README.md").read_text()
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), path / "adapter")
     assert model.peft_config["default"].r == 8
