@@ -12,10 +12,10 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP)
-	$(PY) -m studio.bench --quick
+	$(PY) -m benchmarks.train_bench --quick
 
 lint: $(STAMP)
-	$(PY) -m ruff check studio tests app.py
+	$(PY) -m ruff check studio tests benchmarks app.py
 
 install: $(STAMP)
 

@@ -134,7 +134,8 @@ def test_finished_task_folders_older_than_the_setting_are_pruned(monkeypatch):
     def task(name: str, kind: str, age_days: float, state: str = "completed") -> Path:
         folder = paths.tasks_dir() / name
         folder.mkdir(parents=True)
-        (folder / "task.json").write_text(json.dumps({"kind": kind, "args": {}, "created": time.time() - age_days * 86400}))
+        created = time.time() - age_days * 86400
+        (folder / "task.json").write_text(json.dumps({"kind": kind, "args": {}, "created": created}))
         write_status(folder, kind=kind, state=state)
         return folder
 

@@ -111,7 +111,8 @@ def test_an_adapter_starts_conversations_the_way_its_dataset_did(workspace, choi
     from studio.inference import adapter_system_turn, with_adapter_system
 
     folder = _adapter(paths.adapters_dir() / "nurse")
-    (folder / "card.json").write_text(json.dumps({"base_model": "bundled", "dataset": "triage", "system_prompt": choice}))
+    card = {"base_model": "bundled", "dataset": "triage", "system_prompt": choice}
+    (folder / "card.json").write_text(json.dumps(card))
     assert adapter_system_turn("nurse") == turn
     assert adapter_system_turn("no-such-adapter") is None and adapter_system_turn(None) is None
     # Chat, the CLI and the API all start the conversation with it, unless it brings its own system turn

@@ -98,8 +98,8 @@ def save_pairs(path: str, fmt: str, prompt: str, chosen: str, rejected: str, mod
                eval_split, seed, overwrite, progress=gr.Progress()):
     """Prepare and save the preference dataset by name; the api_name 'prepare_preference' event."""
     from studio.data import preference
-    from studio.models import default_model_ref
     from studio.data.store import list_datasets
+    from studio.models import default_model_ref
 
     if not path:
         raise gr.Error("Choose a file first: upload one, or load the preference sample.")
