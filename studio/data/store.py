@@ -277,9 +277,7 @@ def _scan_batches(report: Inspection, conversations: Iterator, tokenizer, max_le
             if len(report.preview) < PREVIEW_ROWS:
                 report.preview.append((row, messages))
             kept.append((row, messages, items))
-        report.rows_ok += len(kept)
-        progress(min(0.9, report.rows_in / expected) if expected else 0.5, f"{report.rows_in:,} rows read")
-        yield kept
+        yield io.batch_read(report, kept, expected, progress)
     if tokenizer is not None:
         report.token_stats = render.token_stats(report.lengths, max_len)
         report.notes = _notes(tokenizer, report.options, report.format)
@@ -306,15 +304,11 @@ def inspect(path, fmt: str | None = None, mapping: dict | None = None, cot_style
 def _row(path, row: int, fmt: str | None, mapping: dict | None, cot_style: str,
          options: formats.Options | None) -> tuple[str, formats.Conversation]:
     _, fmt, mapping, rows = _choose(path, fmt, mapping)
-    for number, record in rows:
-        if number == row:
-            if isinstance(record, io.BadRecord):
-                raise DataError(f"Row {row} cannot be read: {record.reason}.", "Choose another row.")
-            try:
-                return fmt, _convert(record, fmt, mapping, cot_style, (options or formats.Options()).check())
-            except formats.RowError as exc:
-                raise DataError(f"Row {row} is invalid: {exc.reason}.", "Choose another row, or fix it.") from exc
-    raise DataError(f"There is no row {row} in {Path(path).name}.", "Choose a row number from the preview.")
+    record = io.record_at(rows, row, path)
+    try:
+        return fmt, _convert(record, fmt, mapping, cot_style, (options or formats.Options()).check())
+    except formats.RowError as exc:
+        raise DataError(f"Row {row} is invalid: {exc.reason}.", "Choose another row, or fix it.") from exc
 
 
 def conversation_at(path, row: int, fmt: str | None = None, mapping: dict | None = None,
