@@ -9,7 +9,7 @@ run: $(STAMP)
 	$(PY) app.py
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.train_bench --quick
