@@ -90,22 +90,37 @@ def render_prompt(tokenizer, messages: list[dict], tools: list[dict] | None = No
 
 
 def adapter_system_turn(adapter: str | None) -> dict | None:
-    """The system turn the adapter's training data started conversations with (the dataset's saved
-    system-prompt choice), for a conversation that brings none; None where there is no such choice."""
-    from studio import paths
+    """The system turn the adapter's training data started conversations with, for a conversation that
+    brings none; None where there is no such choice. Read from the adapter's card, where training stored
+    it; a card from before that falls back to its dataset's meta only while that dataset is the one it
+    was trained on (same source hash)."""
     from studio.adapters import get_adapter
     from studio.data.formats import system_turn
     from studio.errors import StudioError
-    from studio.util import read_json
 
     if adapter is None:
         return None
     try:
-        dataset = str(get_adapter(adapter).card.get("dataset") or "")
-        meta = read_json(paths.datasets_dir() / dataset / "meta.json", {}) if dataset else {}
+        card = get_adapter(adapter).card or {}
     except (StudioError, OSError, ValueError):
-        return None  # an adapter given by folder, or a dataset since deleted: the template's own default
-    return system_turn((meta or {}).get("system_prompt")) if isinstance(meta, dict) else None
+        return None  # an adapter given by folder: the template's own default
+    if "system_prompt" in card:
+        return system_turn(card["system_prompt"])
+    return system_turn(_legacy_system_prompt(card))
+
+
+def _legacy_system_prompt(card: dict) -> dict | None:
+    """The system-prompt choice of the dataset a card names, if that dataset still is the trained one."""
+    from studio import paths
+    from studio.util import read_json
+
+    dataset = str(card.get("dataset") or "")
+    try:
+        meta = read_json(paths.datasets_dir() / dataset / "meta.json", {}) if dataset else {}
+    except (OSError, ValueError):
+        return None
+    same = isinstance(meta, dict) and card.get("dataset_sha256") and meta.get("source_sha256") == card["dataset_sha256"]
+    return meta.get("system_prompt") if same else None
 
 
 def with_adapter_system(messages: list[dict], adapter: str | None) -> list[dict]:
