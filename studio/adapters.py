@@ -289,10 +289,8 @@ def delete_adapter(name: str) -> None:
         raise AdapterError(f"{name} belongs to a training run and is deleted with that run.",
                            "Delete the run in the Train tab, or export the adapter first.")
     info = get_adapter(name)
-    shutil.rmtree(info.path)
-    from studio.inference import forget_adapter  # no torch import: only engines already loaded are touched
-
-    forget_adapter(name)  # detached now: its requests end with a message, none goes on with the old weights
+    shutil.rmtree(info.path)  # engines in this process detach it: the Chat tab calls inference.forget_adapter,
+    # and every engine's watcher notices a deleted or replaced adapter within a second
 
 
 # ---------------------------------------------------------------- cards
