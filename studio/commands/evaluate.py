@@ -44,6 +44,11 @@ def add(sub) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=prune)
 
+    _add_export(sub, default_ref)
+
+
+def _add_export(sub, default_ref: str) -> None:
+    """export merge|adapter|lora-gguf|gguf|push."""
     p = sub.add_parser("export", help="merge an adapter, zip it, write GGUF, or push to the Hub")
     esub = p.add_subparsers(dest="export_command", required=True, metavar="ACTION")
     e = esub.add_parser("merge", help="merge an adapter into its base and save a full HF folder")
