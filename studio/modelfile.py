@@ -215,11 +215,13 @@ def from_go_text(text: str) -> str:
     return text.replace('{{ "{{" }}', "{{")
 
 
-def pieces(tokenizer, template: str) -> Pieces:
+def pieces(tokenizer, template: str, tool_template: str | None = None) -> Pieces:
+    """The pieces of `template`; the tool blocks from `tool_template` where the tokenizer has a separate
+    `tool_use` template (kept only where its turns and system block are the default template's)."""
     render = _Renderer(tokenizer, template)
     p = turn_pieces(render)
     find_system(render, p)
-    find_tools(render, p)
+    find_tools(_Renderer(tokenizer, tool_template) if tool_template else render, p)
     return p
 
 
@@ -263,7 +265,7 @@ def modelfile_text(source: str, tokenizer, adapter: str | None = None) -> str:
     from studio import templates
 
     choice = templates.current(tokenizer)
-    p = pieces(tokenizer, choice.template)
+    p = pieces(tokenizer, choice.template, choice.tool_template)
     lines = [f"FROM {source}"] + ([f"ADAPTER {adapter}"] if adapter else [])
     lines.append("TEMPLATE " + _quoted(go_template(p), "chat template"))
     if p.default_system:

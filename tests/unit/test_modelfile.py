@@ -85,6 +85,19 @@ def test_family_formats_render_alike_in_ollama(tokenizer, family):
         assert ollama(tok, messages) == jinja(tok, messages)
 
 
+def test_a_separate_tool_use_template_gives_the_tool_blocks(tokenizer):
+    """A tokenizer with named templates (default + tool_use) writes tool turns with its tool_use template."""
+    tok = tokenizer
+    tok.chat_template = {"default": QWEN25.replace("{%- if tools %}", "{%- if false %}"), "tool_use": QWEN25}
+    templates.prepare_tokenizer(tok)  # what load_tokenizer does with a tokenizer's named templates
+    assert templates.current(tok).tool_template == QWEN25
+    assert ".ToolCalls" in dict(parse_modelfile(modelfile.modelfile_text("./m.gguf", tok)))["template"]
+    for messages, tools in ((PLAIN, None), (TOOL_TURNS, [WEATHER])):
+        want = tok.apply_chat_template(messages, chat_template=templates.current(tok).for_tools(bool(tools)),
+                                       tokenize=False, add_generation_prompt=True, tools=tools)
+        assert ollama(tok, messages, tools) == want
+
+
 def test_a_literal_double_brace_stays_text(tokenizer):
     tok = with_template(tokenizer, "{% for m in messages %}{{ '{{' + m['role'] + '}} ' + m['content'] + '\n' }}"
                                    "{% endfor %}{% if add_generation_prompt %}{{ '{{assistant}} ' }}{% endif %}")
