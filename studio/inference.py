@@ -244,8 +244,12 @@ class Engine:
         refused adapter leaves the loaded model untouched. Loading an attached name again costs 0 ms.
         The check runs while others generate; only the attach itself waits for the current step.
         """
-        from studio.adapters import validate_adapter
+        from studio import policy
+        from studio.adapters import get_adapter, validate_adapter
 
+        if path is None and policy.hosted():  # hosted: a registry name the caller may see, never a folder
+            policy.require_name(name)
+            get_adapter(name)  # even when attached already (by someone else): another user's is not there
         with self._load_lock:
             if name in self._peft_names:
                 return 0.0
@@ -265,7 +269,9 @@ class Engine:
         return elapsed
 
     def _locate(self, name: str) -> Path:
-        if Path(name).is_dir():
+        from studio import policy
+
+        if not policy.hosted() and Path(name).is_dir():  # locally a folder path works too; hosted: names only
             return Path(name)
         from studio.adapters import get_adapter
 
@@ -430,11 +436,17 @@ class Engine:
 
     def submit_many(self, prompts: list[tuple[list[int], str | None]], sampling, sink: queue.Queue | None = None):
         """Queue answers that start in the same step (compare mode); each may ask for another adapter."""
+        from dataclasses import replace
+
+        from studio import policy
         from studio.serving.scheduler import Request
 
+        capped = policy.cap_tokens(sampling.max_new_tokens)  # hosted: STUDIO_MAX_TOKENS at most
+        if capped != sampling.max_new_tokens:
+            sampling = replace(sampling, max_new_tokens=capped)
         for ids, adapter in prompts:
-            if adapter is not None:
-                self._peft_name(adapter)
+            if adapter is not None:  # hosted: asks the policy even when it is attached already
+                self.load_adapter(adapter) if policy.hosted() else self._peft_name(adapter)
             check_context(len(ids), sampling.max_new_tokens, self.context_length())
         requests = [Request(ids, adapter, sampling, sink) for ids, adapter in prompts]
         self.scheduler.submit(requests)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psutil
 
-from studio import paths
+from studio import paths, policy
 from studio.config import RunSpec, save_yaml
 from studio.errors import RunError
 from studio.jobs.events import ACTIVE, append_event, latest_checkpoint, log_tail, read_events, read_status, write_status
@@ -32,7 +32,7 @@ _children: dict[str, subprocess.Popen] = {}  # workers this process started, rea
 def run_dir(run_id: str) -> Path:
     paths.check_name(run_id, "run name")
     path = paths.runs_dir() / run_id
-    if not (path / "spec.yaml").is_file():
+    if not (path / "spec.yaml").is_file() or not policy.can_see(path):  # hosted: another user's run is not there
         raise RunError(f"There is no run named {run_id!r}.",
                        "Pick one from the runs list (python -m studio runs list).")
     return path
@@ -50,14 +50,17 @@ def create(spec: RunSpec) -> Path:
     path = paths.runs_dir() / spec.name
     if path.exists():
         raise RunError(f"A run named {spec.name!r} already exists.", "Choose another run name, or delete the old run.")
-    if not (paths.datasets_dir() / spec.dataset / "meta.json").is_file():
+    dataset = paths.datasets_dir() / spec.dataset
+    if not (dataset / "meta.json").is_file() or not policy.can_see(dataset):
         raise RunError(f"The dataset {spec.dataset!r} does not exist.",
                        "Prepare it in the Data tab (or `python -m studio data prepare`) first.")
     from studio.data.preference import check_method
     from studio.util import read_json
 
     check_method(read_json(paths.datasets_dir() / spec.dataset / "meta.json", {}), spec.train.method)  # SFT vs DPO
+    policy.check_run_quota([policy.owner_of(p)["owner"] for p in _active_runs()])  # hosted: runs per user
     path.mkdir(parents=True)
+    policy.stamp(path)  # hosted: the run is the logged-in user's
     save_yaml(spec, path / "spec.yaml")
     write_status(path, state="queued", created=time.time(), step=0, total_steps=None, message="Waiting to start.")
     return path
@@ -174,9 +177,14 @@ def _schedule_locked() -> str | None:
     return queued[0][2].name
 
 
+def _active_runs() -> list[Path]:
+    return [p for p in paths.runs_dir().iterdir() if p.is_dir() and read_status(p).get("state") in ACTIVE]
+
+
 def stop(run_id: str) -> str:
     """First call: graceful (checkpoint, then exit). Second call: kill the worker now."""
     path = run_dir(run_id)
+    policy.require_owner(path, "stop", f"run {run_id!r}")
     with _schedule_lock():  # a queued run is taken out of the line before the scheduler can launch it
         status = read_status(path)
         state = status.get("state")
@@ -211,6 +219,7 @@ def _kill_group(pid: int | None) -> None:
 def resume(run_id: str) -> str:
     """Queue a stopped or failed run again; it keeps its place in the line (no later run jumps ahead)."""
     path = run_dir(run_id)
+    policy.require_owner(path, "resume", f"run {run_id!r}")
     with _schedule_lock():
         _mark_dead()  # a worker killed a moment ago is noticed here, not reported as still running
         status = read_status(path)
@@ -227,6 +236,7 @@ def resume(run_id: str) -> str:
 
 def delete(run_id: str) -> None:
     path = run_dir(run_id)
+    policy.require_owner(path, "delete", f"run {run_id!r}")
     state = read_status(path).get("state")
     if state in ("running", "stopping"):
         raise RunError(f"Run {run_id!r} is {state}.", "Stop it first, then delete it.")
@@ -244,7 +254,7 @@ def summary(path: Path) -> dict:
 
 def list_runs() -> list[dict]:
     schedule()  # every read of the runs folder notices dead workers and advances the queue
-    runs = [p for p in paths.runs_dir().iterdir() if (p / "spec.yaml").is_file()]
+    runs = [p for p in paths.runs_dir().iterdir() if (p / "spec.yaml").is_file() and policy.can_see(p)]
     return [summary(p) for p in sorted(runs, key=lambda p: read_status(p).get("created", 0), reverse=True)]
 
 

@@ -6,6 +6,7 @@ import os
 
 import gradio as gr
 
+from studio.ui.guard import guard
 from studio.ui.shared import Current, Shared, first_current
 from studio.ui.tabs import chat as chat_tab
 from studio.ui.tabs import data as data_tab
@@ -45,6 +46,7 @@ def build_app() -> gr.Blocks:
         wire_current(demo, shared, summary)
         for function, outputs in shared.on_page_load:  # lists made on disk since the app started
             demo.load(function, None, outputs)
+    guard(demo)  # every function asks studio.policy first (hosted mode: who may do what)
     return demo
 
 
