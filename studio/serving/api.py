@@ -88,9 +88,8 @@ class Backend:
         return model_id(engine.ref)
 
     def model_ids(self, engine) -> list[str]:
-        from studio.adapters import adapter_names
-
         from studio import policy
+        from studio.adapters import adapter_names
 
         loaded = [] if policy.hosted() else engine.adapters  # hosted: only what this caller may see (registry)
         names = [self.base_id(engine), *self.extra_adapters, *adapter_names(), *loaded]
