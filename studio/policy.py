@@ -28,6 +28,7 @@ forgot something still cannot reach another user's files.
 from __future__ import annotations
 
 import collections
+import contextlib
 import contextvars
 import os
 import re
@@ -165,6 +166,30 @@ def for_user(user: str | None, client: str = "") -> Actor:
 def set_api_caller(actor: Actor):
     """Make `actor` the caller of the API request being handled (studio.serving.api after its key check)."""
     return _api_caller.set(actor)
+
+
+@contextlib.contextmanager
+def acting_as(who: Actor):
+    """Run a block as `who` (the app builds its first page as a visitor: only published names in it)."""
+    token = _api_caller.set(who)
+    try:
+        yield who
+    finally:
+        _api_caller.reset(token)
+
+
+def banner() -> str:
+    """One line for the top of a hosted page saying what this studio allows ('' locally)."""
+    from studio.hosted import users
+
+    if not hosted():
+        return ""
+    if not users():
+        return ("**Public demo:** look around, inspect data, estimate memory and chat with the owner's adapters. "
+                "Saving, importing, deleting, training, pruning and exporting are off here (the owner can add "
+                "accounts; see docs/spaces.md).")
+    return ("**Hosted studio:** you see the owner's published adapters and datasets and your own runs, datasets and "
+            f"adapters; at most {max_runs()} runs at once and {requests_per_minute()} chat requests a minute.")
 
 
 def actor() -> Actor:

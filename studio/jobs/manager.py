@@ -59,11 +59,22 @@ def create(spec: RunSpec) -> Path:
 
     check_method(read_json(paths.datasets_dir() / spec.dataset / "meta.json", {}), spec.train.method)  # SFT vs DPO
     policy.check_run_quota([policy.owner_of(p)["owner"] for p in _active_runs()])  # hosted: runs per user
+    _check_start_adapter(spec)
     path.mkdir(parents=True)
     policy.stamp(path)  # hosted: the run is the logged-in user's
     save_yaml(spec, path / "spec.yaml")
     write_status(path, state="queued", created=time.time(), step=0, total_steps=None, message="Waiting to start.")
     return path
+
+
+def _check_start_adapter(spec: RunSpec) -> None:
+    """Hosted: a run continues only an adapter its user may see, by name (the worker itself sees all)."""
+    start_from = spec.from_adapter
+    if start_from and policy.hosted():
+        from studio.adapters import get_adapter
+
+        policy.require_name(start_from)
+        get_adapter(start_from)
 
 
 def start(spec: RunSpec) -> Path:

@@ -41,6 +41,7 @@ def start(kind: str, **args) -> Path:
         raise RunError(f"Unknown task kind {kind!r}.", f"Use one of: {', '.join(KINDS)}.")
     if args.get("overwrite"):
         policy.refuse_overwrite("the task's output")  # hosted: users never overwrite exports
+    _check_visible(args)
     with open(paths.tasks_dir() / ".start.lock", "w") as lock:  # two Start presses at once start one task
         fcntl.flock(lock, fcntl.LOCK_EX)
         busy = latest(everyone=True)
@@ -55,6 +56,22 @@ def start(kind: str, **args) -> Path:
         _children[folder.name] = _launch(folder)
         write_status(folder, pid=_children[folder.name].pid, heartbeat=time.time())
     return folder
+
+
+def _check_visible(args: dict) -> None:
+    """Hosted: the task process sees every folder, so the caller's names are checked here, by name."""
+    if not policy.hosted():
+        return
+    from studio.adapters import get_adapter
+    from studio.data.store import _folder
+
+    for name in args.get("adapters") or []:
+        policy.require_name(name)
+        get_adapter(name)  # another user's adapter: "there is no adapter named ..."
+    dataset = args.get("dataset_name") or args.get("dataset")
+    if dataset and not str(dataset).startswith("builtin:"):
+        policy.require_name(dataset, "dataset")
+        _folder(dataset)  # another user's dataset: "there is no prepared dataset named ..."
 
 
 def _launch(folder: Path) -> subprocess.Popen:

@@ -189,3 +189,125 @@ def test_a_second_user_cannot_touch_the_owners_or_another_users_things(owner_wor
     assert "already exists" in outcomes["/import_adapter"]
     assert "alice-private" not in json.dumps(listed) and OWNER["adapter"] in json.dumps(listed)
     assert checksums(ws) == before
+
+
+# ---------------------------------------------------------------- in a real browser
+
+IMAGES = ROOT / "docs" / "images"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+LONG_MS = 600_000  # a first chat loads the bundled model: a minute or more on a busy 2-core machine
+
+
+def _browser():
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip("chromium is not installed (.ci/run installs it)")
+    manager = sync_playwright()
+    p = manager.start()
+    return manager, p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+
+
+def _page(browser, url: str, login: tuple[str, str] | None = None):
+    page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    page.set_default_timeout(90_000)
+    page.goto(url)
+    if login:
+        page.locator("input[type=text]").first.fill(login[0])
+        page.locator("input[type=password]").first.fill(login[1])
+        page.get_by_role("button", name="Login").click()
+    page.locator("#current-state").wait_for()
+    return page
+
+
+def _tab(page, title: str) -> None:
+    page.get_by_role("tab", name=title).click()
+
+
+def _refused(page, button: str, text: str) -> None:
+    """Click `button` and wait for the red message that says why it is off."""
+    page.locator(button).click()
+    page.get_by_text(text).first.wait_for(timeout=60_000)
+
+
+def _open_registry(page) -> None:
+    page.get_by_text("Adapters: cards, import, export, delete").click()
+    page.locator("#chat-adapters").wait_for()
+
+
+def test_browser_a_visitor_chats_with_a_published_adapter_and_sees_why_the_rest_is_off(owner_workspace):
+    ws = owner_workspace
+    before = checksums(ws)
+    proc, url = launcher.start_app(ws, {"STUDIO_HOSTED": "1", "STUDIO_USERS": ""})
+    manager, browser = _browser()
+    try:
+        page = _page(browser, url)
+        assert "Public demo" in page.locator("#header").inner_text()
+        _tab(page, "Chat")
+        right = page.locator("#chat-right-adapter input")
+        right.fill(OWNER["adapter"])
+        right.press("Enter")
+        page.locator("#chat-prompt textarea").fill("Chai kaise banate hain?")
+        page.locator("#chat-send").click()
+        page.locator("#chat-right .message.bot, #chat-right [data-testid='bot']").first.wait_for(timeout=LONG_MS)
+        _open_registry(page)
+        page.locator("#chat-delete-confirm input").check()
+        _refused(page, "#chat-delete", "Deleting adapters is off")
+        _refused(page, "#chat-import", "Importing adapters is off")
+        page.screenshot(path=str(IMAGES / "hosted-visitor-chat.png"), full_page=True)
+        _tab(page, "Train")
+        _refused(page, "#train-start", "Training is off")
+        _tab(page, "Evaluate")
+        _refused(page, "#prune-btn", "Pruning is off")
+        _tab(page, "Export")
+        _refused(page, "#export-zip-btn", "Exporting files is off")
+        page.screenshot(path=str(IMAGES / "hosted-visitor-export.png"), full_page=True)
+    finally:
+        browser.close()
+        manager.stop()
+        launcher.stop_app(proc)
+        launcher.kill_workers(ws)
+    assert checksums(ws) == before
+
+
+def _owned_run(ws: Path, name: str, owner: str) -> None:
+    """A finished run of `owner` (as the Train tab leaves one), with its owner mark."""
+    run = ws / "runs" / name
+    shutil.copytree(ws / "runs" / OWNER["run"], run)
+    (run / policy.OWNER_FILE).write_text(json.dumps({"owner": owner, "published": False}))
+
+
+def test_browser_two_users_see_their_own_runs_and_share_the_published_adapter(owner_workspace, tmp_path):
+    ws = tmp_path / "accounts-ws"
+    shutil.copytree(owner_workspace, ws, ignore=shutil.ignore_patterns("app.log", "tasks", "exports"))
+    _owned_run(ws, "alice-run", "alice")
+    _owned_run(ws, "bob-run", "bob")
+    before = checksums(ws)
+    proc, url = launcher.start_app(ws, {"STUDIO_HOSTED": "1", "STUDIO_USERS": "alice:wonderland,bob:builder"})
+    manager, browser = _browser()
+    try:
+        for user, password, mine, theirs in (("alice", "wonderland", "alice-run", "bob-run"),
+                                             ("bob", "builder", "bob-run", "alice-run")):
+            page = _page(browser, url, (user, password))
+            _tab(page, "Train")
+            runs = page.locator("#train-runs")
+            runs.get_by_text(mine).first.wait_for()
+            assert theirs not in runs.inner_text() and OWNER["run"] in runs.inner_text()
+            page.screenshot(path=str(IMAGES / f"hosted-{user}-runs.png"), full_page=True)
+            _tab(page, "Chat")
+            _open_registry(page)
+            page.locator("#chat-adapters").get_by_text(OWNER["adapter"]).first.wait_for()
+            picked = page.locator("#chat-picked input")
+            picked.fill(OWNER["adapter"])
+            picked.press("Enter")
+            page.locator("#chat-delete-confirm input").check()
+            _refused(page, "#chat-delete", "it is the studio owner's")
+            page.screenshot(path=str(IMAGES / f"hosted-{user}-delete.png"), full_page=True)
+    finally:
+        browser.close()
+        manager.stop()
+        launcher.stop_app(proc)
+        launcher.kill_workers(ws)
+    assert checksums(ws) == before
