@@ -205,9 +205,8 @@ def _browser():
 
     if not Path(CHROMIUM).exists():
         pytest.skip("chromium is not installed (.ci/run installs it)")
-    manager = sync_playwright()
-    p = manager.start()
-    return manager, p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+    playwright = sync_playwright().start()
+    return playwright, playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
 
 
 def _page(browser, url: str, login: tuple[str, str] | None = None):
@@ -260,6 +259,7 @@ def test_browser_a_visitor_chats_with_a_published_adapter_and_sees_why_the_rest_
         _tab(page, "Train")
         _refused(page, "#train-start", "Training is off")
         _tab(page, "Evaluate")
+        page.get_by_text("Pruning: SparseGPT vs magnitude").click()
         _refused(page, "#prune-btn", "Pruning is off")
         _tab(page, "Export")
         _refused(page, "#export-zip-btn", "Exporting files is off")
@@ -304,7 +304,7 @@ def test_browser_two_users_see_their_own_runs_and_share_the_published_adapter(ow
             picked.press("Enter")
             page.locator("#chat-delete-confirm input").check()
             _refused(page, "#chat-delete", "it is the studio owner's")
-            page.screenshot(path=str(IMAGES / f"hosted-{user}-delete.png"), full_page=True)
+            page.screenshot(path=str(IMAGES / f"hosted-{user}-delete.png"))  # the message beside the button
     finally:
         browser.close()
         manager.stop()
