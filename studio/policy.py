@@ -204,8 +204,16 @@ def actor() -> Actor:
     request = LocalContext.request.get(None)
     if request is None:
         return Actor("system")
-    host = getattr(getattr(request, "client", None), "host", "") or getattr(request, "session_hash", "") or ""
-    return for_user(getattr(request, "username", None) or None, f"visitor:{host}")
+    return for_user(getattr(request, "username", None) or None, f"visitor:{_address(request)}")
+
+
+def _address(request) -> str:
+    """The visitor's address: behind a proxy (Spaces) the last X-Forwarded-For entry, the one the proxy saw."""
+    headers = getattr(request, "headers", None) or {}
+    forwarded = [a.strip() for a in str(headers.get("x-forwarded-for", "")).split(",") if a.strip()]
+    if forwarded:
+        return forwarded[-1]
+    return getattr(getattr(request, "client", None), "host", "") or getattr(request, "session_hash", "") or ""
 
 
 def _unlimited(who: Actor) -> bool:

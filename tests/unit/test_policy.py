@@ -160,3 +160,26 @@ def test_a_burst_from_one_key_gets_429_and_another_key_is_unaffected(api):
 def test_a_wrong_key_is_refused_without_echoing_it(api):
     answer = api.get("/v1/models", headers={"Authorization": "Bearer key-alice-12"})
     assert answer.status_code == 401 and "key-alice" not in answer.text
+
+
+def test_the_ui_guard_keeps_generators_and_signatures_and_refuses_before_running(hosted):
+    import inspect
+
+    import gradio as gr
+
+    from studio.ui.guard import checked
+
+    ran = []
+
+    def stream(prompt: str, request: gr.Request = None):
+        ran.append(prompt)
+        yield prompt
+
+    wrapped = checked(stream, "delete_adapter")
+    assert inspect.isgeneratorfunction(wrapped)  # Gradio streams it
+    assert list(inspect.signature(wrapped).parameters) == ["prompt", "request"]  # gr.Request still injected
+    as_caller(policy.for_user(None))
+    with pytest.raises(gr.Error, match="Deleting adapters is off"):
+        list(wrapped("x"))
+    assert ran == []  # refused before the handler ran
+    assert list(checked(stream, "chat")("hi")) == ["hi"]
