@@ -116,11 +116,12 @@ class Backend:
 def key_users() -> dict[str, str | None]:
     """key -> user from STUDIO_API_KEYS: "alice=key1,bob=key2" names each key's user; a plain "key1" has none
     (on a hosted studio it uses the published adapters only, like a visitor)."""
-    pairs = {}
-    for item in os.environ.get("STUDIO_API_KEYS", "").split(","):
-        user, sep, key = item.strip().rpartition("=")
-        if key.strip():
-            pairs[key.strip()] = (user.strip() or None) if sep else None
+    pairs: dict[str, str | None] = {}
+    for item in (i.strip() for i in os.environ.get("STUDIO_API_KEYS", "").split(",")):
+        user, _, key = item.partition("=")
+        named = re.fullmatch(r"[A-Za-z0-9._-]+", user) and key.strip("=")  # base64 padding ("abc==") is a plain key
+        if item:
+            pairs[key.strip() if named else item] = user if named else None
     return pairs
 
 

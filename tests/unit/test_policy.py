@@ -183,3 +183,10 @@ def test_the_ui_guard_keeps_generators_and_signatures_and_refuses_before_running
         list(wrapped("x"))
     assert ran == []  # refused before the handler ran
     assert list(checked(stream, "chat")("hi")) == ["hi"]
+
+
+def test_api_keys_name_their_users_and_plain_keys_still_work(monkeypatch):
+    from studio.serving.api import key_users
+
+    monkeypatch.setenv("STUDIO_API_KEYS", "alice=key1, bob=key2,plain,c2VjcmV0==")
+    assert key_users() == {"key1": "alice", "key2": "bob", "plain": None, "c2VjcmV0==": None}
