@@ -21,7 +21,7 @@ import pytest
 from studio import paths
 from studio.adapters import delete_adapter, import_adapter
 from studio.errors import AdapterError
-from studio.inference import Engine
+from studio.inference import Engine, forget_adapter
 
 from .serving_helpers import ThreadServer, random_lora
 
@@ -91,9 +91,11 @@ def test_clients_on_untouched_models_get_their_alone_answers_while_adapters_chan
         t.start()
     barrier.wait()
     _until(lambda: {"gone", "run:r1"} <= engine.scheduler.adapters_in_use())
-    delete_adapter("gone")  # (a) while its requests run
+    delete_adapter("gone")  # (a) while its requests run, as the Chat tab deletes: files, then engines
+    forget_adapter("gone")
     shutil.rmtree(run)  # (b) the run deleted, and a new one trained under the same name
     random_lora(tiny_model_dir, run / "adapter", 9)
+    engine.refresh_adapters()  # what the scheduler's watcher runs every second, now: no race with a fast machine
     with pytest.raises(AdapterError, match="DoRA"):  # (c) refused at import, with the reason
         import_adapter(_dora(tiny_model_dir, tmp_path / "dora"), "dora")
     with pytest.raises(AdapterError, match="DoRA"):  # and given by folder (serve --adapters dora=...)
