@@ -20,7 +20,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from studio import paths
+from studio import paths, policy
 from studio.errors import AdapterError
 from studio.util import read_json, write_json_atomic
 
@@ -89,7 +89,7 @@ def list_adapters() -> list[AdapterInfo]:
     for folder in sorted(paths.adapters_dir().iterdir()):
         if folder.is_dir() and _is_adapter_dir(folder):
             found.append(_info(folder.name, folder))
-    return found
+    return [a for a in found if policy.can_see(a.path)]  # hosted: published ones and the caller's own
 
 
 def adapter_names() -> list[str]:
@@ -114,7 +114,7 @@ def get_adapter(name: str) -> AdapterInfo:
         path = paths.runs_dir() / run_id / "adapter"
     else:
         path = paths.adapters_dir() / paths.check_name(name, "adapter name")
-    if not _is_adapter_dir(path):
+    if not _is_adapter_dir(path) or not policy.can_see(path):  # hosted: another user's adapter is not there
         known = ", ".join(adapter_names()) or "none yet"
         raise AdapterError(f"There is no adapter named {name!r} (known: {known}).",
                            "Train one in the Train tab or import one, then pick it from the list.")
@@ -257,6 +257,7 @@ def import_adapter(src, name: str, base_model=None) -> AdapterInfo:
             card["import_warning"] = warning
         card.setdefault("imported", time.strftime("%Y-%m-%d %H:%M:%S"))
         write_json_atomic(staging / CARD_FILE, card)
+        policy.stamp(staging)  # hosted: the adapter is the logged-in user's
         if not (staging / README_FILE).is_file():
             (staging / README_FILE).write_text(card_markdown(name, card), encoding="utf-8")
         staging.rename(dest)
@@ -270,6 +271,8 @@ def export_zip(name: str, overwrite: bool = False) -> Path:
     refused unless `overwrite`."""
     info = get_adapter(name)
     out = paths.exports_dir() / f"{name.replace(':', '-')}.zip"
+    if out.exists() and overwrite:
+        policy.refuse_overwrite(out.name)  # hosted: users never overwrite an export
     if out.exists() and not overwrite:
         raise AdapterError(f"{out} already exists; it was left untouched.",
                            "Delete or rename it first, or allow overwriting (--overwrite / the Overwrite box).")
@@ -289,6 +292,7 @@ def delete_adapter(name: str) -> None:
         raise AdapterError(f"{name} belongs to a training run and is deleted with that run.",
                            "Delete the run in the Train tab, or export the adapter first.")
     info = get_adapter(name)
+    policy.require_owner(info.path, "delete", f"the adapter {name!r}")
     shutil.rmtree(info.path)  # engines in this process detach it: the Chat tab calls inference.forget_adapter,
     # and every engine's watcher notices a deleted or replaced adapter within a second
 

@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from studio import paths
+from studio import paths, policy
 from studio.errors import ConfigError, ModelError
 from studio.util import Progress, write_json_atomic
 from studio.util import no_progress as _no_progress
@@ -39,6 +39,8 @@ MERGE_CARD = "merge.json"
 def target_dir(name: str, overwrite: bool = False, suffix: str = "") -> Path:
     """exports/<name><suffix>, refused when it exists and overwrite is off."""
     out = paths.exports_dir() / (paths.check_name(name, "export name") + suffix)
+    if out.exists() and overwrite:
+        policy.refuse_overwrite(str(out.name))  # hosted: users never overwrite an export
     if out.exists() and not overwrite:
         raise ConfigError(f"The export target {out} already exists; it was left untouched.",
                           "Choose another name, or allow overwriting (--overwrite / the Overwrite box).")

@@ -6,7 +6,8 @@ On when STUDIO_HOSTED=1, and automatically inside a Space (SPACE_ID is set there
 - training and file exports need a logged-in user (`require_login`);
 - uploads are limited in size (STUDIO_MAX_UPLOAD, default 100mb);
 - a path a user types can only reach the studio's own folders (`safe_path`): the workspace,
-  STUDIO_HOME, the shipped assets and Gradio's upload folder.
+  STUDIO_HOME, the shipped assets and Gradio's upload folder;
+- who may do what (visitor, user, admin), owners and quotas: studio/policy.py.
 Locally (hosted mode off) none of this applies: the user owns the machine and its files.
 """
 

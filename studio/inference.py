@@ -273,8 +273,13 @@ class Engine:
         attach the new. Past `max_adapters`, the least recently used adapter no request is using is
         detached first. The check runs while others generate; only the attach waits for the current step.
         """
-        from studio.adapters import validate_adapter
+        from studio import policy
+        from studio.adapters import get_adapter, validate_adapter
 
+        if path is None and policy.hosted() and name not in self._folders:  # hosted: a registry name the caller
+            # may see, never a folder; an adapter the server's operator gave by path (serve --adapters) is served
+            policy.require_name(name)
+            get_adapter(name)  # even when attached already (by someone else): another user's is not there
         with self._load_lock:
             folder = Path(path) if path is not None else self._locate(name)
             if path is not None:
@@ -318,9 +323,11 @@ class Engine:
             self._detach(min(idle, key=lambda a: self._used.get(a, 0.0)), None)
 
     def _locate(self, name: str) -> Path:
+        from studio import policy
+
         if name in self._folders:
             return self._folders[name]
-        if Path(name).is_dir():
+        if not policy.hosted() and Path(name).is_dir():  # locally a folder path works too; hosted: names only
             return Path(name)
         from studio.adapters import get_adapter
 
@@ -537,13 +544,19 @@ class Engine:
 
     def submit_many(self, prompts: list[tuple[list[int], str | None]], sampling, sink: queue.Queue | None = None):
         """Queue answers that start in the same step (compare mode); each may ask for another adapter."""
+        from dataclasses import replace
+
+        from studio import policy
         from studio.serving.scheduler import EngineClosed, Request
 
         if self.loaded is None:
             raise EngineClosed(f"The model {self.ref} was unloaded to make room for another.",
                                "Load it again (the Model tab, or send the request again).")
+        capped = policy.cap_tokens(sampling.max_new_tokens)  # hosted: STUDIO_MAX_TOKENS at most
+        if capped != sampling.max_new_tokens:
+            sampling = replace(sampling, max_new_tokens=capped)
         for ids, adapter in prompts:
-            if adapter is not None:
+            if adapter is not None:  # also asks the policy (hosted) when it is attached already
                 self.load_adapter(adapter)  # 0 ms where attached from the same files; reloads what changed
             check_context(len(ids), sampling.max_new_tokens, self.context_length())
         requests = [Request(ids, adapter, sampling, sink) for ids, adapter in prompts]

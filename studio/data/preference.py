@@ -563,6 +563,9 @@ def prepare(path, model_ref: str, name: str, max_len: int = 1024, eval_split: fl
             "token_stats": report.token_stats, "problems_file": "problems.jsonl",
             "seconds": round(report.seconds, 2), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     write_json_atomic(tmp / "meta.json", meta)
+    from studio import policy
+
+    policy.stamp(tmp)  # hosted: the dataset is the logged-in user's
     if target.exists():
         shutil.rmtree(target)  # only reached with overwrite=True (store._target refuses otherwise)
     tmp.replace(target)

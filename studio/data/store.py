@@ -21,7 +21,7 @@ from functools import lru_cache
 from itertools import chain, islice
 from pathlib import Path
 
-from studio import paths
+from studio import paths, policy
 from studio.data import formats, io, render
 from studio.errors import ConfigError, DataError
 from studio.util import file_sha256, read_json, write_json_atomic
@@ -341,6 +341,8 @@ def _target(name: str, overwrite: bool) -> Path:
     if target.exists() and not overwrite:
         raise DataError(f"A dataset named {name!r} already exists.",
                         "Choose another name, or overwrite it (CLI: --overwrite; app: tick 'Overwrite').")
+    if target.exists():
+        policy.require_owner(target, "overwrite", f"the dataset {name!r}")  # hosted: only your own
     return target
 
 
@@ -421,6 +423,7 @@ def prepare(path, model_ref: str, name: str, max_len: int = 1024, eval_split: fl
         meta = _meta(name, path, model_ref, tokenizer, report, max_len, eval_split, cot_style,
                      train_on_all, seed, n_train, n_eval)
         write_json_atomic(tmp / "meta.json", meta)
+        policy.stamp(tmp)  # hosted: the dataset is the logged-in user's
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)  # atomic: a failed or cancelled prepare never leaves a half dataset
     finally:
@@ -500,7 +503,7 @@ def _folder(name: str) -> Path:
     except ConfigError as exc:
         raise DataError(exc.message, exc.fix) from exc
     folder = paths.datasets_dir() / name
-    if not (folder / "meta.json").is_file():
+    if not (folder / "meta.json").is_file() or not policy.can_see(folder):  # hosted: another user's is not there
         known = ", ".join(d["name"] for d in list_datasets()) or "none yet"
         raise DataError(f"There is no prepared dataset named {name!r} (prepared: {known}).",
                         "Prepare it first in the Data tab or with `python -m studio data prepare`.")
@@ -568,10 +571,12 @@ def list_datasets() -> list[dict]:
     metas = []
     for folder in sorted(paths.datasets_dir().iterdir()):
         meta = read_json(folder / "meta.json") if folder.is_dir() and not folder.name.startswith(".") else None
-        if meta:
+        if meta and policy.can_see(folder):
             metas.append(meta)
     return metas
 
 
 def delete_dataset(name: str) -> None:
-    shutil.rmtree(_folder(name))
+    folder = _folder(name)
+    policy.require_owner(folder, "delete", f"the dataset {name!r}")
+    shutil.rmtree(folder)

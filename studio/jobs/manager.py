@@ -12,7 +12,7 @@ import shutil
 import time
 from pathlib import Path
 
-from studio import paths
+from studio import paths, policy
 from studio.config import RunSpec, save_yaml
 from studio.errors import RunError
 from studio.jobs import process
@@ -35,7 +35,7 @@ __all__ = ["create", "delete", "list_runs", "make_spec", "refresh", "resume", "r
 def run_dir(run_id: str) -> Path:
     paths.check_name(run_id, "run name")
     path = paths.runs_dir() / run_id
-    if not (path / "spec.yaml").is_file():
+    if not (path / "spec.yaml").is_file() or not policy.can_see(path):  # hosted: another user's run is not there
         raise RunError(f"There is no run named {run_id!r}.",
                        "Pick one from the runs list (python -m studio runs list).")
     return path
@@ -60,15 +60,33 @@ def create(spec: RunSpec) -> Path:
     path = paths.runs_dir() / spec.name
     if path.exists():
         raise RunError(f"A run named {spec.name!r} already exists.", "Choose another run name, or delete the old run.")
-    if not (paths.datasets_dir() / spec.dataset / "meta.json").is_file():
+    dataset = paths.datasets_dir() / spec.dataset
+    if not (dataset / "meta.json").is_file() or not policy.can_see(dataset):
         raise RunError(f"The dataset {spec.dataset!r} does not exist.",
                        "Prepare it in the Data tab (or `python -m studio data prepare`) first.")
     check_method(read_json(paths.datasets_dir() / spec.dataset / "meta.json", {}), spec.train.method)  # SFT vs DPO
     spec = replace(spec, dataset_sha256=prepared_sha256(spec.dataset))
+    policy.check_run_quota([policy.owner_of(p)["owner"] for p in _active_runs()])  # hosted: runs per user
+    _check_start_adapter(spec)
     path.mkdir(parents=True)
+    policy.stamp(path)  # hosted: the run is the logged-in user's
     save_yaml(spec, path / "spec.yaml")
     write_status(path, state="queued", created=time.time(), step=0, total_steps=None, message="Waiting to start.")
     return path
+
+
+def _active_runs() -> list[Path]:
+    return [p for p in paths.runs_dir().iterdir() if p.is_dir() and read_status(p).get("state") in ACTIVE]
+
+
+def _check_start_adapter(spec: RunSpec) -> None:
+    """Hosted: a run continues only an adapter its user may see, by name (the worker itself sees all)."""
+    start_from = spec.from_adapter
+    if start_from and policy.hosted():
+        from studio.adapters import get_adapter
+
+        policy.require_name(start_from)
+        get_adapter(start_from)
 
 
 def create_foreground(spec: RunSpec) -> Path:
@@ -99,6 +117,7 @@ def refresh() -> str | None:
 def stop(run_id: str) -> str:
     """First call: graceful (checkpoint, then exit). Second call: kill the worker now."""
     path = run_dir(run_id)
+    policy.require_owner(path, "stop", f"run {run_id!r}")
     with schedule_lock():  # a queued run is taken out of the line before the scheduler can launch it
         status = read_status(path)
         state = status.get("state")
@@ -124,6 +143,7 @@ def stop(run_id: str) -> str:
 def resume(run_id: str) -> str:
     """Queue a stopped or failed run again; it keeps its place in the line (no later run jumps ahead)."""
     path = run_dir(run_id)
+    policy.require_owner(path, "resume", f"run {run_id!r}")
     with schedule_lock():
         mark_dead()  # a worker killed a moment ago is noticed here, not reported as still running
         status = read_status(path)
@@ -152,6 +172,7 @@ def delete(run_id: str) -> None:
     """Delete a run that is not training, under the schedule lock: a queued run cannot launch into the
     folder while it is being deleted."""
     path = run_dir(run_id)
+    policy.require_owner(path, "delete", f"run {run_id!r}")
     with schedule_lock():
         mark_dead()
         state = read_status(path).get("state")
@@ -171,7 +192,7 @@ def summary(path: Path) -> dict:
 
 def list_runs() -> list[dict]:
     schedule()  # every read of the runs folder notices dead workers and advances the queue
-    runs = [p for p in paths.runs_dir().iterdir() if (p / "spec.yaml").is_file()]
+    runs = [p for p in paths.runs_dir().iterdir() if (p / "spec.yaml").is_file() and policy.can_see(p)]
     return [summary(p) for p in sorted(runs, key=lambda p: read_status(p).get("created", 0), reverse=True)]
 
 

@@ -23,7 +23,7 @@ import traceback
 import uuid
 from pathlib import Path
 
-from studio import paths
+from studio import paths, policy
 from studio.errors import RunError, StudioError
 from studio.jobs import process
 from studio.jobs.events import ACTIVE, DEAD_AFTER_SEC, STOP_FILE, Status, read_status, write_status
@@ -49,20 +49,40 @@ def start(kind: str, **args) -> Path:
     """Write tasks/<id>/ and start its process. One task at a time: each loads its own copy of a model."""
     if kind not in KINDS:
         raise RunError(f"Unknown task kind {kind!r}.", f"Use one of: {', '.join(KINDS)}.")
+    if args.get("overwrite"):
+        policy.refuse_overwrite("the task's output")  # hosted: users never overwrite exports
+    _check_visible(args)
     with open(paths.tasks_dir() / ".start.lock", "w") as lock:  # two Start presses at once start one task
         fcntl.flock(lock, fcntl.LOCK_EX)
-        busy = latest()
+        busy = latest(everyone=True)
         if busy and status(busy).get("state") in ACTIVE:
             raise RunError(f"Another evaluation or pruning task is running ({busy.name}).",
                            "Wait for it to finish, or press Stop.")
         prune_old()
         folder = paths.tasks_dir() / f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}-{uuid.uuid4().hex[:6]}"
         folder.mkdir()
+        policy.stamp(folder)  # hosted: the task is the logged-in user's
         write_json_atomic(folder / "task.json", {"kind": kind, "args": args, "created": time.time()})
         write_status(folder, kind=kind, state="queued", fraction=0.0, heartbeat=time.time(), message="Starting...")
         _children[folder.name] = _launch(folder)
         write_status(folder, **process.identity(_children[folder.name].pid), heartbeat=time.time())
     return folder
+
+
+def _check_visible(args: dict) -> None:
+    """Hosted: the task process sees every folder, so the caller's names are checked here, by name."""
+    if not policy.hosted():
+        return
+    from studio.adapters import get_adapter
+    from studio.data.store import _folder
+
+    for name in args.get("adapters") or []:
+        policy.require_name(name)
+        get_adapter(name)  # another user's adapter: "there is no adapter named ..."
+    dataset = args.get("dataset_name") or args.get("dataset")
+    if dataset and not str(dataset).startswith("builtin:"):
+        policy.require_name(dataset, "dataset")
+        _folder(dataset)  # another user's dataset: "there is no prepared dataset named ..."
 
 
 def prune_old(days: float | None = None) -> list[str]:
@@ -74,7 +94,7 @@ def prune_old(days: float | None = None) -> list[str]:
     days = keep_days() if days is None else days
     if days <= 0:
         return []
-    newest = {latest((kind,)) for kind in KINDS}
+    newest = {latest((kind,), everyone=True) for kind in KINDS}
     cutoff = time.time() - days * 86400
     removed = []
     for folder in paths.tasks_dir().iterdir():
@@ -98,9 +118,11 @@ def _launch(folder: Path) -> subprocess.Popen:
                                 env=env, cwd=root)
 
 
-def latest(kinds: tuple[str, ...] = KINDS) -> Path | None:
-    """The newest task of these kinds (after an app restart, what the Evaluate tab shows)."""
-    found = [(read_json(p / "task.json", {}), p) for p in paths.tasks_dir().iterdir() if p.is_dir()]
+def latest(kinds: tuple[str, ...] = KINDS, everyone: bool = False) -> Path | None:
+    """The newest task of these kinds (after an app restart, what the Evaluate tab shows); on a hosted
+    studio the caller's own or a published one, unless `everyone` (one task runs at a time, whoever's)."""
+    found = [(read_json(p / "task.json", {}), p) for p in paths.tasks_dir().iterdir()
+             if p.is_dir() and (everyone or policy.can_see(p))]
     found = [(task.get("created", 0), p) for task, p in found if task.get("kind") in kinds]
     return max(found)[1] if found else None
 
@@ -144,6 +166,7 @@ def describe(current: dict) -> str:
 
 def stop(folder: Path) -> str:
     """First call: ask the task to stop between batches. Second call: kill its process now."""
+    policy.require_owner(folder, "stop", f"the task {folder.name}")
     state = status(folder).get("state")
     if state not in ACTIVE:
         return state or "unknown"

@@ -10,8 +10,10 @@ model, 409 an adapter changed while answering, 413 a body too large, 429 a full 
 unloaded; `guarded` answers anything else in the same shape (500), never as a plain-text page. Each
 request's events reach its route through an asyncio queue fed by the scheduler thread (`AsyncSink`).
 
-Auth: when STUDIO_API_KEYS="key1,key2" is set, every request needs `Authorization: Bearer <key>`.
-In hosted mode (studio.hosted) a key is always required: without STUDIO_API_KEYS the API is closed.
+Auth: when STUDIO_API_KEYS="alice=key1,bob=key2" (or plain "key1,key2") is set, every request needs
+`Authorization: Bearer <key>`. In hosted mode (studio.hosted) a key is always required: without
+STUDIO_API_KEYS the API is closed; each key acts as its user (studio.policy: what it may see, and
+STUDIO_RATE_LIMIT requests per minute, 429 beyond).
 """
 
 from __future__ import annotations
@@ -121,26 +123,48 @@ class Backend:
 # ---------------------------------------------------------------- auth
 
 
+def key_users() -> dict[str, str | None]:
+    """key -> user from STUDIO_API_KEYS: "alice=key1,bob=key2" names each key's user; a plain "key1" has none
+    (on a hosted studio it uses the published adapters only, like a visitor)."""
+    pairs: dict[str, str | None] = {}
+    for item in (i.strip() for i in os.environ.get("STUDIO_API_KEYS", "").split(",")):
+        user, _, key = item.partition("=")
+        named = re.fullmatch(r"[A-Za-z0-9._-]+", user) and key.strip("=")  # base64 padding ("abc==") is a plain key
+        if item:
+            pairs[key.strip() if named else item] = user if named else None
+    return pairs
+
+
 def api_keys() -> list[str]:
-    return [k.strip() for k in os.environ.get("STUDIO_API_KEYS", "").split(",") if k.strip()]
+    return list(key_users())
 
 
 def check_auth(request: HttpRequest) -> None:
-    from studio.hosted import enabled as hosted
+    """The key is valid; its user becomes the caller that studio.policy sees; hosted: within the rate limit.
+    A key never appears in an error or a log line."""
+    from studio import policy
 
-    keys = api_keys()
-    if not keys and not hosted():
+    keys = key_users()
+    if not keys and not policy.hosted():
         return
     if not keys:
         raise ApiError(401, "This hosted studio's API needs a key, and none is set up. The owner sets the secret "
-                            "STUDIO_API_KEYS='key1,key2'; callers send 'Authorization: Bearer <key>'.",
+                            "STUDIO_API_KEYS='alice=key1,bob=key2'; callers send 'Authorization: Bearer <key>'.",
                        "invalid_request_error", "invalid_api_key")
     given = request.headers.get("authorization", "")
     token = given[7:].strip() if given.lower().startswith("bearer ") else ""
-    if not any(hmac.compare_digest(token.encode(), key.encode()) for key in keys):
+    match = [key for key in keys if hmac.compare_digest(token.encode(), key.encode())]
+    if not match:
         what = "No API key was sent" if not token else "The API key is not valid"
         raise ApiError(401, f"{what}. Send 'Authorization: Bearer <key>' with one of the keys in STUDIO_API_KEYS "
                             "(the openai client: api_key=...).", "invalid_request_error", "invalid_api_key")
+    user = keys[match[0]]
+    caller = policy.for_user(user, f"key:{user}" if user else f"key#{api_keys().index(match[0])}")
+    policy.set_api_caller(caller)
+    try:
+        policy.rate_limit(caller)
+    except policy.RateLimited as exc:
+        raise ApiError(429, f"{exc.message} {exc.fix}", "rate_limit_error", "rate_limit_exceeded") from exc
 
 
 # ---------------------------------------------------------------- request parsing

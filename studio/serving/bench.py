@@ -81,7 +81,9 @@ def run_clients(url: str, jobs: list[tuple[str, str]], clients: int, max_tokens:
     lock = threading.Lock()
     done: dict[int, dict] = {}
 
-    key = os.environ.get("STUDIO_API_KEYS", "x").split(",")[0]
+    from studio.serving.api import api_keys
+
+    key = (api_keys() or ["x"])[0]  # STUDIO_API_KEYS may name users: "alice=key1"
     apis = [OpenAI(base_url=url, api_key=key, max_retries=0) for _ in range(clients)]  # made before the clock starts
 
     def client(api) -> None:

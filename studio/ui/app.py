@@ -6,6 +6,8 @@ import os
 
 import gradio as gr
 
+from studio import policy
+from studio.ui.guard import guard
 from studio.ui.shared import Current, Shared, first_current
 from studio.ui.tabs import chat as chat_tab
 from studio.ui.tabs import data as data_tab
@@ -27,13 +29,22 @@ def hosted_mode() -> bool:
 def header() -> str:
     from studio.models import hardware
 
-    return f"# Tuning Studio\n**Hardware:** {hardware().summary()}"
+    notice = policy.banner()  # hosted: what this studio allows, and why the rest is off
+    return f"# Tuning Studio\n**Hardware:** {hardware().summary()}" + (f"\n\n{notice}" if notice else "")
 
 
 REFRESH_SEC = 3.0  # how often a page re-reads datasets, runs and adapters from disk (a run finishing elsewhere)
 
 
 def build_app() -> gr.Blocks:
+    """The app; hosted, its first page is built as a visitor sees it (no user's private names in it)."""
+    if not policy.hosted():
+        return _build()
+    with policy.acting_as(policy.for_user(None, "first-page")):
+        return _build()
+
+
+def _build() -> gr.Blocks:
     shared = Shared(hosted=hosted_mode())
     with gr.Blocks(title="Tuning Studio") as demo:
         gr.Markdown(header(), elem_id="header")
@@ -45,6 +56,7 @@ def build_app() -> gr.Blocks:
         wire_current(demo, shared, summary)
         for function, outputs in shared.on_page_load:  # lists made on disk since the app started
             demo.load(function, None, outputs)
+    guard(demo)  # every function asks studio.policy first (hosted mode: who may do what)
     return demo
 
 

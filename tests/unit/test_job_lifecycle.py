@@ -114,7 +114,9 @@ def test_launching_a_run_leaves_no_file_open_in_the_app():
         gc.collect()
     assert [str(w.message) for w in caught if "worker.log" in str(w.message)] == []
     assert [f.path for f in psutil.Process().open_files() if f.path.endswith("worker.log")] == []
-    assert manager.wait("quick", timeout=120)["state"] == "failed"  # the model does not exist
+    from studio.jobs import process
+
+    process.kill_group(read_status(paths.runs_dir() / "quick"))  # no need to let it fail on its missing model
 
 
 def test_foreground_training_refuses_while_another_run_trains(stranger, tmp_path):
