@@ -170,7 +170,7 @@ def _check_hub(repo_id: str) -> str:
         return repo_id
     from studio import policy
 
-    policy.check_download(repo_id)  # hosted: only the ids in STUDIO_ALLOWED_MODELS (and the default)
+    policy.check_download(repo_id, HUB_DEFAULT)  # hosted: only the ids in STUDIO_ALLOWED_MODELS (and the default)
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         raise ModelError(f"{repo_id} is not in the local cache and HF_HUB_OFFLINE=1 is set.",
                          "Unset HF_HUB_OFFLINE, or download the model and give its local folder.")
