@@ -57,16 +57,17 @@ def preference_status(run_id):
     from studio.jobs import manager
     from studio.jobs.events import read_events
 
-    if not run_id:
-        return None
-    try:
-        return preference_frame(read_events(manager.run_dir(run_id)))
-    except StudioError:
-        return None
+    frame = None
+    if run_id:
+        try:
+            frame = preference_frame(read_events(manager.run_dir(run_id)))
+        except StudioError:
+            frame = None
+    return gr.LinePlot(value=frame, visible=frame is not None)  # only DPO / ORPO runs have this plot
 
 
 def preference_plot(run, poll_sec: float) -> None:
-    plot = gr.LinePlot(None, x="step", y="value", color="series", elem_id="train-preference", height=240,
+    plot = gr.LinePlot(None, x="step", y="value", color="series", elem_id="train-preference", height=240, visible=False,
                        title="DPO / ORPO: reward margin and preference accuracy (train and eval)")
     run.change(preference_status, run, plot, api_name="preference_status")
     gr.Timer(poll_sec).tick(preference_status, run, plot, show_progress="hidden")
