@@ -81,11 +81,19 @@ def page(app):
         page.set_default_timeout(90_000)
         page.goto(app[0])
         page.wait_for_selector("#current-state")
+        settled(page)
         yield page
         browser.close()
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def settled(page) -> None:
+    """Wait for the page-load events (the suggested run name is one of them), as a person reads before typing."""
+    page.wait_for_function("() => document.querySelector('#train-name textarea, #train-name input')?.value",
+                           timeout=60_000)
+    page.wait_for_timeout(1000)
 
 
 def shot(page, name: str, selector: str | None = None) -> Path:

@@ -333,8 +333,9 @@ def _wire(shared, settings, summary, dataset, model, name, max_steps, processes,
     dataset.input(shared.set("dataset"), [current, dataset], current)
     shared.set_on_commit(model, "model_ref")
     run.input(shared.set("run"), [current, run], current)
-    shared.follow(lambda c: (gr.Dropdown(choices=list(c.datasets), value=c.dataset), c.model_ref,
-                             gr.Dropdown(choices=list(c.runs), value=c.run)), [dataset, model, run])
+    shared.follow(lambda c, ref: (gr.Dropdown(choices=list(c.datasets), value=c.dataset),
+                                  gr.skip() if ref == c.model_ref else c.model_ref,  # never over keys typed
+                                  gr.Dropdown(choices=list(c.runs), value=c.run)), [dataset, model, run], [model])
     shared.follow(what_will_train, [summary], [settings])
     settings.change(what_will_train, [current, settings], summary)
     started = gr.Textbox(visible=False)  # the new run's name: a failed Start leaves no error mark on an input
