@@ -90,10 +90,10 @@ def page(app):
 
 
 def settled(page) -> None:
-    """Wait for the page-load events (the suggested run name is one of them), as a person reads before typing."""
-    page.wait_for_function("() => document.querySelector('#train-name textarea, #train-name input')?.value",
-                           timeout=60_000)
-    page.wait_for_timeout(1000)
+    """Let the page-load events (lists read from disk, a fresh run name) land, as a person reads before typing:
+    tabs not shown yet are not in the page, so there is nothing to wait on but time."""
+    page.wait_for_load_state("load")
+    page.wait_for_timeout(3000)
 
 
 def shot(page, name: str, selector: str | None = None) -> Path:
