@@ -82,7 +82,7 @@ def passes_note(events: list[dict], total_steps: int | None, preset_epochs: floa
 def time_left(status: dict) -> str:
     """'about 4 min 10 s left', or a range while few steps are timed: 'about 2 min 30 s to 5 min left'."""
     eta = status.get("eta_sec")
-    if eta is None or status.get("state") != "running":
+    if not eta or status.get("state") != "running":  # 0: all steps done, saving
         return ""
     low, high = status.get("eta_low_sec"), status.get("eta_high_sec")
     if low is not None and high is not None and fmt.duration(low) != fmt.duration(high):
