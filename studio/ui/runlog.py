@@ -10,12 +10,12 @@ from studio.ui import fmt
 
 def learning_rate(value) -> str:
     """Plain decimals, two significant digits: 2.182e-05 -> 0.000022, 2e-4 -> 0.0002; tinier than a millionth
-    in short scientific notation (6.3e-7); 0 at the first warm-up step says so."""
+    in short scientific notation (6.3e-7); zero (the first warm-up step) says why."""
     if value is None:
         return "-"
     value = float(value)
     if value == 0:
-        return "0 (warm-up starts from zero)"
+        return "warming up from zero"
     if abs(value) < 1e-6:
         mantissa, exponent = f"{value:.1e}".split("e")
         return f"{mantissa}e{int(exponent)}"
@@ -31,10 +31,15 @@ def planned_passes(events: list[dict], total_steps: int | None) -> float | None:
     return last["epoch"] / last["step"] * total_steps
 
 
+def _passes(value: float) -> str:
+    """Two significant digits, whole numbers from 10 on: 0.038, 0.5, 3.9, 12."""
+    return f"{value:.0f}" if value >= 10 else f"{value:.2g}"
+
+
 def _epoch(event: dict, passes: float | None) -> str:
     if not event.get("epoch"):
         return ""
-    return f"epoch {event['epoch']:.1f} of {passes:.1f}" if passes else f"epoch {event['epoch']:.1f}"
+    return f"epoch {_passes(event['epoch'])} of {_passes(passes)}" if passes else f"epoch {_passes(event['epoch'])}"
 
 
 def log_line(event: dict, total_steps: int | None, passes: float | None) -> str:
@@ -74,9 +79,10 @@ def passes_note(events: list[dict], total_steps: int | None, preset_epochs: floa
         return ""
     if abs(passes - preset_epochs) < 0.15 * max(preset_epochs, 1):
         return ""
-    times = f"about {passes:.1f} times" if passes >= 1 else f"{passes:.0%} of the way"
-    return (f"Max steps ({max_steps}) wins over the preset's {fmt.number(preset_epochs)} epoch(s): this run goes "
-            f"through the training data {times}.")
+    times = f"through the training data about {_passes(passes)} times" if passes >= 1 else \
+        f"through {passes:.0%} of the training data"
+    epochs = fmt.number(preset_epochs)
+    return f"Max steps ({max_steps}) wins over the preset's {epochs} epoch(s): this run goes {times}."
 
 
 def time_left(status: dict) -> str:

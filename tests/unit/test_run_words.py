@@ -19,7 +19,7 @@ def test_learning_rates_read_as_plain_numbers(value, shown):
 
 
 def test_a_zero_learning_rate_says_why():
-    assert runlog.learning_rate(0.0).startswith("0 (warm-up")
+    assert runlog.learning_rate(0.0) == "warming up from zero"  # never a bare "learning rate 0"
 
 
 def _events(steps: int = 30, per_epoch: float = 7.5) -> list[dict]:
@@ -32,7 +32,7 @@ def _events(steps: int = 30, per_epoch: float = 7.5) -> list[dict]:
 def test_the_human_log_has_step_loss_lr_speed_and_epoch_and_nothing_raw():
     log = runlog.human_log(_events(), 30, lines=50)
     lines = log.splitlines()
-    assert lines[4] == "step 5 of 30 · loss 4.59 · lr 0.000022 · 1,235 tokens/s · epoch 0.7 of 4.0"
+    assert lines[4] == "step 5 of 30 · loss 4.59 · lr 0.000022 · 1,235 tokens/s · epoch 0.67 of 4"
     assert lines[-1] == "step 20 of 30 · eval loss 3.14 (held-out rows)"
     assert not RAW.findall(log), RAW.findall(log)[:3]
 
@@ -49,7 +49,9 @@ def test_before_the_first_step_the_log_says_what_the_worker_does():
 
 def test_max_steps_winning_over_one_epoch_is_said():
     note = runlog.passes_note(_events(), 30, preset_epochs=1, max_steps=30)
-    assert "Max steps (30) wins over the preset's 1 epoch" in note and "about 4.0 times" in note
+    assert "Max steps (30) wins over the preset's 1 epoch" in note and "about 4 times" in note
+    short = runlog.passes_note(_events(5, per_epoch=100), 5, preset_epochs=1, max_steps=5)
+    assert short.endswith("this run goes through 5% of the training data."), short
     assert runlog.passes_note(_events(30, per_epoch=30), 30, preset_epochs=1, max_steps=30) == ""  # as the preset
 
 
