@@ -89,6 +89,18 @@ def page(app):
 # ---------------------------------------------------------------- helpers
 
 
+# Warnings Gradio's own frontend logs whatever an app does (checked in gradio 6.31's bundle): its client's
+# EventSource stand-in warns on close(), and its native gr.BarPlot / gr.LinePlot write their spec as Vega-Lite
+# v5.17.0 and draw it with the vega-lite 6 they bundle (which also notes the band scale of their bars). The app's
+# own chart (the loss curve, gr.Plot) is marked Vega-Lite 5 for the vega-embed that draws it: it logs nothing.
+GRADIO_OWN = ("Method not implemented.", "The input spec uses Vega-Lite v5.17.0, but the current version of "
+              "Vega-Lite is v6", "band scale")
+
+
+def app_warnings(page) -> list[str]:
+    return [w for w in page.console_warnings if not any(known in w for known in GRADIO_OWN)]
+
+
 def settled(page) -> None:
     """Let the page-load events (lists read from disk, a fresh run name) land, as a person reads before typing:
     tabs not shown yet are not in the page, so there is nothing to wait on but time."""
@@ -354,7 +366,7 @@ def test_7_export_merge_the_adapter(page, app):
 
 def test_8_reload_keeps_everything_and_no_console_errors(page, app):
     assert page.console_errors == [], page.console_errors  # nothing up to here
-    assert page.console_warnings == [], page.console_warnings[:5]  # the charts' version warning included
+    assert app_warnings(page) == [], app_warnings(page)[:5]  # the charts' version warning included
     # Leave, then come back: requests still open when a page goes away are aborted by the browser, and the
     # old page logs them ("AbortError", "Connection errored out") whatever the app does; the new page's count.
     page.goto("about:blank")
@@ -377,7 +389,7 @@ def test_8_reload_keeps_everything_and_no_console_errors(page, app):
     page.wait_for_selector(f"#data-saved-list :text('{DATASET}')", timeout=30_000)
     shot(page, "walk-09b-data-after-reload", "#data-saved-list")
     assert page.console_errors == [], page.console_errors
-    assert page.console_warnings == [], page.console_warnings[:5]
+    assert app_warnings(page) == [], app_warnings(page)[:5]
 
 
 DPO_DATASET = "prefs-walk"
@@ -415,4 +427,4 @@ def test_9_preference_pairs_then_a_dpo_run(page, app):
     no_raw_floats(page)
     shot(page, "walk-11-dpo-completed", "#train-progress")
     assert page.console_errors == [], page.console_errors
-    assert page.console_warnings == [], page.console_warnings[:5]
+    assert app_warnings(page) == [], app_warnings(page)[:5]
