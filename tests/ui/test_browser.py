@@ -91,10 +91,11 @@ def page(app):
 
 # Warnings Gradio's own frontend logs whatever an app does (checked in gradio 6.31's bundle): its client's
 # EventSource stand-in warns on close(), and its native gr.BarPlot / gr.LinePlot write their spec as Vega-Lite
-# v5.17.0 and draw it with the vega-lite 6 they bundle (which also notes the band scale of their bars). The app's
-# own chart (the loss curve, gr.Plot) is marked Vega-Lite 5 for the vega-embed that draws it: it logs nothing.
+# v5.17.0 and draw it with the vega-lite 6 they bundle (which also notes the band scale of their bars, and drops
+# the "fit" autosize Gradio sets on a bar chart's discrete x axis). The app's own chart (the loss curve, gr.Plot)
+# is marked Vega-Lite 5 for the vega-embed that draws it: it logs nothing.
 GRADIO_OWN = ("Method not implemented.", "The input spec uses Vega-Lite v5.17.0, but the current version of "
-              "Vega-Lite is v6", "band scale")
+              "Vega-Lite is v6", "band scale", 'Dropping "fit-x" because spec has discrete width')
 
 
 def app_warnings(page) -> list[str]:
