@@ -9,13 +9,13 @@ run: $(STAMP)
 	$(PY) app.py
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 bench: $(STAMP)
-	$(PY) -m studio.bench --quick
+	$(PY) -m benchmarks.train_bench --quick
 
 lint: $(STAMP)
-	$(PY) -m ruff check studio tests app.py
+	$(PY) -m ruff check studio tests benchmarks app.py
 
 install: $(STAMP)
 

@@ -145,6 +145,11 @@ def check_files(folder: Path) -> None:
     if config["peft_type"] != "LORA":
         raise AdapterError(f"The adapter in {folder} is {config['peft_type']}, not LoRA.",
                            "The studio loads LoRA adapters; train or import a LoRA adapter.")
+    if config.get("use_dora"):  # PEFT refuses per-row adapter_names for DoRA: it cannot share a mixed batch
+        raise AdapterError(f"The adapter in {folder} is a DoRA adapter (use_dora: true); the studio serves plain "
+                           "LoRA only, batched with other users' adapters, and PEFT cannot batch DoRA that way.",
+                           "Merge it into its base with PEFT (merge_and_unload) and load the merged model, or "
+                           "train a plain LoRA adapter (the studio's default).")
 
 
 def _check_zip(zf: zipfile.ZipFile, source: Path) -> list[zipfile.ZipInfo]:
@@ -284,7 +289,8 @@ def delete_adapter(name: str) -> None:
         raise AdapterError(f"{name} belongs to a training run and is deleted with that run.",
                            "Delete the run in the Train tab, or export the adapter first.")
     info = get_adapter(name)
-    shutil.rmtree(info.path)
+    shutil.rmtree(info.path)  # engines in this process detach it: the Chat tab calls inference.forget_adapter,
+    # and every engine's watcher notices a deleted or replaced adapter within a second
 
 
 # ---------------------------------------------------------------- cards

@@ -140,6 +140,8 @@ class RunSpec:
     accelerate_config: str = ""  # optional accelerate config file: launch with `accelerate launch`
     num_processes: int = 1  # >1 launches DDP through accelerate (gloo on CPU, nccl on CUDA)
     from_adapter: str = field(default="", metadata={"help": METHOD_HELP["from_adapter"]})
+    # the prepared dataset's content hash, recorded when the run is created; a resume refuses another one
+    dataset_sha256: str = ""
 
     def validate(self) -> None:
         from studio.paths import check_name

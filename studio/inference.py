@@ -25,7 +25,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-from studio.errors import AdapterError, ConfigError
+from studio.errors import AdapterError, ConfigError, StudioError
 
 MAX_PROMPT_CHARS = 32_000  # longer prompts are refused: they would only be truncated by the context
 
@@ -90,22 +90,37 @@ def render_prompt(tokenizer, messages: list[dict], tools: list[dict] | None = No
 
 
 def adapter_system_turn(adapter: str | None) -> dict | None:
-    """The system turn the adapter's training data started conversations with (the dataset's saved
-    system-prompt choice), for a conversation that brings none; None where there is no such choice."""
-    from studio import paths
+    """The system turn the adapter's training data started conversations with, for a conversation that
+    brings none; None where there is no such choice. Read from the adapter's card, where training stored
+    it; a card from before that falls back to its dataset's meta only while that dataset is the one it
+    was trained on (same source hash)."""
     from studio.adapters import get_adapter
     from studio.data.formats import system_turn
     from studio.errors import StudioError
-    from studio.util import read_json
 
     if adapter is None:
         return None
     try:
-        dataset = str(get_adapter(adapter).card.get("dataset") or "")
-        meta = read_json(paths.datasets_dir() / dataset / "meta.json", {}) if dataset else {}
+        card = get_adapter(adapter).card or {}
     except (StudioError, OSError, ValueError):
-        return None  # an adapter given by folder, or a dataset since deleted: the template's own default
-    return system_turn((meta or {}).get("system_prompt")) if isinstance(meta, dict) else None
+        return None  # an adapter given by folder: the template's own default
+    if "system_prompt" in card:
+        return system_turn(card["system_prompt"])
+    return system_turn(_legacy_system_prompt(card))
+
+
+def _legacy_system_prompt(card: dict) -> dict | None:
+    """The system-prompt choice of the dataset a card names, if that dataset still is the trained one."""
+    from studio import paths
+    from studio.util import read_json
+
+    dataset = str(card.get("dataset") or "")
+    try:
+        meta = read_json(paths.datasets_dir() / dataset / "meta.json", {}) if dataset else {}
+    except (OSError, ValueError):
+        return None
+    same = isinstance(meta, dict) and card.get("dataset_sha256") and meta.get("source_sha256") == card["dataset_sha256"]
+    return meta.get("system_prompt") if same else None
 
 
 def with_adapter_system(messages: list[dict], adapter: str | None) -> list[dict]:
@@ -200,7 +215,8 @@ class Engine:
     """
 
     def __init__(self, ref: str = "bundled", quant: str = "fp32", device: str | None = None,
-                 progress: Callable[[float, str], None] | None = None, max_batch: int = 8, max_queue: int = 64):
+                 progress: Callable[[float, str], None] | None = None, max_batch: int = 8, max_queue: int = 64,
+                 max_kv_tokens: int | None = None, max_adapters: int | None = None):
         import peft  # noqa: F401 - imported now, so adapter load times measure loading, not the import
 
         from studio.models import load_model
@@ -220,15 +236,25 @@ class Engine:
         self._merged_weights: dict = {}  # LoRA layer -> the tensor that holds its merged weight
         self._loads = 0  # adapters attached so far: numbers each PEFT name once
         self.max_batch, self.max_queue = max_batch, max_queue
+        self._keys: dict[str, tuple] = {}  # name -> the content key of the files it was attached from
+        self._folders: dict[str, Path] = {}  # name -> folder, for adapters given by path (serve --adapters)
+        self._used: dict[str, float] = {}  # name -> when a request last asked for it (least recently used goes)
         self._scheduler = None
         self.mixed_steps = 0  # forwards that ran more than one adapter (or adapters and the base) together
         self.stop_ids = frozenset(stop_token_ids(self.tokenizer, self.loaded.model))
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.stop_ids)
         self.cache_arg = _cache_arg(self.loaded.model)  # the forward's name for the KV cache
+        self._device_type = self.device.type
+        self.max_kv_tokens = max_kv_tokens or default_kv_tokens(self.loaded.model, self.device)
+        self.max_adapters = max_adapters or default_max_adapters(self.device)
 
     @property
     def device(self):
         return self.loaded.model.device
+
+    @property
+    def device_type(self) -> str:
+        return self._device_type
 
     # ------------------------------------------------ adapters
 
@@ -241,30 +267,59 @@ class Engine:
         """Attach an adapter (a registry name, or any name with `path`); returns the load time in ms.
 
         The adapter is checked against this base first (safetensors only, shapes, target layers), so a
-        refused adapter leaves the loaded model untouched. Loading an attached name again costs 0 ms.
-        The check runs while others generate; only the attach itself waits for the current step.
+        refused adapter leaves the loaded model untouched. An attached adapter is known by its files'
+        content key (`content_key`): the same files again cost 0 ms; new files under the same name (a
+        re-import, a retrained run) detach the old weights, ending their requests with a message, and
+        attach the new. Past `max_adapters`, the least recently used adapter no request is using is
+        detached first. The check runs while others generate; only the attach waits for the current step.
         """
         from studio.adapters import validate_adapter
 
         with self._load_lock:
-            if name in self._peft_names:
-                return 0.0
             folder = Path(path) if path is not None else self._locate(name)
+            if path is not None:
+                self._folders[name] = folder
+            key = _checked_key(folder)
+            self._used[name] = time.monotonic()
+            if name in self._peft_names:
+                if self._keys.get(name) == key:
+                    return 0.0
+                self._detach(name, AdapterChanged(
+                    f"The adapter {name!r} was replaced on disk (re-imported or retrained) while this answer was "
+                    "being written; the old weights are no longer served.", "Send the request again: it gets the "
+                    "new weights."))
             warning = validate_adapter(folder, self.loaded)
             if warning:
                 print(warning, file=sys.stderr, flush=True)  # a different base name with the same shapes
+            self._make_room(name)
             start = time.perf_counter()
             with self.lock:
                 self._loads += 1
                 peft_name = f"adapter_{self._loads}"  # PEFT names become module keys: no '.' or ':'
                 self._unfold()  # PEFT's load ends in set_adapter, which would unmerge by subtraction
                 self._attach(folder, peft_name)
-                self._peft_names[name] = peft_name
+                self._peft_names[name], self._keys[name] = peft_name, key
             elapsed = (time.perf_counter() - start) * 1000
             self.load_ms[name] = elapsed
         return elapsed
 
+    def _make_room(self, name: str) -> None:
+        """Detach the least recently used idle adapter while `max_adapters` are attached; refuse when every
+        attached adapter has requests running or waiting."""
+        from studio.serving.scheduler import Overloaded
+
+        while len(self._peft_names) >= self.max_adapters:
+            busy = self._scheduler.adapters_in_use() if self._scheduler is not None else set()
+            idle = [a for a in self._peft_names if a not in busy and a != name]
+            if not idle:
+                raise Overloaded(f"All {len(self._peft_names)} attached adapters are answering requests (the limit "
+                                 f"is {self.max_adapters}), so {name!r} cannot be attached now.",
+                                 "Retry in a few seconds, or start the server with a larger --max-adapters.")
+            self._detach(min(idle, key=lambda a: self._used.get(a, 0.0)), None)
+
     def _locate(self, name: str) -> Path:
+        if name in self._folders:
+            return self._folders[name]
         if Path(name).is_dir():
             return Path(name)
         from studio.adapters import get_adapter
@@ -287,17 +342,69 @@ class Engine:
                                "Check that it was saved by PEFT for this base model.") from exc
         self.model.eval()
 
-    def unload_adapter(self, name: str) -> None:
-        """Detach an adapter (e.g. after it was deleted from disk)."""
-        with self._load_lock, self.lock:
-            peft_name = self._peft_names.pop(name, None)
-            if peft_name is not None:
-                self._unfold()
-                self.model.delete_adapter(peft_name)
-                self.load_ms.pop(name, None)
-            if peft_name is not None and not self._peft_names:
+    def unload_adapter(self, name: str, reason: BaseException | None = None) -> None:
+        """Detach an adapter (e.g. after it was deleted from disk); its running and waiting requests end
+        with `reason` (by default: it was removed)."""
+        reason = reason or AdapterChanged(f"The adapter {name!r} was removed while this answer was being written.",
+                                          "Pick another model from GET /v1/models and send the request again.")
+        with self._load_lock:
+            self._detach(name, reason)
+
+    def _detach(self, name: str, reason: BaseException | None) -> None:
+        """Detach `name` (under `_load_lock`): its requests end with `reason` first, so none runs on the base."""
+        with self.lock:
+            peft_name = self._peft_names.get(name)
+            if peft_name is None:
+                return
+            if self._scheduler is not None:
+                self._scheduler.fail_adapter(name, reason or AdapterChanged(
+                    f"The adapter {name!r} was detached.", "Send the request again."))
+            del self._peft_names[name]
+            self._keys.pop(name, None)
+            self._unfold()
+            self.model.delete_adapter(peft_name)
+            self.load_ms.pop(name, None)
+            if not self._peft_names:
                 self.model = self.model.unload()  # a PeftModel without adapters cannot generate: unwrap
                 self._merged_weights.clear()
+
+    def refresh_adapters(self) -> None:
+        """Detach every attached adapter whose files were deleted or replaced since it was attached (the
+        scheduler calls this every second). Skipped while an adapter is being loaded."""
+        if not self._load_lock.acquire(blocking=False):
+            return
+        try:
+            for name in list(self._peft_names):
+                try:
+                    key = content_key(self._locate(name))
+                except (OSError, StudioError):
+                    key = None
+                if key != self._keys.get(name):
+                    what = "deleted" if key is None else "replaced on disk (re-imported or retrained)"
+                    self._detach(name, AdapterChanged(
+                        f"The adapter {name!r} was {what} while this answer was being written.",
+                        "Send the request again" + (": it gets the new weights." if key else " with another model "
+                                                    "from GET /v1/models.")))
+        finally:
+            self._load_lock.release()
+
+    def close(self) -> None:
+        """Stop the scheduler (its requests end with a message) and let go of the model's memory."""
+        import gc
+
+        from studio.serving.scheduler import EngineClosed
+
+        if self._scheduler is not None:
+            self._scheduler.stop(EngineClosed(f"The model {self.ref} was unloaded to make room for another.",
+                                              "Send the request again (it loads the model again)."))
+        with self.lock:
+            self._originals, self._merged_weights = [], {}
+            self.model = self.loaded = None
+        gc.collect()
+        if self.device_type == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
 
     def _peft_name(self, adapter: str) -> str:
         if adapter not in self._peft_names:
@@ -411,7 +518,7 @@ class Engine:
             if self._scheduler is None:
                 from studio.serving.scheduler import Scheduler
 
-                self._scheduler = Scheduler(self, self.max_batch, self.max_queue)
+                self._scheduler = Scheduler(self, self.max_batch, self.max_queue, self.max_kv_tokens)
         return self._scheduler
 
     def new_cache(self):
@@ -430,11 +537,14 @@ class Engine:
 
     def submit_many(self, prompts: list[tuple[list[int], str | None]], sampling, sink: queue.Queue | None = None):
         """Queue answers that start in the same step (compare mode); each may ask for another adapter."""
-        from studio.serving.scheduler import Request
+        from studio.serving.scheduler import EngineClosed, Request
 
+        if self.loaded is None:
+            raise EngineClosed(f"The model {self.ref} was unloaded to make room for another.",
+                               "Load it again (the Model tab, or send the request again).")
         for ids, adapter in prompts:
             if adapter is not None:
-                self._peft_name(adapter)
+                self.load_adapter(adapter)  # 0 ms where attached from the same files; reloads what changed
             check_context(len(ids), sampling.max_new_tokens, self.context_length())
         requests = [Request(ids, adapter, sampling, sink) for ids, adapter in prompts]
         self.scheduler.submit(requests)
@@ -508,6 +618,50 @@ class ContextError(ConfigError):
     """The prompt and the answer asked for do not fit the model's context."""
 
 
+class AdapterChanged(AdapterError):
+    """The adapter a request was using was deleted, replaced or detached while it ran (HTTP 409)."""
+
+
+def content_key(folder: Path) -> tuple:
+    """What identifies an adapter's weights: its folder and its files' sizes and modification times (a
+    re-import or a new run under the same name writes new files, so the key changes)."""
+    from studio.adapters import CONFIG_FILE, WEIGHTS_FILE
+
+    folder = Path(folder).resolve()
+    stats = [(folder / f).stat() for f in (WEIGHTS_FILE, CONFIG_FILE)]
+    return (str(folder), *((s.st_size, s.st_mtime_ns, s.st_ino) for s in stats))
+
+
+def _checked_key(folder: Path) -> tuple:
+    """content_key, after checking that the folder still holds a safetensors LoRA (clear errors if not)."""
+    from studio.adapters import check_files
+
+    if not folder.is_dir():
+        raise AdapterError(f"The adapter folder {folder} does not exist (deleted?).",
+                           "Pick an adapter from the list (GET /v1/models), or import it again.")
+    check_files(folder)
+    return content_key(folder)
+
+
+KV_MEMORY_SHARE = 4  # the KV cache may take a quarter of the memory free after the model is loaded
+ADAPTER_BYTES = 256 * 2 ** 20  # a generous LoRA (r=64 on every projection of a 7B base) for the default limit
+
+
+def default_kv_tokens(model, device) -> int:
+    """The KV-cache budget in tokens: a quarter of the free memory over the bytes one token's cache takes."""
+    config = model.config.get_text_config(decoder=True)
+    layers = int(getattr(config, "num_hidden_layers", 0) or 1)
+    heads = int(getattr(config, "num_key_value_heads", 0) or getattr(config, "num_attention_heads", 1))
+    head_dim = int(getattr(config, "head_dim", 0) or config.hidden_size // config.num_attention_heads)
+    per_token = 2 * layers * heads * head_dim * next(model.parameters()).element_size()  # keys and values
+    return max(4096, _free_bytes(device) // KV_MEMORY_SHARE // per_token)
+
+
+def default_max_adapters(device) -> int:
+    """Adapters kept attached at once: one per ADAPTER_BYTES of a quarter of the free memory, 2 to 32."""
+    return int(min(32, max(2, _free_bytes(device) // KV_MEMORY_SHARE // ADAPTER_BYTES)))
+
+
 def _request_stats(request) -> dict:
     seconds = request.finished_s or (time.perf_counter() - request.submitted)
     tokens = len(request.tokens)
@@ -553,11 +707,35 @@ def get_engine(ref: str = "bundled", quant: str = "fp32", progress=None) -> Engi
                 return _engines[key]
         engine = Engine(ref, quant, progress=progress)
         with _engines_lock:
-            if len(_engines) >= MAX_ENGINES:
-                _engines.pop(next(iter(_engines)))
+            evicted = _engines.pop(next(iter(_engines))) if len(_engines) >= MAX_ENGINES else None
             _engines[key] = engine
             _loading.pop(key, None)
+        if evicted is not None:
+            evicted.close()  # its thread stops, its model is freed
         return engine
+
+
+_serving: tuple[str, str] | None = None  # (ref, quant) the app's /v1 serves: the Model tab's choice
+
+
+def serve_engine(ref: str, quant: str, progress=None) -> Engine:
+    """Load (ref, quant) and declare it the engine the app's /v1 serves (the Model tab's Load button)."""
+    global _serving
+    engine = get_engine(ref, quant, progress=progress)
+    _serving = (ref, quant)
+    return engine
+
+
+def serving_choice() -> tuple[str, str]:
+    """The (ref, quant) the app's /v1 serves: the Model tab's last load, else the default model in fp32."""
+    from studio.models import default_model_ref
+
+    return _serving or (default_model_ref(), "fp32")
+
+
+def serving_engine() -> Engine:
+    """The engine the app's /v1 serves (loaded on first use), never another one the Chat tab used."""
+    return get_engine(*serving_choice())
 
 
 def loaded_engines() -> list[Engine]:

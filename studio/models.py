@@ -323,3 +323,13 @@ def _stop_ids(tokenizer) -> list[int]:
     from studio import templates
 
     return templates.current(tokenizer).stop_ids
+
+
+def describe_template(ref: str) -> str:
+    """templates.describe() for a model reference (loads only the tokenizer); the UI's read-only template line."""
+    from studio.errors import StudioError
+
+    try:
+        return "Template: " + _template_why(load_tokenizer(ref))
+    except StudioError as exc:
+        return f"Template: unknown ({exc})"

@@ -2,7 +2,9 @@
 
 Data rendering, the worker, chat, evaluation, the API and export all ask `choose`, so training and
 inference never drift apart. The order of preference:
-1. the tokenizer's own chat template (what the model's authors trained with);
+1. the tokenizer's own chat template (what the model's authors trained with); a tokenizer with several
+   named templates (transformers keeps them as a dict: additional_chat_templates/*.jinja beside chat_template.jinja,
+   or a list in tokenizer_config.json) uses its `default`, and its `tool_use` one when tools are given;
 2. the model family's own format, recognised from the vocabulary and config (Gemma turns,
    Llama-3 headers, Phi-3 tags, ChatML for Qwen/SmolLM, Mistral [INST]), written with the real
    special tokens the vocabulary already has;
@@ -15,7 +17,7 @@ Stops: every end-of-turn id plus EOS, as a list (generation_config.eos_token_id 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 _SYSTEM_FIRST = (  # families without a system role put the system text at the top of the first user turn
@@ -78,6 +80,11 @@ class TemplateChoice:
     add_bos: bool  # the ids must start with BOS (the tokenizer adds one to plain text)
     stop_ids: list[int] = field(default_factory=list)  # generation stops on any of these
     added_tokens: list[str] = field(default_factory=list)  # fallback markers added to the vocabulary
+    tool_template: str | None = None  # the tokenizer's own `tool_use` template, used when tools are given
+
+    def for_tools(self, tools: bool) -> str:
+        """The template text for a conversation with (`tools`) or without tool definitions."""
+        return self.tool_template if tools and self.tool_template else self.template
 
     @property
     def trained_tokens(self) -> list[str]:
@@ -157,10 +164,27 @@ def _end_of_turn_after(tokenizer, template: str) -> str | None:
     return next((s for s in specials if s and after.startswith(s)), None)
 
 
+def own_templates(tokenizer) -> dict[str, str]:
+    """The tokenizer's own chat templates by name ({"default": ...} for a single one; {} for none).
+
+    A dict without a `default` that holds one template uses that one as the default.
+    """
+    own = getattr(tokenizer, "chat_template", None)
+    if isinstance(own, str):
+        return {"default": own} if own.strip() else {}
+    if not isinstance(own, dict):
+        return {}
+    named = {str(k): v for k, v in own.items() if isinstance(v, str) and v.strip()}
+    if "default" not in named and len(named) == 1:
+        named["default"] = next(iter(named.values()))
+    return named
+
+
 def choose(tokenizer, config=None) -> TemplateChoice:
     """Decide the template, BOS, end-of-turn token and stop ids for this tokenizer (and model config)."""
-    if getattr(tokenizer, "chat_template", None) and isinstance(tokenizer.chat_template, str):
-        template, source, family = tokenizer.chat_template, "tokenizer", "own"
+    own = own_templates(tokenizer)
+    if "default" in own:
+        template, source, family = own["default"], "tokenizer", "own"
         end = _end_of_turn_after(tokenizer, template)
     else:
         family = _family(tokenizer, _model_type(tokenizer, config))
@@ -170,8 +194,9 @@ def choose(tokenizer, config=None) -> TemplateChoice:
         else:
             template, source, family, end = FAMILY_TEMPLATES["chatml"], "fallback", "chatml", "<|im_end|>"
     added = [m for m in FALLBACK_MARKERS if source == "fallback" and _single_token_id(tokenizer, m) is None]
-    return TemplateChoice(template, source, family, end, adds_bos(tokenizer),
-                          stop_ids(tokenizer, end, config), added)
+    tool_template = own.get("tool_use") if source == "tokenizer" else None
+    return TemplateChoice(template, source, family, end, adds_bos(tokenizer), stop_ids(tokenizer, end, config), added,
+                          tool_template)
 
 
 def stop_ids(tokenizer, end_of_turn: str | None = None, config=None) -> list[int]:
@@ -196,10 +221,11 @@ def prepare_tokenizer(tokenizer, config=None) -> TemplateChoice:
     if choice.added_tokens:
         tokenizer.add_special_tokens({"additional_special_tokens": list(choice.added_tokens)},
                                      replace_extra_special_tokens=False)
-        choice = TemplateChoice(choice.template, choice.source, choice.family, choice.end_of_turn,
-                                choice.add_bos, stop_ids(tokenizer, choice.end_of_turn, config),
-                                choice.added_tokens)
-    tokenizer.chat_template = choice.template
+        choice = replace(choice, stop_ids=stop_ids(tokenizer, choice.end_of_turn, config))
+    if isinstance(tokenizer.chat_template, dict):  # named templates stay (a saved copy keeps tool_use too)
+        tokenizer.chat_template = {**tokenizer.chat_template, "default": choice.template}
+    else:
+        tokenizer.chat_template = choice.template
     tokenizer.studio_template = choice  # later lookups give the same answer, with the same "why"
     return choice
 
@@ -207,7 +233,7 @@ def prepare_tokenizer(tokenizer, config=None) -> TemplateChoice:
 def current(tokenizer) -> TemplateChoice:
     """The choice made for this tokenizer (made now if it was loaded outside load_tokenizer)."""
     cached = getattr(tokenizer, "studio_template", None)
-    if cached is not None and getattr(tokenizer, "chat_template", None) == cached.template:
+    if cached is not None and own_templates(tokenizer).get("default") == cached.template:
         return cached
     return choose(tokenizer)  # never prepared, or its template was changed since
 
@@ -250,17 +276,6 @@ def encode(tokenizer, messages: list[dict], add_generation_prompt: bool = True) 
 def describe(tokenizer) -> str:
     """The one-line "which template and why" every tab and command shows."""
     return current(tokenizer).why()
-
-
-def describe_ref(ref: str) -> str:
-    """describe() for a model reference (loads only the tokenizer); the UI's read-only template line."""
-    from studio.errors import StudioError
-    from studio.models import load_tokenizer
-
-    try:
-        return "Template: " + describe(load_tokenizer(ref))
-    except StudioError as exc:
-        return f"Template: unknown ({exc})"
 
 
 def save(tokenizer, folder: str | Path, model_config=None) -> None:

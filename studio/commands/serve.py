@@ -22,6 +22,12 @@ def add(sub) -> None:
     p.add_argument("--max-batch", type=int, default=8, help="most requests decoded together in one forward pass")
     p.add_argument("--max-queue", type=int, default=64,
                    help="most requests waiting for a batch slot; one more gets HTTP 429")
+    p.add_argument("--max-kv-tokens", type=int, default=None,
+                   help="KV-cache budget in tokens (rows x longest prompt + max_tokens); a request that can never "
+                        "fit gets HTTP 400 (default: a quarter of the free memory)")
+    p.add_argument("--max-adapters", type=int, default=None,
+                   help="adapters kept attached at once; past it the least recently used idle one is detached "
+                        "(default: from free memory, 2 to 32)")
     p.add_argument("--engine", default="studio", choices=("studio", "vllm"),
                    help="vllm: start vLLM's own OpenAI server with the registry's adapters (CUDA only)")
     p.add_argument("--dry-run", action="store_true", help="with --engine vllm: print the command, do not run it")
@@ -35,11 +41,15 @@ def serve(args) -> int:
     adapters = parse_adapters(args.adapters)
     if args.max_batch < 1 or args.max_queue < 1:
         raise ConfigError("--max-batch and --max-queue must be at least 1.", "Pass e.g. --max-batch 8 --max-queue 64.")
+    if (args.max_kv_tokens or 1) < 1 or (args.max_adapters or 1) < 1:
+        raise ConfigError("--max-kv-tokens and --max-adapters must be at least 1.",
+                          "Leave them out for defaults from free memory, or pass e.g. --max-adapters 4.")
     if args.engine == "vllm":
         from studio.serving.vllm import launch
 
         return launch(args.model, adapters, args.host, args.port, args.quant, dry_run=args.dry_run)
     from studio.serving.server import serve as run
 
-    run(args.host, args.port, args.model, args.quant, adapters, args.max_batch, args.max_queue)
+    run(args.host, args.port, args.model, args.quant, adapters, args.max_batch, args.max_queue,
+        args.max_kv_tokens, args.max_adapters)
     return 0

@@ -38,16 +38,19 @@ def train(args) -> int:
         path = manager.start(spec)
         print(f"queued {path.name}: follow it with `python -m studio runs show {path.name}`")
         return 0
-    path = manager.create(spec)
+    path = manager.create_foreground(spec)  # refused while another run trains; the queue waits for this one
     print(f"training {path.name} in the foreground (run folder {path})", file=sys.stderr)
+    status = worker.Status(path)  # the run's one status writer: a failure is never beaten back to "running"
     try:
-        state = worker.train(path, foreground=True)
+        state = worker.train(path, foreground=True, status=status)
     except BaseException as exc:  # the real error lands in status.json, so `runs show` and the Train tab show it
         import time
 
         message, fix = worker.explain_failure(exc, spec)
-        worker.Status(path, enabled=True).update(state="failed", finished=time.time(), message=message, fix=fix)
+        status.finish(state="failed", finished=time.time(), message=message, fix=fix)
         raise
+    finally:
+        manager.schedule()  # the queue waited for this run: start the next one
     print(json.dumps(_status(path), indent=2, default=str))
     return 0 if state in ("completed", "stopped") else 1
 

@@ -84,7 +84,7 @@ class Detection:
 # ---------------------------------------------------------------- detection
 
 
-def _keys(record: dict) -> dict[str, str]:
+def column_keys(record: dict) -> dict[str, str]:
     """lower-case name -> actual name."""
     return {str(k).lower(): k for k in record}
 
@@ -95,11 +95,11 @@ def _find(keys: dict[str, str], names: tuple[str, ...]) -> str | None:
 
 def _turn_key(record: dict) -> tuple[str, str] | None:
     """(key, 'openai' | 'sharegpt') for a list of turns in the record."""
-    keys = _keys(record)
+    keys = column_keys(record)
     for name in TURN_LIST_KEYS:
         value = record.get(keys.get(name, ""))
         if isinstance(value, list) and value and all(isinstance(t, dict) for t in value):
-            first = _keys(value[0])
+            first = column_keys(value[0])
             if "from" in first and "value" in first:
                 return keys[name], "sharegpt"
             if "role" in first and "content" in first:
@@ -109,7 +109,7 @@ def _turn_key(record: dict) -> tuple[str, str] | None:
 
 def shape_of(record: dict) -> tuple[str, dict] | None:
     """The format one record looks like, with the columns that say so; None when none fits."""
-    keys = _keys(record)
+    keys = column_keys(record)
     turns = _turn_key(record)
     if turns:
         return turns[1], {"messages": turns[0]}
@@ -131,27 +131,52 @@ def guess_mapping(columns: list[str]) -> dict:
     return {part: col for part, col in guess.items() if col}
 
 
-def detect(records: list[dict]) -> Detection:
-    """Vote over up to SAMPLE_ROWS records; the evidence says how many rows had the winning shape."""
-    from studio.data.io import columns_of
-
-    sample = [r for r in records[:SAMPLE_ROWS] if isinstance(r, dict)]
+def readable_sample(records: list, rows: int) -> list[dict]:
+    """The records among the first `rows` that are objects; DataError when there is none."""
+    sample = [r for r in records[:rows] if isinstance(r, dict)]
     if not sample:
         raise DataError("There are no readable rows to detect a format from.",
                         "Check the file: every row failed to read (see the problems list).")
-    columns = columns_of(sample)
-    votes = Counter()
+    return sample
+
+
+@dataclass(frozen=True)
+class Vote:
+    fmt: str  # the format most sampled records fit
+    count: int  # how many fit it
+    mapping: dict  # its column mapping (the first one seen)
+    fitting: int  # how many records fit any format
+
+    @property
+    def columns_used(self) -> str:
+        return ", ".join(f"'{c}'" for c in self.mapping.values())
+
+
+def vote(sample: list[dict], shape_of) -> Vote | None:
+    """The format most sampled records fit (`shape_of(record)` -> (format, mapping) or None); None if none fits."""
+    votes: Counter = Counter()
     mappings: dict[str, dict] = {}
     for record in sample:
         shape = shape_of(record)
         if shape:
             votes[shape[0]] += 1
             mappings.setdefault(shape[0], shape[1])
-    if votes:
-        fmt, count = votes.most_common(1)[0]
-        used = ", ".join(f"'{c}'" for c in mappings[fmt].values())
-        return Detection(fmt, f"{count} of {len(sample)} sampled rows have the {fmt} columns ({used}).",
-                         columns, mappings[fmt], matched=count, sampled=len(sample))
+    if not votes:
+        return None
+    fmt, count = votes.most_common(1)[0]
+    return Vote(fmt, count, mappings[fmt], sum(votes.values()))
+
+
+def detect(records: list[dict]) -> Detection:
+    """Vote over up to SAMPLE_ROWS records; the evidence says how many rows had the winning shape."""
+    from studio.data.io import columns_of
+
+    sample = readable_sample(records, SAMPLE_ROWS)
+    columns = columns_of(sample)
+    won = vote(sample, shape_of)
+    if won:
+        text = f"{won.count} of {len(sample)} sampled rows have the {won.fmt} columns ({won.columns_used})."
+        return Detection(won.fmt, text, columns, won.mapping, matched=won.count, sampled=len(sample))
     guess = guess_mapping(columns)
     if "prompt" in guess and "response" in guess:
         return Detection("mapped", f"No known format; guessed prompt='{guess['prompt']}' and "
@@ -165,7 +190,20 @@ def detect(records: list[dict]) -> Detection:
 # ---------------------------------------------------------------- conversion
 
 
-def _text(value, what: str) -> str:
+def speaker_role(turn, where: str, speakers: dict[str, str], advice: str, first: str = "from") -> str:
+    """The role a message object names under "from" or "role" (`first` looked up first), through `speakers`;
+    RowError saying `advice` when it names no known speaker."""
+    if not isinstance(turn, dict):
+        raise RowError(f"{where} is not a message object")
+    speaker = turn.get(first, turn.get("role" if first == "from" else "from"))
+    role = speakers.get(str(speaker).lower())
+    if role is None:
+        raise RowError(f"{where} is from {speaker!r}; {advice}")
+    return role
+
+
+def scalar_text(value, what: str) -> str:
+    """A text field: a string, a number written as text, '' for None; RowError for anything else."""
     if value is None:
         return ""
     if isinstance(value, str):
@@ -175,12 +213,13 @@ def _text(value, what: str) -> str:
     raise RowError(f"{what} is a {type(value).__name__}, not text")
 
 
-def _get(record: dict, name: str | None):
+def field_value(record: dict, name: str | None):
+    """record[name], else the column whose name differs only in case; None when there is none."""
     if not name:
         return None
     if name in record:
         return record[name]
-    return record.get(_keys(record).get(name.lower(), ""))
+    return record.get(column_keys(record).get(str(name).lower(), ""))
 
 
 def _part_weight(part: dict, where: str):
@@ -201,7 +240,7 @@ def _parts(value: list, index: int) -> tuple[str, int | None]:
             raise RowError(f"message {index} has a '{kind}' part: only text is supported, so the row is left "
                            f"out (images and audio need a multimodal model)")
         text = part.get("text", part.get("value"))
-        texts.append(_text(text, f"message {index} part {n}"))
+        texts.append(scalar_text(text, f"message {index} part {n}"))
         weights.add(_part_weight(part, f"message {index} part {n}"))
     if len(weights - {None}) > 1:
         raise RowError(f"message {index} mixes trained and untrained parts; split it into two messages")
@@ -213,7 +252,7 @@ def _content(value, index: int) -> str:
     """OpenAI content: a string, or a list of text parts (text under "text" or "value") joined by newlines."""
     if isinstance(value, list):
         return _parts(value, index)[0]
-    return _text(value, f"message {index} content")
+    return scalar_text(value, f"message {index} content")
 
 
 def _json(value, what: str):
@@ -286,7 +325,7 @@ def _message(turn: dict, index: int, role: str, content) -> dict:
 
 
 def from_openai(record: dict, key: str = "messages") -> Conversation:
-    turns = _get(record, key)
+    turns = field_value(record, key)
     if not isinstance(turns, list):
         raise RowError(f"'{key}' is missing or not a list")
     messages = []
@@ -297,67 +336,62 @@ def from_openai(record: dict, key: str = "messages") -> Conversation:
         if role not in ROLES:
             raise RowError(f"message {i} has role {role!r}; use system, user, assistant or tool")
         messages.append(_message(turn, i, role, turn.get("content")))
-    return Conversation(messages, _tools(_get(record, "tools")))
+    return Conversation(messages, _tools(field_value(record, "tools")))
 
 
 def from_sharegpt(record: dict, key: str = "conversations") -> Conversation:
-    turns = _get(record, key)
+    turns = field_value(record, key)
     if not isinstance(turns, list):
         raise RowError(f"'{key}' is missing or not a list")
     messages = []
-    system = _text(_get(record, "system"), "system")
+    system = scalar_text(field_value(record, "system"), "system")
     if system.strip():
         messages.append({"role": "system", "content": system})
     for i, turn in enumerate(turns, start=1):
-        if not isinstance(turn, dict):
-            raise RowError(f"turn {i} is not an object")
-        speaker = turn.get("from", turn.get("role"))
-        role = SPEAKERS.get(str(speaker).lower())
-        if role is None:
-            raise RowError(f"turn {i} is from {speaker!r}; known speakers: {', '.join(SPEAKERS)}")
+        role = speaker_role(turn, f"turn {i}", SPEAKERS, f"known speakers: {', '.join(SPEAKERS)}")
         messages.append(_message(turn, i, role, turn.get("value", turn.get("content"))))
-    return Conversation(messages, _tools(_get(record, "tools")))
+    return Conversation(messages, _tools(field_value(record, "tools")))
 
 
 def from_alpaca(record: dict, mapping: dict | None = None) -> list[dict]:
     mapping = mapping or {}
-    instruction = _text(_get(record, mapping.get("instruction", "instruction")), "instruction")
-    extra = _text(_get(record, mapping.get("input", "input")), "input")
+    instruction = scalar_text(field_value(record, mapping.get("instruction", "instruction")), "instruction")
+    extra = scalar_text(field_value(record, mapping.get("input", "input")), "input")
     messages = []
-    system = _text(_get(record, mapping.get("system", "system")), "system")
+    system = scalar_text(field_value(record, mapping.get("system", "system")), "system")
     if system.strip():
         messages.append({"role": "system", "content": system})
-    for i, pair in enumerate(_get(record, mapping.get("history", "history")) or [], start=1):
+    for i, pair in enumerate(field_value(record, mapping.get("history", "history")) or [], start=1):
         if not (isinstance(pair, (list, tuple)) and len(pair) == 2):
             raise RowError(f"history item {i} is not a [question, answer] pair")
-        messages += [{"role": "user", "content": _text(pair[0], f"history {i} question")},
-                     {"role": "assistant", "content": _text(pair[1], f"history {i} answer")}]
+        messages += [{"role": "user", "content": scalar_text(pair[0], f"history {i} question")},
+                     {"role": "assistant", "content": scalar_text(pair[1], f"history {i} answer")}]
     prompt = f"{instruction}\n\n{extra}" if extra.strip() else instruction
-    messages += [{"role": "user", "content": prompt},
-                 {"role": "assistant", "content": _text(_get(record, mapping.get("output", "output")), "output")}]
+    output = scalar_text(field_value(record, mapping.get("output", "output")), "output")
+    messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
     return messages
 
 
 def from_prompt_completion(record: dict, mapping: dict | None = None) -> list[dict]:
     mapping = mapping or {}
-    prompt = _get(record, mapping.get("prompt", "prompt"))
-    completion = _get(record, mapping.get("completion", "completion"))
+    prompt = field_value(record, mapping.get("prompt", "prompt"))
+    completion = field_value(record, mapping.get("completion", "completion"))
     if isinstance(prompt, list) or isinstance(completion, list):
         if not (isinstance(prompt, list) and isinstance(completion, list)):
             raise RowError("prompt and completion must both be text, or both be lists of messages")
         return from_openai({"messages": prompt + completion})
-    return [{"role": "user", "content": _text(prompt, "prompt")},
-            {"role": "assistant", "content": _text(completion, "completion")}]
+    return [{"role": "user", "content": scalar_text(prompt, "prompt")},
+            {"role": "assistant", "content": scalar_text(completion, "completion")}]
 
 
 def from_reasoning(record: dict, mapping: dict | None = None, cot_style: str = "think") -> list[dict]:
     if cot_style not in COT_STYLES:
         raise DataError(f"Unknown chain-of-thought style {cot_style!r}.", f"Use one of: {', '.join(COT_STYLES)}.")
-    keys = _keys(record)
+    keys = column_keys(record)
     found = {part: (mapping or {}).get(part) or _find(keys, names) for part, names in REASONING_KEYS.items()}
-    question = _text(_get(record, found["question"]), "question")
-    cot = _text(_get(record, found["cot"]), "chain of thought").strip()
-    answer = _text(_get(record, found["response"]), "response")
+    question = scalar_text(field_value(record, found["question"]), "question")
+    cot = scalar_text(field_value(record, found["cot"]), "chain of thought").strip()
+    answer = scalar_text(field_value(record, found["response"]), "response")
     if not answer.strip():
         raise RowError("the response is empty")
     content = f"<think>\n{cot}\n</think>\n\n{answer.strip()}" if cot_style == "think" and cot else answer
@@ -365,7 +399,7 @@ def from_reasoning(record: dict, mapping: dict | None = None, cot_style: str = "
 
 
 def from_text(record: dict, mapping: dict | None = None) -> list[dict]:
-    text = _text(_get(record, (mapping or {}).get("text", "text")), "text")
+    text = scalar_text(field_value(record, (mapping or {}).get("text", "text")), "text")
     if not text.strip():
         raise RowError("the text is empty")
     return [{"role": "assistant", "content": text}]
@@ -379,11 +413,11 @@ def from_mapped(record: dict, mapping: dict | None) -> list[dict]:
     if missing:
         raise RowError(f"column {missing[0]!r} (from the mapping) is missing")
     messages = []
-    system = _text(record.get(mapping["system"]), "system") if mapping.get("system") else ""
+    system = scalar_text(record.get(mapping["system"]), "system") if mapping.get("system") else ""
     if system.strip():
         messages.append({"role": "system", "content": system})
-    return messages + [{"role": "user", "content": _text(record[mapping["prompt"]], "prompt")},
-                       {"role": "assistant", "content": _text(record[mapping["response"]], "response")}]
+    return messages + [{"role": "user", "content": scalar_text(record[mapping["prompt"]], "prompt")},
+                       {"role": "assistant", "content": scalar_text(record[mapping["response"]], "response")}]
 
 
 def _expected(previous: dict | None) -> tuple[str, ...]:
@@ -451,7 +485,7 @@ PREFERENCE_KEYS = ("chosen", "rejected")
 def looks_like_preference(records: list[dict]) -> bool:
     """True when most rows hold a chosen and a rejected answer (DPO/ORPO data, not SFT)."""
     rows = [r for r in records[:SAMPLE_ROWS] if isinstance(r, dict)]
-    hits = sum(all(k in _keys(r) for k in PREFERENCE_KEYS) for r in rows)
+    hits = sum(all(k in column_keys(r) for k in PREFERENCE_KEYS) for r in rows)
     return bool(rows) and hits * 2 > len(rows)
 
 

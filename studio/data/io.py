@@ -269,3 +269,20 @@ def estimate_rows(path: str | Path) -> int | None:
                 count += chunk.count(b"\n")
         return max(count - (kind != ".jsonl"), 1)  # minus the header line of CSV/TSV
     return None
+
+
+def batch_read(report, kept: list, expected: int | None, progress) -> list:
+    """Count a scanned batch's kept rows in `report` (rows_ok) and report progress; returns `kept`."""
+    report.rows_ok += len(kept)
+    progress(min(0.9, report.rows_in / expected) if expected else 0.5, f"{report.rows_in:,} rows read")
+    return kept
+
+
+def record_at(rows: Iterator, row: int, path) -> dict:
+    """The record numbered `row` among (number, record) pairs; DataError when it cannot be read or is not there."""
+    for number, record in rows:
+        if number == row:
+            if isinstance(record, BadRecord):
+                raise DataError(f"Row {row} cannot be read: {record.reason}.", "Choose another row.")
+            return record
+    raise DataError(f"There is no row {row} in {Path(path).name}.", "Choose a row number from the preview.")

@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 from itertools import chain, islice
 from pathlib import Path
 
-from studio.data import io, render
+from studio import templates
+from studio.data import formats, io, render
 from studio.errors import DataError
 
 FORMATS = ("trl", "hh", "sharegpt", "ultrafeedback", "mapped")
@@ -97,8 +98,7 @@ class Detection:
 # ---------------------------------------------------------------- detection
 
 
-def _keys(record: dict) -> dict[str, str]:
-    return {str(k).lower(): k for k in record}
+_keys = formats.column_keys  # lower-case name -> actual name
 
 
 def _is_turns(value) -> bool:
@@ -141,22 +141,12 @@ def guess_mapping(columns: list) -> dict:
 
 def detect(records: list) -> Detection:
     """Vote over up to SAMPLE_ROWS records. format "" means: not preference data."""
-    sample = [r for r in records[:SAMPLE_ROWS] if isinstance(r, dict)]
-    if not sample:
-        raise DataError("There are no readable rows to detect a format from.",
-                        "Check the file: every row failed to read (see the problems list).")
+    sample = formats.readable_sample(records, SAMPLE_ROWS)
     columns = list(dict.fromkeys(str(k) for r in sample for k in r))
-    votes, mappings = Counter(), {}
-    for record in sample:
-        shape = shape_of(record)
-        if shape:
-            votes[shape[0]] += 1
-            mappings.setdefault(shape[0], shape[1])
-    if votes and sum(votes.values()) * 2 > len(sample):
-        fmt, count = votes.most_common(1)[0]
-        used = ", ".join(f"'{c}'" for c in mappings[fmt].values())
-        return Detection(fmt, f"{count} of {len(sample)} sampled rows are {fmt} preference pairs ({used}).",
-                         columns, mappings[fmt], matched=count, sampled=len(sample))
+    won = formats.vote(sample, shape_of)
+    if won and won.fitting * 2 > len(sample):  # most rows are pairs
+        text = f"{won.count} of {len(sample)} sampled rows are {won.fmt} preference pairs ({won.columns_used})."
+        return Detection(won.fmt, text, columns, won.mapping, matched=won.count, sampled=len(sample))
     guess = guess_mapping(columns)
     if "chosen" in guess and "rejected" in guess:
         text = (f"Preference pairs without a known layout: guessed chosen='{guess['chosen']}', rejected="
@@ -181,24 +171,20 @@ def not_preference_error(name: str, columns: list) -> DataError:
 
 
 def _text(value, what: str) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
+    """A text field as `formats.scalar_text` reads it, or a list of {"type": "text"} parts joined by newlines."""
     if isinstance(value, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in value):
         return "\n".join(_text(p.get("text"), what) for p in value)
-    raise RowError(f"{what} is a {type(value).__name__}, not text")
+    try:
+        return formats.scalar_text(value, what)
+    except formats.RowError as exc:
+        raise RowError(exc.reason) from None
 
 
 def _turn(turn, where: str) -> dict:
-    if not isinstance(turn, dict):
-        raise RowError(f"{where} is not a message object")
-    speaker = turn.get("role", turn.get("from"))
-    role = SPEAKERS.get(str(speaker).lower())
-    if role is None:
-        raise RowError(f"{where} is from {speaker!r}; use system, user or assistant (or human/gpt)")
+    try:
+        role = formats.speaker_role(turn, where, SPEAKERS, "use system, user or assistant (or human/gpt)", "role")
+    except formats.RowError as exc:
+        raise RowError(exc.reason) from None
     return {"role": role, "content": _text(turn.get("content", turn.get("value")), where)}
 
 
@@ -252,12 +238,7 @@ def _shared_prompt(chosen: list[dict], rejected: list[dict]) -> tuple[list[dict]
     return prompt_c, answer_c, answer_r
 
 
-def _get(record: dict, name: str | None):
-    if not name:
-        return None
-    if name in record:
-        return record[name]
-    return record.get(_keys(record).get(str(name).lower(), ""))
+_get = formats.field_value  # record[name], or the column named so in another case
 
 
 def to_pair(record: dict, fmt: str, mapping: dict | None = None) -> Pair:
@@ -357,6 +338,7 @@ def render_pairs(tokenizer, pairs: list[Pair], max_len: int) -> list[RenderedPai
         if item is not None:
             continue
         prompt_ids, chosen_ids, rejected_ids = ids[3 * k:3 * k + 3]
+        prompt_ids = templates.with_bos(tokenizer, prompt_ids)  # BOS exactly once where SFT and chat put one
         room = max(0, max_len - len(prompt_ids))
         out[i] = RenderedPair(list(prompt_ids), list(chosen_ids[:room]), list(rejected_ids[:room]), *texts[k],
                               {"prompt": len(prompt_ids), "chosen": len(chosen_ids), "rejected": len(rejected_ids)})
@@ -482,9 +464,7 @@ def _scan_batches(report: Inspection, pairs: Iterator, tokenizer, max_len: int, 
             if len(report.preview) < PREVIEW_ROWS:
                 report.preview.append((row, pair))
             kept.append((row, pair, item))
-        report.rows_ok += len(kept)
-        progress(min(0.9, report.rows_in / expected) if expected else 0.5, f"{report.rows_in:,} rows read")
-        yield kept
+        yield io.batch_read(report, kept, expected, progress)
     if tokenizer is not None:
         report.token_stats = pair_token_stats(report.lengths, max_len)
     report.seconds += time.time() - start
@@ -512,15 +492,11 @@ def inspect_file(path, fmt: str | None = None, mapping: dict | None = None, toke
 def pair_at(path, row: int, fmt: str | None = None, mapping: dict | None = None) -> Pair:
     """The Pair of one row (as numbered in the problems list); DataError if it is invalid."""
     _, fmt, mapping, rows = _choose(path, fmt, mapping)
-    for number, record in rows:
-        if number == row:
-            if isinstance(record, io.BadRecord):
-                raise DataError(f"Row {row} cannot be read: {record.reason}.", "Choose another row.")
-            try:
-                return to_pair(record, fmt, mapping)
-            except RowError as exc:
-                raise DataError(f"Row {row} is invalid: {exc.reason}.", "Choose another row, or fix it.") from exc
-    raise DataError(f"There is no row {row} in {Path(path).name}.", "Choose a row number from the preview.")
+    record = io.record_at(rows, row, path)
+    try:
+        return to_pair(record, fmt, mapping)
+    except RowError as exc:
+        raise DataError(f"Row {row} is invalid: {exc.reason}.", "Choose another row, or fix it.") from exc
 
 
 # ---------------------------------------------------------------- preparing and loading

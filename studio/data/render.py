@@ -14,15 +14,16 @@ def apply_template(tokenizer, messages: list[dict], add_generation_prompt: bool 
     """The conversation as the model sees it, through its chat template (ChatML when it has none);
     tool definitions go to the template's `tools` argument, tool calls and names stay on their turns."""
     clean = [{k: m[k] for k in ("role", "content", "tool_calls", "name", "tool_call_id") if k in m} for m in messages]
-    return tokenizer.apply_chat_template(clean, chat_template=_chat_template(tokenizer), tokenize=False,
+    return tokenizer.apply_chat_template(clean, chat_template=_chat_template(tokenizer, bool(tools)), tokenize=False,
                                          tools=tools or None, add_generation_prompt=add_generation_prompt)
 
 
-def _chat_template(tokenizer) -> str:
-    """The template text used for this tokenizer (the single place that asks which one)."""
+def _chat_template(tokenizer, tools: bool = False) -> str:
+    """The template text used for this tokenizer (the single place that asks which one): its own `tool_use`
+    template when tools are given and it has one."""
     from studio import templates
 
-    return templates.current(tokenizer).template  # own, the family's, or the generic fallback (studio.templates)
+    return templates.current(tokenizer).for_tools(tools)  # own, the family's, or the generic fallback
 
 
 # ---------------------------------------------------------------- tools: native or the fallback
@@ -43,7 +44,7 @@ TOOL_FALLBACK_NOTE = ("This model's chat template has no tool support, so tool c
 
 def supports_tools(tokenizer) -> bool:
     """True when the chat template renders tool definitions, tool calls and tool results itself."""
-    template = _chat_template(tokenizer)
+    template = _chat_template(tokenizer, tools=True)
     if template not in _TOOL_SUPPORT:
         try:
             text = tokenizer.apply_chat_template(_PROBE, tools=_PROBE_TOOLS, chat_template=template, tokenize=False)

@@ -277,9 +277,7 @@ def _scan_batches(report: Inspection, conversations: Iterator, tokenizer, max_le
             if len(report.preview) < PREVIEW_ROWS:
                 report.preview.append((row, messages))
             kept.append((row, messages, items))
-        report.rows_ok += len(kept)
-        progress(min(0.9, report.rows_in / expected) if expected else 0.5, f"{report.rows_in:,} rows read")
-        yield kept
+        yield io.batch_read(report, kept, expected, progress)
     if tokenizer is not None:
         report.token_stats = render.token_stats(report.lengths, max_len)
         report.notes = _notes(tokenizer, report.options, report.format)
@@ -306,15 +304,11 @@ def inspect(path, fmt: str | None = None, mapping: dict | None = None, cot_style
 def _row(path, row: int, fmt: str | None, mapping: dict | None, cot_style: str,
          options: formats.Options | None) -> tuple[str, formats.Conversation]:
     _, fmt, mapping, rows = _choose(path, fmt, mapping)
-    for number, record in rows:
-        if number == row:
-            if isinstance(record, io.BadRecord):
-                raise DataError(f"Row {row} cannot be read: {record.reason}.", "Choose another row.")
-            try:
-                return fmt, _convert(record, fmt, mapping, cot_style, (options or formats.Options()).check())
-            except formats.RowError as exc:
-                raise DataError(f"Row {row} is invalid: {exc.reason}.", "Choose another row, or fix it.") from exc
-    raise DataError(f"There is no row {row} in {Path(path).name}.", "Choose a row number from the preview.")
+    record = io.record_at(rows, row, path)
+    try:
+        return fmt, _convert(record, fmt, mapping, cot_style, (options or formats.Options()).check())
+    except formats.RowError as exc:
+        raise DataError(f"Row {row} is invalid: {exc.reason}.", "Choose another row, or fix it.") from exc
 
 
 def conversation_at(path, row: int, fmt: str | None = None, mapping: dict | None = None,
@@ -538,6 +532,35 @@ def check_tokenizer(meta: dict, tokenizer) -> None:
         raise DataError(f"The dataset {meta.get('name')!r} was prepared for the tokenizer of "
                         f"{meta.get('model_ref')!r}, which differs from this model's.",
                         "Prepare the dataset again with this model selected.")
+
+
+def prepared_sha256(name: str) -> str:
+    """A hash of what a run trains on: the prepared splits' files (train/eval parquet), in name order.
+    Preparing the same file with the same settings writes the same bytes, so the hash is the same."""
+    folder = _folder(name)
+    digest = hashlib.sha256()
+    for item in sorted(folder.glob("*.parquet")):
+        digest.update(item.name.encode())
+        digest.update(file_sha256(item).encode())
+    return digest.hexdigest()
+
+
+def check_unchanged(name: str, recorded: str, run_id: str) -> None:
+    """DataError when dataset `name` no longer holds the rows run `run_id` started on (hash `recorded`;
+    runs made before hashes were recorded have none and are not checked)."""
+    if not recorded:
+        return
+    try:
+        now = prepared_sha256(name)
+    except DataError as exc:
+        raise DataError(f"Run {run_id!r} cannot resume: its dataset {name!r} is gone. {exc.message}",
+                        f"Prepare {name!r} again from the same file with the same settings, or start a new run."
+                        ) from exc
+    if now != recorded:
+        raise DataError(f"Run {run_id!r} cannot resume: its dataset {name!r} was prepared again since the run "
+                        "started, so the remaining steps would train on other rows than the first ones.",
+                        f"Start a new run on {name!r} as it is now, or prepare {name!r} again from the same file "
+                        "with the same settings (that gives back the same rows) and resume.")
 
 
 def list_datasets() -> list[dict]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -21,6 +22,9 @@ from studio.util import read_json, write_json_atomic
 
 STATES = ("queued", "running", "stopping", "stopped", "completed", "failed")
 ACTIVE = ("queued", "running", "stopping")
+HEARTBEAT_SEC = 5  # how often a live worker touches status.json; the manager calls it dead after 12x this
+DEAD_AFTER_SEC = HEARTBEAT_SEC * 12  # no heartbeat for a minute: the worker is hung or gone
+STOP_FILE = "stop.request"  # the manager creates it to ask for a graceful stop (checkpoint, then exit)
 
 
 def read_status(run_dir: Path) -> dict:
@@ -33,6 +37,54 @@ def write_status(run_dir: Path, **changes) -> dict:
     status.update(changes)
     write_json_atomic(Path(run_dir) / "status.json", status)
     return status
+
+
+class Status:
+    """status.json, owned by one process while it runs: the one writer of its run's status.
+
+    Thread-safe (the heartbeat thread writes too). `finish` stops the heartbeat before it writes the final
+    state, so no beat can write "running" over a failure, and a process never makes a second writer.
+    """
+
+    def __init__(self, folder: Path, enabled: bool = True):
+        self.path = Path(folder) / "status.json"
+        self.enabled = enabled
+        self.data = read_status(folder)
+        self.lock = threading.Lock()
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
+
+    def update(self, **changes) -> None:
+        if not self.enabled:
+            return
+        with self.lock:
+            self.data.update(changes, heartbeat=time.time())
+            write_json_atomic(self.path, self.data)
+
+    def start_heartbeat(self) -> None:
+        """Touch status.json every HEARTBEAT_SEC from a daemon thread (liveness while a model loads or trains)."""
+        if self.enabled and self._beat is None:
+            self._beat = threading.Thread(target=self._beat_until_finished, daemon=True)
+            self._beat.start()
+
+    def _beat_until_finished(self) -> None:
+        while not self._stop.wait(HEARTBEAT_SEC):
+            if self.data.get("state") not in ("running", "stopping"):
+                return  # the run ended (a foreground run's process lives on): never rewrite a final state
+            self.update()
+
+    def finish(self, **final) -> None:
+        """Stop the heartbeat, then write the final state (completed, stopped or failed) once."""
+        self._stop.set()
+        if self._beat is not None and self._beat is not threading.current_thread():
+            self._beat.join()
+        self.update(**final)
+
+
+def resume_hint(run_id: str, checkpoint: Path | None) -> str:
+    """How to continue a run, for the Train tab and the CLI alike."""
+    where = f"from {checkpoint.name}" if checkpoint else "from the start"
+    return f"Press Resume in the Train tab (or run `python -m studio runs resume {run_id}`) to continue {where}."
 
 
 def append_event(run_dir: Path, event: dict) -> None:

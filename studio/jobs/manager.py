@@ -7,26 +7,29 @@ One run trains at a time (per machine); the others wait in the queue, oldest fir
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
-
-import psutil
 
 from studio import paths
 from studio.config import RunSpec, save_yaml
 from studio.errors import RunError
-from studio.jobs.events import ACTIVE, append_event, latest_checkpoint, log_tail, read_events, read_status, write_status
-from studio.jobs.worker import HEARTBEAT_SEC, STOP_FILE
+from studio.jobs import process
+from studio.jobs.events import (
+    ACTIVE,
+    STOP_FILE,
+    append_event,
+    latest_checkpoint,
+    read_events,
+    read_status,
+    resume_hint,
+    write_status,
+)
+from studio.jobs.queue import busy_runs, mark_dead, schedule, schedule_lock, schedule_locked, worker_command
 
-DEAD_AFTER_SEC = HEARTBEAT_SEC * 12  # no heartbeat for a minute: the worker is hung or gone
-_children: dict[str, subprocess.Popen] = {}  # workers this process started, reaped on refresh
+__all__ = ["create", "delete", "list_runs", "make_spec", "refresh", "resume", "resume_hint", "run_dir", "schedule",
+           "start", "stop", "summary", "wait", "worker_command", "busy_runs", "create_foreground"]
 
 
 def run_dir(run_id: str) -> Path:
@@ -39,11 +42,18 @@ def run_dir(run_id: str) -> Path:
 
 
 def create(spec: RunSpec) -> Path:
-    """Write runs/<name>/ for a new run and queue it. An existing name is never overwritten."""
+    """Write runs/<name>/ for a new run and queue it. An existing name is never overwritten.
+
+    The spec records the prepared dataset's content hash: a resume checks it (`store.check_unchanged`).
+    """
+    from dataclasses import replace
+
+    from studio.data.preference import check_method
+    from studio.data.store import prepared_sha256
+    from studio.util import read_json
+
     spec.validate()
     if spec.accelerate_config:  # checked now, recorded as the absolute path of the file the run uses
-        from dataclasses import replace
-
         from studio.jobs import launch_configs
 
         spec = replace(spec, accelerate_config=str(launch_configs.check(spec.accelerate_config, spec.model.quant)))
@@ -53,13 +63,25 @@ def create(spec: RunSpec) -> Path:
     if not (paths.datasets_dir() / spec.dataset / "meta.json").is_file():
         raise RunError(f"The dataset {spec.dataset!r} does not exist.",
                        "Prepare it in the Data tab (or `python -m studio data prepare`) first.")
-    from studio.data.preference import check_method
-    from studio.util import read_json
-
     check_method(read_json(paths.datasets_dir() / spec.dataset / "meta.json", {}), spec.train.method)  # SFT vs DPO
+    spec = replace(spec, dataset_sha256=prepared_sha256(spec.dataset))
     path.mkdir(parents=True)
     save_yaml(spec, path / "spec.yaml")
     write_status(path, state="queued", created=time.time(), step=0, total_steps=None, message="Waiting to start.")
+    return path
+
+
+def create_foreground(spec: RunSpec) -> Path:
+    """A run that this process trains now (`studio train --config`): created and marked running under the
+    schedule lock, so the queue waits for it, and refused while another run trains (one run at a time)."""
+    with schedule_lock():
+        busy = busy_runs()
+        if busy:
+            raise RunError(f"Run {busy[0]!r} is training now; one run trains at a time on this machine.",
+                           "Wait for it to finish, or add --background to queue this run behind it.")
+        path = create(spec)
+        write_status(path, state="running", **process.identity(os.getpid()), heartbeat=time.time(),
+                     launched=time.time(), message="Training in the foreground (studio train).")
     return path
 
 
@@ -69,115 +91,15 @@ def start(spec: RunSpec) -> Path:
     return path
 
 
-def worker_command(spec: RunSpec, path: Path) -> list[str]:
-    """Plain python for one device; `accelerate launch` (DDP, or FSDP/DeepSpeed from a config) beyond."""
-    worker = ["-m", "studio.jobs.worker", str(path)]
-    if spec.num_processes <= 1 and not spec.accelerate_config:
-        return [sys.executable, *worker]
-    cmd = [sys.executable, "-m", "accelerate.commands.launch"]
-    if spec.accelerate_config:
-        cmd += ["--config_file", spec.accelerate_config]
-    else:
-        # --multi_gpu selects accelerate's torchrun launcher; on a machine without CUDA the processes
-        # join over gloo on the CPU. (--cpu would run a single process.)
-        cmd += ["--multi_gpu", "--num_processes", str(spec.num_processes), "--num_machines", "1",
-                "--mixed_precision", "no", "--dynamo_backend", "no"]
-    return cmd + worker
-
-
-def _launch(path: Path) -> None:
-    from studio.config import load_yaml
-
-    spec = load_yaml(RunSpec, path / "spec.yaml")
-    (path / STOP_FILE).unlink(missing_ok=True)
-    log = open(path / "worker.log", "a", encoding="utf-8")
-    log.write(f"\n=== worker started {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n")
-    log.flush()
-    env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
-    root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.Popen(worker_command(spec, path), stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, start_new_session=True, env=env, cwd=root)
-    _children[path.name] = proc
-    write_status(path, state="running", pid=proc.pid, heartbeat=time.time(), launched=time.time(), phase=None,
-                 message="Starting the worker...")
-
-
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def resume_hint(run_id: str, checkpoint: Path | None) -> str:
-    """How to continue a run, for the Train tab and the CLI alike."""
-    where = f"from {checkpoint.name}" if checkpoint else "from the start"
-    return f"Press Resume in the Train tab (or run `python -m studio runs resume {run_id}`) to continue {where}."
-
-
-def _mark_dead() -> list[str]:
-    """Reap finished children, and mark workers that died without saying so as failed (call under the lock)."""
-    for run_id, proc in list(_children.items()):
-        if proc.poll() is not None:
-            del _children[run_id]
-    dead = []
-    for path in sorted(paths.runs_dir().iterdir()):
-        status = read_status(path)
-        if status.get("state") not in ("running", "stopping"):
-            continue
-        stale = time.time() - status.get("heartbeat", 0) > DEAD_AFTER_SEC
-        if _alive(status.get("pid")) and not stale:
-            continue
-        if stale and _alive(status.get("pid")):
-            _kill_group(status["pid"])
-        write_status(path, state="failed", finished=time.time(), fix=None, phase=None,
-                     message="The worker process died without finishing (killed, out of memory, or crashed). "
-                             + resume_hint(path.name, latest_checkpoint(path)), log_tail=log_tail(path, 15))
-        dead.append(path.name)
-    return dead
-
-
 def refresh() -> str | None:
     """Notice dead workers and advance the queue (every read of the runs folder goes through here)."""
     return schedule()
 
 
-@contextmanager
-def _schedule_lock():
-    """A file lock: the check-then-launch is atomic across threads and processes (two users pressing Start
-    at once, a worker finishing while the app schedules), so only one run ever trains."""
-    with open(paths.runs_dir() / ".schedule.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
-def schedule() -> str | None:
-    """Mark dead workers, then start the oldest queued run when nothing is training. Returns the run
-    started, if any. However a run ended (finished, stopped, failed, killed -9), the next one starts here."""
-    with _schedule_lock():
-        return _schedule_locked()
-
-
-def _schedule_locked() -> str | None:
-    _mark_dead()
-    runs = [(read_status(p), p) for p in paths.runs_dir().iterdir() if (p / "spec.yaml").is_file()]
-    if any(s.get("state") in ("running", "stopping") for s, _ in runs):
-        return None
-    # a resumed run keeps its place in the line (its creation time), so Resume never lets a later run jump it
-    queued = sorted((s.get("created", 0), p.name, p) for s, p in runs if s.get("state") == "queued")
-    if not queued:
-        return None
-    _launch(queued[0][2])
-    return queued[0][2].name
-
-
 def stop(run_id: str) -> str:
     """First call: graceful (checkpoint, then exit). Second call: kill the worker now."""
     path = run_dir(run_id)
-    with _schedule_lock():  # a queued run is taken out of the line before the scheduler can launch it
+    with schedule_lock():  # a queued run is taken out of the line before the scheduler can launch it
         status = read_status(path)
         state = status.get("state")
         if state == "queued":
@@ -189,7 +111,7 @@ def stop(run_id: str) -> str:
     if status.get("phase") == "saving":  # after the last step: the save finishes, the run completes
         return "saving the adapter after the last step; it completes in a moment"
     if (path / STOP_FILE).exists():
-        _kill_group(status.get("pid"))
+        process.kill_group(status)  # never a process that merely reuses the worker's pid
         append_event(path, {"type": "killed", "step": status.get("step", 0)})
         write_status(path, state="stopped", finished=time.time(),
                      message="Killed on a second Stop. " + resume_hint(run_id, latest_checkpoint(path)))
@@ -199,20 +121,11 @@ def stop(run_id: str) -> str:
     return "stopping"
 
 
-def _kill_group(pid: int | None) -> None:
-    if not pid:
-        return
-    try:
-        os.killpg(os.getpgid(pid), signal.SIGKILL)  # the worker and, under accelerate, all its ranks
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
 def resume(run_id: str) -> str:
     """Queue a stopped or failed run again; it keeps its place in the line (no later run jumps ahead)."""
     path = run_dir(run_id)
-    with _schedule_lock():
-        _mark_dead()  # a worker killed a moment ago is noticed here, not reported as still running
+    with schedule_lock():
+        mark_dead()  # a worker killed a moment ago is noticed here, not reported as still running
         status = read_status(path)
         state = status.get("state")
         if state in ACTIVE:
@@ -220,17 +133,31 @@ def resume(run_id: str) -> str:
         if state == "completed":
             raise RunError(f"Run {run_id!r} has completed all its {status.get('step', '')} steps.",
                            "Start a new run (or raise Max steps in a new run) to train further.")
+        _check_dataset(path)
         write_status(path, state="queued", queued_at=time.time(), message="Waiting to resume.", fix=None)
-        _schedule_locked()
+        schedule_locked()
     return read_status(path).get("state", "queued")
 
 
+def _check_dataset(path: Path) -> None:
+    """A resume trains on the rows the run started with: refuse when its dataset was prepared again."""
+    from studio.config import load_yaml
+    from studio.data.store import check_unchanged
+
+    spec = load_yaml(RunSpec, path / "spec.yaml")
+    check_unchanged(spec.dataset, spec.dataset_sha256, path.name)
+
+
 def delete(run_id: str) -> None:
+    """Delete a run that is not training, under the schedule lock: a queued run cannot launch into the
+    folder while it is being deleted."""
     path = run_dir(run_id)
-    state = read_status(path).get("state")
-    if state in ("running", "stopping"):
-        raise RunError(f"Run {run_id!r} is {state}.", "Stop it first, then delete it.")
-    shutil.rmtree(path)
+    with schedule_lock():
+        mark_dead()
+        state = read_status(path).get("state")
+        if state in ("running", "stopping"):
+            raise RunError(f"Run {run_id!r} is {state}.", "Stop it first, then delete it.")
+        shutil.rmtree(path)
 
 
 def summary(path: Path) -> dict:

@@ -14,6 +14,7 @@ rendered through the chat template) as they are: the tokens the Data tab showed 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from studio.config import RunSpec
@@ -88,12 +89,9 @@ def load_start_adapter(model, ref: str):
 # ---------------------------------------------------------------- config and trainers
 
 
-def _common(spec: RunSpec, run_dir: Path, has_eval: bool, foreground: bool, plan) -> dict:
+def _common(base: dict) -> dict:
     """The TrainingArguments shared with the SFT recipe (same optimizer fallbacks, checkpoints, logging)."""
-    from studio.jobs.worker import base_args
-
-    return {**base_args(spec, run_dir, has_eval, foreground, plan),
-            "include_num_input_tokens_seen": "non_padding", "disable_dropout": True}
+    return {**base, "include_num_input_tokens_seen": "non_padding", "disable_dropout": True}
 
 
 def dpo_trainer_class():
@@ -131,13 +129,14 @@ def orpo_trainer_class():
     return StudioORPOTrainer
 
 
-def make_trainer(spec: RunSpec, run_dir: Path, model, tokenizer, plan, foreground: bool, callbacks: list):
-    """(prepared, eval dataset or None, trainer) for method dpo or orpo."""
+def make_trainer(spec: RunSpec, model, tokenizer, args_for: Callable[[bool], dict], callbacks: list):
+    """(prepared, eval dataset or None, trainer) for method dpo or orpo. `args_for(has_eval)` gives the
+    worker's training arguments (`worker.base_args`), the ones the SFT recipe uses."""
     from trl import DPOConfig
     from trl.experimental.orpo import ORPOConfig
 
     prepared, train_ds, eval_ds = load_pairs(spec, tokenizer)
-    common = _common(spec, run_dir, eval_ds is not None, foreground, plan)
+    common = _common(args_for(eval_ds is not None))
     if spec.train.method == "dpo":
         args = DPOConfig(**common, beta=spec.train.beta, precompute_ref_log_probs=False)
         trainer = dpo_trainer_class()(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,

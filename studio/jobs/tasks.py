@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import subprocess
 import sys
-import threading
 import time
 import traceback
 import uuid
@@ -25,13 +25,23 @@ from pathlib import Path
 
 from studio import paths
 from studio.errors import RunError, StudioError
-from studio.jobs.events import ACTIVE, read_status, write_status
-from studio.jobs.manager import DEAD_AFTER_SEC, _alive, _kill_group
-from studio.jobs.worker import STOP_FILE, Status
+from studio.jobs import process
+from studio.jobs.events import ACTIVE, DEAD_AFTER_SEC, STOP_FILE, Status, read_status, write_status
 from studio.util import read_json, write_json_atomic
 
 KINDS = ("eval_perplexity", "eval_preference", "eval_battery", "prune", "prune_sweep")
 LOG = "task.log"
+KEEP_DAYS_DEFAULT = 14.0  # finished task folders older than this are deleted when a task starts
+
+
+def keep_days() -> float:
+    """How long finished task folders are kept: STUDIO_TASKS_KEEP_DAYS (days; 0 keeps them all), default 14."""
+    raw = os.environ.get("STUDIO_TASKS_KEEP_DAYS", "")
+    try:
+        return float(raw) if raw.strip() else KEEP_DAYS_DEFAULT
+    except ValueError:
+        raise RunError(f"STUDIO_TASKS_KEEP_DAYS={raw!r} is not a number of days.",
+                       "Set it to a number such as 14 (0 keeps every task folder), or unset it.") from None
 _children: dict[str, subprocess.Popen] = {}  # tasks this process started, reaped when polled
 
 
@@ -45,13 +55,37 @@ def start(kind: str, **args) -> Path:
         if busy and status(busy).get("state") in ACTIVE:
             raise RunError(f"Another evaluation or pruning task is running ({busy.name}).",
                            "Wait for it to finish, or press Stop.")
+        prune_old()
         folder = paths.tasks_dir() / f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}-{uuid.uuid4().hex[:6]}"
         folder.mkdir()
         write_json_atomic(folder / "task.json", {"kind": kind, "args": args, "created": time.time()})
         write_status(folder, kind=kind, state="queued", fraction=0.0, heartbeat=time.time(), message="Starting...")
         _children[folder.name] = _launch(folder)
-        write_status(folder, pid=_children[folder.name].pid, heartbeat=time.time())
+        write_status(folder, **process.identity(_children[folder.name].pid), heartbeat=time.time())
     return folder
+
+
+def prune_old(days: float | None = None) -> list[str]:
+    """Delete finished task folders (their logs and results) older than `days` (the keep_days setting).
+
+    Never an active task, and never the newest task of a kind: what the Evaluate tab shows after a restart.
+    Exported models are not here (pruning saves them under exports/), so nothing a user keeps is lost.
+    """
+    days = keep_days() if days is None else days
+    if days <= 0:
+        return []
+    newest = {latest((kind,)) for kind in KINDS}
+    cutoff = time.time() - days * 86400
+    removed = []
+    for folder in paths.tasks_dir().iterdir():
+        task = read_json(folder / "task.json", {}) if folder.is_dir() else None
+        if not task or folder in newest or task.get("created", time.time()) >= cutoff:
+            continue
+        if read_status(folder).get("state") in ACTIVE and process.alive(read_status(folder)):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder.name)
+    return removed
 
 
 def _launch(folder: Path) -> subprocess.Popen:
@@ -80,9 +114,11 @@ def status(folder: Path) -> dict:
     if current.get("state") not in ACTIVE:
         return current
     stale = time.time() - current.get("heartbeat", 0) > DEAD_AFTER_SEC
-    if (current.get("pid") is None or _alive(current.get("pid"))) and not stale:  # no pid: Popen is under way
+    alive = process.alive(current)
+    if (current.get("pid") is None or alive) and not stale:  # no pid: Popen is under way
         return current
-    _kill_group(current.get("pid") if stale else None)
+    if alive:
+        process.kill_group(current)  # hung: never a process that merely reuses the task's pid
     return write_status(folder, state="failed", finished=time.time(),
                         message="The task process died without finishing (killed, out of memory, or crashed).",
                         fix=f"Start it again; its log is {folder / LOG}.")
@@ -112,7 +148,7 @@ def stop(folder: Path) -> str:
     if state not in ACTIVE:
         return state or "unknown"
     if (folder / STOP_FILE).exists():
-        _kill_group(read_status(folder).get("pid"))
+        process.kill_group(read_status(folder))
         write_status(folder, state="stopped", finished=time.time(), message="Killed on a second Stop.")
         return "killed"
     (folder / STOP_FILE).touch()
@@ -142,8 +178,9 @@ def run(folder: Path) -> int:
     """The task process: run task.json's function, report progress to status.json, write result.json."""
     task = read_json(folder / "task.json", {})
     state = Status(folder, enabled=True)
-    state.update(state="running", pid=os.getpid(), started=time.time(), message=f"Starting {task.get('kind')}...")
-    threading.Thread(target=state.beat_forever, daemon=True).start()  # liveness while a model loads
+    state.update(state="running", **process.identity(os.getpid()), started=time.time(),
+                 message=f"Starting {task.get('kind')}...")
+    state.start_heartbeat()  # liveness while a model loads
 
     def progress(fraction: float, message: str) -> None:
         print(f"[{fraction:4.0%}] {message}", flush=True)
@@ -155,15 +192,15 @@ def run(folder: Path) -> int:
     except StudioError as exc:  # a cancel raises one too: the stop file says which
         ended = "stopped" if should_stop() else "failed"
         print(f"[{ended}] {exc}", flush=True)
-        state.update(state=ended, message=exc.message, fix=exc.fix, finished=time.time())
+        state.finish(state=ended, message=exc.message, fix=exc.fix, finished=time.time())
         return 0 if ended == "stopped" else 1
     except Exception as exc:  # a bug or out of memory: the traceback goes to the log, its gist to the UI
         traceback.print_exc()
-        state.update(state="failed", message=f"{type(exc).__name__}: {exc}", finished=time.time(),
+        state.finish(state="failed", message=f"{type(exc).__name__}: {exc}", finished=time.time(),
                      fix=f"See the task's log, {folder / LOG}.")
         return 1
     write_json_atomic(folder / "result.json", output)
-    state.update(state="completed", fraction=1.0, finished=time.time(),
+    state.finish(state="completed", fraction=1.0, finished=time.time(),
                  message=f"Done in {time.time() - state.data['started']:.0f} s.")
     return 0
 

@@ -12,7 +12,6 @@ import errno
 import functools
 import os
 import sys
-import threading
 import time
 import traceback
 import warnings
@@ -20,36 +19,20 @@ from pathlib import Path
 
 from studio.config import RunSpec, load_yaml, to_dict
 from studio.errors import RunError, StudioError
+from studio.jobs import process
 from studio.jobs.eta import EtaEstimator
-from studio.jobs.events import append_event, latest_checkpoint, read_status, rewind_events
+from studio.jobs.events import (
+    HEARTBEAT_SEC,
+    STOP_FILE,
+    Status,
+    append_event,
+    latest_checkpoint,
+    resume_hint,
+    rewind_events,
+)
 from studio.util import write_json_atomic
 
-HEARTBEAT_SEC = 5  # how often a live worker touches status.json; the manager calls it dead after 12x this
-STOP_FILE = "stop.request"  # the manager creates it to ask for a graceful stop (checkpoint, then exit)
-
-
-class Status:
-    """status.json, owned by the worker while it runs (thread-safe: the heartbeat thread writes too)."""
-
-    def __init__(self, run_dir: Path, enabled: bool):
-        self.path = run_dir / "status.json"
-        self.enabled = enabled
-        self.data = read_status(run_dir)
-        self.lock = threading.Lock()
-
-    def update(self, **changes) -> None:
-        if not self.enabled:
-            return
-        with self.lock:
-            self.data.update(changes, heartbeat=time.time())
-            write_json_atomic(self.path, self.data)
-
-    def beat_forever(self) -> None:
-        while True:
-            time.sleep(HEARTBEAT_SEC)
-            if self.data.get("state") not in ("running", "stopping"):
-                return  # the run ended (a foreground run's process lives on): never rewrite a final state
-            self.update()
+__all__ = ["HEARTBEAT_SEC", "STOP_FILE", "Status", "main", "train"]
 
 
 def _rank() -> int:
@@ -415,6 +398,8 @@ def make_callback(run_dir: Path, status: Status, is_main: bool):
     class StudioCallback(TrainerCallback):
         """Writes events.jsonl and status.json, and turns a stop request into checkpoint + exit."""
 
+        stop_agreed = False  # set when all ranks agreed to stop: every rank then leaves through the same door
+
         def on_train_begin(self, args, state, control, **kwargs):
             self.t0, self.step0, self.tokens0 = time.time(), state.global_step, state.num_input_tokens_seen
             self.eta = EtaEstimator(state.global_step, self.t0)  # from recent steps, not the run's average
@@ -424,6 +409,7 @@ def make_callback(run_dir: Path, status: Status, is_main: bool):
             self.eta.step(state.global_step, time.time())
             status.update(step=state.global_step, **eta_fields(self.eta.estimate(state.max_steps)))
             if _stop_requested(run_dir, args.device):
+                self.stop_agreed = True
                 status.update(state="stopping", message="Saving a checkpoint, then stopping.")
                 control.should_save = True
                 control.should_training_stop = True
@@ -494,7 +480,11 @@ def save_adapter(trainer, spec: RunSpec, run_dir: Path, prepared, metrics: dict,
     card = {"run_id": run_dir.name, "base_model": base_name, "base_model_ref": spec.model.ref,
             "base_model_path": resolve(spec.model.ref), "template": templates.describe(trainer.processing_class),
             "quant": spec.model.quant, "dataset": spec.dataset,
-            "dataset_sha256": prepared.meta.get("source_sha256"), "lora": to_dict(spec.lora),
+            "dataset_sha256": prepared.meta.get("source_sha256"),
+            # how the training conversations started: Chat and the API prompt the adapter the same way, from
+            # here, whatever later happens to datasets/<name> (prepared again, deleted, or another one imported)
+            "system_prompt": prepared.meta.get("system_prompt") or {"mode": "keep", "text": ""},
+            "lora": to_dict(spec.lora),
             "train": to_dict(spec.train), "metrics": metrics, "train_seconds": round(seconds, 1),
             "created": time.strftime("%Y-%m-%d %H:%M:%S")}
     write_json_atomic(out / "card.json", card)
@@ -549,17 +539,43 @@ Load it with `PeftModel.from_pretrained(base, "<this folder>")`.
 # ---------------------------------------------------------------- the recipe
 
 
-def train(run_dir: Path, foreground: bool = False) -> str:
-    """Run the recipe in this process; returns the final state (completed / stopped)."""
+def train(run_dir: Path, foreground: bool = False, status: Status | None = None) -> str:
+    """Run the recipe in this process; returns the final state (completed / stopped).
+
+    `status` is the run's one status writer (made here when the caller brings none): its heartbeat runs
+    from setup to the final state, which `Status.finish` writes after stopping the heartbeat.
+    """
     is_main = _rank() == 0
     print(f"[studio] rank {_rank()} of {os.environ.get('WORLD_SIZE', '1')} processes on {_device()}", flush=True)
-    status = Status(run_dir, enabled=is_main)
+    status = status or Status(run_dir, enabled=is_main)
     spec = load_yaml(RunSpec, run_dir / "spec.yaml")
-    status.update(state="running", pid=os.getpid(), started=status.data.get("started") or time.time(),
+    status.update(state="running", **process.identity(os.getpid()), started=status.data.get("started") or time.time(),
                   message="Loading the model and data...", finished=None)
-    if is_main:
-        threading.Thread(target=status.beat_forever, daemon=True).start()
+    status.start_heartbeat()
     start = time.time()
+    if latest_checkpoint(run_dir) is not None:  # a resume trains on the rows the run started with, or not at all
+        from studio.data.store import check_unchanged
+
+        check_unchanged(spec.dataset, spec.dataset_sha256, run_dir.name)
+    trainer, prepared, eval_ds, callback = setup(spec, run_dir, status, foreground, is_main)
+    result = run_steps(trainer, run_dir, status, is_main)
+    if callback.stop_agreed and not _finished(trainer):  # decided once, by all ranks together, inside the loop
+        return _end_stopped(trainer, run_dir, status, is_main)
+    # every step is done: a Stop that lands now lets the final evaluation and save finish
+    (run_dir / STOP_FILE).unlink(missing_ok=True)
+    status.update(phase="saving", message="All steps done: evaluating and saving the adapter...")
+    metrics = final_metrics(trainer, spec, result, eval_ds)
+    save_sharded_weights(trainer, run_dir)
+    if is_main:
+        save_adapter(trainer, spec, run_dir, prepared, metrics, time.time() - start)
+        (run_dir / STOP_FILE).unlink(missing_ok=True)  # a Stop pressed during the save changes nothing
+        status.finish(state="completed", finished=time.time(), step=trainer.state.global_step, phase=None,
+                      metrics=metrics, message=f"Done: the adapter run:{run_dir.name} is ready in the Chat tab.")
+    return "completed"
+
+
+def setup(spec: RunSpec, run_dir: Path, status: Status, foreground: bool, is_main: bool):
+    """(trainer, prepared dataset, eval dataset or None, callback): the model with LoRA, the data, the trainer."""
     plan = recorded_pass_plan(spec, run_dir)
     model, loaded = build_model(spec, plan.gradient_checkpointing)
     if _device() == "cpu":
@@ -569,19 +585,26 @@ def train(run_dir: Path, foreground: bool = False) -> str:
         if plan.gradient_checkpointing != spec.train.gradient_checkpointing:
             changes.append("no gradient checkpointing (a pass fits in free RAM without it)")
         print(f"[studio] CPU fast path: {', '.join(changes) or 'nothing applies'}", flush=True)
+    callback = make_callback(run_dir, status, is_main)
     if spec.train.method != "sft":  # dpo / orpo: TRL's preference trainers on prepared pairs (jobs/preference.py)
         from studio.jobs.preference import make_trainer
 
-        prepared, eval_ds, trainer = make_trainer(spec, run_dir, model, loaded.tokenizer, plan, foreground,
-                                                  [make_callback(run_dir, status, is_main)])
+        def args_for(has_eval: bool) -> dict:
+            return base_args(spec, run_dir, has_eval, foreground, plan)
+
+        prepared, eval_ds, trainer = make_trainer(spec, model, loaded.tokenizer, args_for, [callback])
     else:
         prepared, train_ds, eval_ds = load_data(spec, loaded.tokenizer)
         args = training_args(spec, run_dir, eval_ds is not None, foreground, plan)
-        trainer = trainer_class()(model=model, args=args,
-                                  train_dataset=train_ds, eval_dataset=eval_ds, processing_class=loaded.tokenizer,
-                                  callbacks=[make_callback(run_dir, status, is_main)])
+        trainer = trainer_class()(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                                  processing_class=loaded.tokenizer, callbacks=[callback])
     if spec.accelerate_config:
         print(f"[studio] {launch_note(spec, trainer.accelerator.distributed_type.name)}", flush=True)
+    return trainer, prepared, eval_ds, callback
+
+
+def run_steps(trainer, run_dir: Path, status: Status, is_main: bool):
+    """trainer.train from the latest checkpoint (its later events rewound), or the last checkpoint restored."""
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is not None and is_main:
         step = int(checkpoint.name.split("-")[-1])
@@ -589,39 +612,37 @@ def train(run_dir: Path, foreground: bool = False) -> str:
         append_event(run_dir, {"type": "resume", "step": step})
     status.update(message=f"Training (resumed from {checkpoint.name})." if checkpoint else "Training.")
     if checkpoint is not None and _all_steps_done(checkpoint):  # resume never trains past max_steps
-        result = _restore_finished(trainer, checkpoint)
-    else:
-        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    finished = trainer.state.max_steps > 0 and trainer.state.global_step >= trainer.state.max_steps
-    if (run_dir / STOP_FILE).exists() and not finished:
-        if is_main:
-            (run_dir / STOP_FILE).unlink(missing_ok=True)
-            append_event(run_dir, {"type": "stop", "step": trainer.state.global_step})
-            from studio.jobs.manager import resume_hint
+        return _restore_finished(trainer, checkpoint)
+    return trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
-            status.update(state="stopped", finished=time.time(), message=f"Stopped at step "
-                          f"{trainer.state.global_step}. {resume_hint(run_dir.name, latest_checkpoint(run_dir))}")
-        return "stopped"
-    # every step is done: a Stop that lands now lets the final evaluation and save finish
-    (run_dir / STOP_FILE).unlink(missing_ok=True)
-    status.update(phase="saving", message="All steps done: evaluating and saving the adapter...")
+
+def _finished(trainer) -> bool:
+    return trainer.state.max_steps > 0 and trainer.state.global_step >= trainer.state.max_steps
+
+
+def _end_stopped(trainer, run_dir: Path, status: Status, is_main: bool) -> str:
+    """The run stopped on request before its last step: its checkpoint is saved, Resume continues from it."""
+    if is_main:
+        (run_dir / STOP_FILE).unlink(missing_ok=True)
+        append_event(run_dir, {"type": "stop", "step": trainer.state.global_step})
+        status.finish(state="stopped", finished=time.time(), message=f"Stopped at step "
+                      f"{trainer.state.global_step}. {resume_hint(run_dir.name, latest_checkpoint(run_dir))}")
+    return "stopped"
+
+
+def final_metrics(trainer, spec: RunSpec, result, eval_ds) -> dict:
+    """Train loss and steps; the eval loss (evaluated once more only when the last step was no eval step);
+    for dpo / orpo the reward margin and accuracy."""
     metrics = {"train_loss": round(result.training_loss, 4), "steps": trainer.state.global_step}
     if eval_ds is not None:
         step = trainer.state.global_step
         done = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h and h.get("step") == step]
-        # evaluate once more only when the last step was not an eval step (the callback logs it as an event)
         metrics["eval_loss"] = round(done[-1] if done else trainer.evaluate()["eval_loss"], 4)
     if spec.train.method != "sft":
-        from studio.jobs.preference import final_metrics
+        from studio.jobs.preference import final_metrics as preference_metrics
 
-        metrics.update(final_metrics(trainer))  # reward margin and accuracy (train, eval)
-    save_sharded_weights(trainer, run_dir)
-    if is_main:
-        save_adapter(trainer, spec, run_dir, prepared, metrics, time.time() - start)
-        (run_dir / STOP_FILE).unlink(missing_ok=True)  # a Stop pressed during the save changes nothing
-        status.update(state="completed", finished=time.time(), step=trainer.state.global_step, phase=None,
-                      metrics=metrics, message=f"Done: the adapter run:{run_dir.name} is ready in the Chat tab.")
-    return "completed"
+        metrics.update(preference_metrics(trainer))  # reward margin and accuracy (train, eval)
+    return metrics
 
 
 def _all_steps_done(checkpoint: Path) -> bool:
@@ -691,20 +712,25 @@ def main(argv: list[str] | None = None) -> int:
     # user's to act on; they would bury the training log in the Train tab.
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+    status = Status(run_dir, enabled=_rank() == 0)  # the run's one status writer, failure included
+    code = run_to_the_end(run_dir, status)
+    if _rank() == 0:
+        from studio.jobs import queue
+
+        queue.schedule()  # one job at a time: start the next queued run, if any
+    return code
+
+
+def run_to_the_end(run_dir: Path, status: Status, foreground: bool = False) -> int:
+    """train(), and any failure written as the final state (the heartbeat stopped first): 0 or 1."""
     try:
-        train(run_dir)
-        code = 0
+        train(run_dir, foreground=foreground, status=status)
+        return 0
     except BaseException as exc:  # noqa: BLE001 - every failure must land in status.json
         traceback.print_exc()
         message, fix = explain_failure(exc, _spec_or_none(run_dir))
-        if _rank() == 0:
-            Status(run_dir, enabled=True).update(state="failed", finished=time.time(), message=message, fix=fix)
-        code = 1
-    if _rank() == 0:
-        from studio.jobs import manager
-
-        manager.schedule()  # one job at a time: start the next queued run, if any
-    return code
+        status.finish(state="failed", finished=time.time(), message=message, fix=fix)
+        return 1
 
 
 def _spec_or_none(run_dir: Path) -> RunSpec | None:

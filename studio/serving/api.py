@@ -3,9 +3,12 @@
 `router(backend)` is mounted under /v1 of the running Gradio app (the Chat tab's engine, one copy of
 the base) and served alone by `python -m studio serve`. The `model` of a request picks the base or an
 adapter, hot-swapped on the one loaded base; requests for different adapters decode in the same
-batch (studio/serving/scheduler.py). Errors use OpenAI's shape, {"error": {"message", "type",
-"code"}}, with its HTTP statuses: 400 bad parameters or a prompt over the context, 401 a missing or
-wrong key, 404 an unknown model, 429 a full queue.
+batch (studio/serving/scheduler.py). Every field is checked before any work (studio/serving/validate.py).
+Errors use OpenAI's shape, {"error": {"message", "type", "param", "code"}}, with its HTTP statuses: 400
+bad parameters or a prompt over the context or the KV budget, 401 a missing or wrong key, 404 an unknown
+model, 409 an adapter changed while answering, 413 a body too large, 429 a full queue, 503 the model
+unloaded; `guarded` answers anything else in the same shape (500), never as a plain-text page. Each
+request's events reach its route through an asyncio queue fed by the scheduler thread (`AsyncSink`).
 
 Auth: when STUDIO_API_KEYS="key1,key2" is set, every request needs `Authorization: Bearer <key>`.
 In hosted mode (studio.hosted) a key is always required: without STUDIO_API_KEYS the API is closed.
@@ -17,7 +20,6 @@ import asyncio
 import hmac
 import json
 import os
-import queue
 import re
 import time
 import uuid
@@ -37,6 +39,7 @@ DEFAULT_CHAT_TOKENS = 512  # max_tokens when a chat request gives none (capped b
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default for /v1/completions
 POLL_S = 0.25  # how often a waiting reader checks that its client is still connected
 TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.S)  # Hermes/Qwen-style tool calls
+BARE_FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.S)  # a bare JSON call some models fence
 
 
 class ApiError(Exception):
@@ -53,8 +56,8 @@ class ApiError(Exception):
 
 
 def _from_studio(exc: Exception) -> ApiError:
-    from studio.inference import ContextError
-    from studio.serving.scheduler import Overloaded
+    from studio.inference import AdapterChanged, ContextError
+    from studio.serving.scheduler import CacheBudgetError, EngineClosed, Overloaded
 
     if not isinstance(exc, StudioError):  # a failure inside generation: say what it was, in OpenAI's shape
         return ApiError(500, f"Generation failed: {type(exc).__name__}: {exc}. Retry; if it persists, check the "
@@ -63,6 +66,12 @@ def _from_studio(exc: Exception) -> ApiError:
     text = f"{exc.message} {exc.fix}".strip()
     if isinstance(exc, Overloaded):
         return ApiError(429, text, "rate_limit_error", "queue_full")
+    if isinstance(exc, AdapterChanged):
+        return ApiError(409, text, "invalid_request_error", "adapter_changed", "model")
+    if isinstance(exc, EngineClosed):
+        return ApiError(503, text, "server_error", "model_unloaded", "model")
+    if isinstance(exc, CacheBudgetError):
+        return ApiError(400, text, "invalid_request_error", "kv_cache_budget_exceeded", "max_tokens")
     if isinstance(exc, ContextError):
         return ApiError(400, text, "invalid_request_error", "context_length_exceeded", "messages")
     if isinstance(exc, (ConfigError, AdapterError)):
@@ -76,6 +85,7 @@ class Backend:
 
     engine_factory: object  # () -> Engine: the loaded engine (loaded on first call where needed)
     extra_adapters: dict[str, Path] = field(default_factory=dict)  # name -> folder (serve --adapters name=path)
+    chosen_in: str = "--model"  # where the served base was chosen, for the message refusing another base
 
     def engine(self):
         return self.engine_factory()
@@ -88,21 +98,23 @@ class Backend:
     def model_ids(self, engine) -> list[str]:
         from studio.adapters import adapter_names
 
-        names = [self.base_id(engine), *self.extra_adapters, *adapter_names(), *engine.adapters]
-        return list(dict.fromkeys(names))
+        extra = [name for name, folder in self.extra_adapters.items() if Path(folder).is_dir()]
+        return list(dict.fromkeys([self.base_id(engine), *extra, *adapter_names()]))  # the registry, as it is now
 
     def resolve(self, engine, model: str) -> str | None:
         """The adapter a `model` id asks for (None: the base), attached on first use; 404 if unknown."""
         if model in (self.base_id(engine), engine.ref, *BASE_ALIASES):
             return None
-        if model in self.extra_adapters:
+        if model in self.extra_adapters and Path(self.extra_adapters[model]).is_dir():
             engine.load_adapter(model, self.extra_adapters[model])
             return model
-        if model in engine.adapters or model in self.model_ids(engine):
+        if model in self.model_ids(engine):
             engine.load_adapter(model)
             return model
         raise ApiError(404, f"The model '{model}' does not exist here. Available: "
-                            f"{', '.join(self.model_ids(engine))} (see GET /v1/models).",
+                            f"{', '.join(self.model_ids(engine))} (see GET /v1/models). This server serves one "
+                            f"base, {self.base_id(engine)} (chosen in {self.chosen_in}), and its adapters; "
+                            f"for another base, choose it in {self.chosen_in}.",
                        "invalid_request_error", "model_not_found", "model")
 
 
@@ -165,19 +177,6 @@ def _stops(body: dict) -> tuple[str, ...]:
 def parse_common(body: dict, default_tokens: int) -> Parsed:
     from studio.serving.scheduler import Sampling
 
-    if not isinstance(body.get("model"), str) or not body["model"]:
-        raise ApiError(400, "'model' is required: the base or an adapter id from GET /v1/models.",
-                       "invalid_request_error", "missing_required_parameter", "model")
-    if body.get("n", 1) not in (1, None):
-        raise ApiError(400, "Only n=1 is supported: send one request per answer.", "invalid_request_error",
-                       "invalid_value", "n")
-    for name in ("frequency_penalty", "presence_penalty"):
-        if body.get(name) not in (None, 0, 0.0):
-            raise ApiError(400, f"'{name}' is not supported; leave it out (or 0).", "invalid_request_error",
-                           "unsupported_parameter", name)
-    if body.get("logprobs"):
-        raise ApiError(400, "'logprobs' is not supported; leave it out.", "invalid_request_error",
-                       "unsupported_parameter", "logprobs")
     tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     max_tokens = _number({"max_tokens": tokens}, "max_tokens", default_tokens, 1, 1_000_000, int)
     seed = body.get("seed")
@@ -185,7 +184,9 @@ def parse_common(body: dict, default_tokens: int) -> Parsed:
         raise ApiError(400, f"'seed' must be an integer; got {seed!r}.", "invalid_request_error", "invalid_value",
                        "seed")
     sampling = Sampling(max_new_tokens=max_tokens, temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
-                        top_p=_number(body, "top_p", 1.0, 1e-6, 1.0), seed=seed, stop=_stops(body))
+                        top_p=_number(body, "top_p", 1.0, 1e-6, 1.0), seed=seed, stop=_stops(body),
+                        top_k=max(0, int(body.get("top_k") or 0)),
+                        repetition_penalty=float(body.get("repetition_penalty") or 1.0))
     options = body.get("stream_options") or {}
     return Parsed(body["model"], bool(body.get("stream")), sampling, bool(options.get("include_usage")), None)
 
@@ -197,10 +198,8 @@ def chat_messages(body: dict) -> list[dict]:
                        "invalid_request_error", "invalid_value", "messages")
     out = []
     for m in messages:
-        if m.get("role") not in ("system", "developer", "user", "assistant", "tool"):
-            raise ApiError(400, f"Unknown message role {m.get('role')!r}: use system, user, assistant or tool.",
-                           "invalid_request_error", "invalid_value", "messages")
-        row = {"role": "system" if m["role"] == "developer" else m["role"], "content": _text(m.get("content"))}
+        role = {"developer": "system", "function": "tool"}.get(m["role"], m["role"])  # checked by validate
+        row = {"role": role, "content": _text(m.get("content"))}
         if m.get("tool_calls"):
             row["tool_calls"] = [_template_call(c) for c in m["tool_calls"]]
         for key in ("tool_call_id", "name"):
@@ -212,17 +211,19 @@ def chat_messages(body: dict) -> list[dict]:
 
 def _text(content) -> str:
     if isinstance(content, list):  # content parts: only text parts are understood
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+        return "".join(p.get(p.get("type"), "") for p in content if isinstance(p, dict)
+                       and p.get("type") in ("text", "refusal"))  # anything else was refused by validate
     return "" if content is None else str(content)
 
 
 def _template_call(call: dict) -> dict:
     """An OpenAI tool call as chat templates expect it (arguments as a dict)."""
     function = dict(call.get("function") or {})
-    try:
-        function["arguments"] = json.loads(function.get("arguments") or "{}")
-    except (TypeError, ValueError):
-        pass
+    if isinstance(function.get("arguments", "{}"), str):
+        try:
+            function["arguments"] = json.loads(function.get("arguments") or "{}")
+        except ValueError:
+            pass  # not JSON: the template gets the text as it came
     return {"type": "function", "id": call.get("id"), "function": function}
 
 
@@ -236,31 +237,66 @@ def chat_tools(body: dict) -> list | None:
     return tools
 
 
-def parse_tool_calls(text: str) -> tuple[str | None, list[dict]]:
-    """Tool calls the model wrote as <tool_call>{"name": ..., "arguments": {...}}</tool_call>, and the rest."""
-    calls = []
-    for match in TOOL_CALL.finditer(text):
-        try:
-            data = json.loads(match.group(1))
-        except ValueError:
-            continue
-        if isinstance(data, dict) and isinstance(data.get("name"), str):
-            arguments = data.get("arguments", data.get("parameters", {}))
-            calls.append({"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
-                          "function": {"name": data["name"], "arguments": json.dumps(arguments)
-                                       if not isinstance(arguments, str) else arguments}})
-    if not calls:
-        return text, []
-    rest = TOOL_CALL.sub("", text).strip()
-    return rest or None, calls
+def parse_tool_calls(text: str, names: set[str] | None = None) -> tuple[str | None, list[dict]]:
+    """Tool calls the model wrote, and the rest of the text.
+
+    Two forms: <tool_call>{"name": ..., "arguments": {...}}</tool_call> (Hermes/Qwen), and, as llama.cpp and
+    Ollama accept, an answer that is nothing but a JSON object (or a list of them, or one in a ```json fence)
+    naming one of the given tools (`names`): Qwen2.5's base instruct model answers that way.
+    """
+    calls = [c for match in TOOL_CALL.finditer(text) if (c := _call(_json(match.group(1)), None))]
+    if calls:
+        rest = TOOL_CALL.sub("", text).strip()
+        return rest or None, calls
+    if names:
+        data = _json(BARE_FENCE.sub(r"\1", text.strip()))
+        found = [_call(item, names) for item in (data if isinstance(data, list) else [data])]
+        if found and all(found):
+            return None, found
+    return text, []
+
+
+def _json(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def _call(data, names: set[str] | None) -> dict | None:
+    """An OpenAI tool call from {"name": ..., "arguments"/"parameters": ...}; None if it is not one (or, with
+    `names`, names no given tool)."""
+    if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+        return None
+    if names is not None and (data["name"] not in names or set(data) - {"name", "arguments", "parameters"}):
+        return None
+    arguments = data.get("arguments", data.get("parameters", {}))
+    return {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+            "function": {"name": data["name"],
+                         "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments)}}
 
 
 # ---------------------------------------------------------------- running a request
 
 
+class AsyncSink:
+    """A request's events delivered into an asyncio queue on the server's loop: the scheduler thread puts,
+    the route awaits (no thread-pool poll per event)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop, self.queue = loop, asyncio.Queue()
+
+    def put(self, item) -> None:  # called by the scheduler thread
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:
+            pass  # the loop has closed: the server is shutting down and nobody reads any more
+
+
 async def _submit(engine, ids: list[int], adapter: str | None, sampling):
+    sink = AsyncSink(asyncio.get_running_loop())
     try:
-        return await asyncio.to_thread(engine.submit, ids, adapter, sampling)
+        return await asyncio.to_thread(engine.submit, ids, adapter, sampling, sink)
     except StudioError as exc:
         raise _from_studio(exc) from exc
 
@@ -271,8 +307,8 @@ async def _events(request, http: HttpRequest):
     try:
         while True:
             try:
-                _, kind, payload = await asyncio.to_thread(request.sink.get, True, POLL_S)
-            except queue.Empty:
+                _, kind, payload = await asyncio.wait_for(request.sink.queue.get(), POLL_S)
+            except TimeoutError:
                 kind = payload = None
             if time.monotonic() - checked >= POLL_S:  # by the clock: a busy stream never leaves the queue empty
                 checked = time.monotonic()
@@ -313,7 +349,11 @@ def _prepare(backend: Backend, body: dict, chat: bool):
         if sum(len(m["content"]) for m in messages) > MAX_PROMPT_CHARS:
             raise ApiError(400, f"The messages are over {MAX_PROMPT_CHARS:,} characters.", "invalid_request_error",
                            "context_length_exceeded", "messages")
-        ids = encode_chat(engine.tokenizer, messages, parsed.tools)[0].tolist()
+        try:
+            ids = encode_chat(engine.tokenizer, messages, parsed.tools)[0].tolist()
+        except (TemplateError, TypeError, ValueError) as exc:  # e.g. a template that insists on alternating turns
+            raise ApiError(400, f"The model's chat template refused these messages: {exc}. Fix the order or roles "
+                                "of the messages.", "invalid_request_error", "invalid_value", "messages") from exc
     else:
         prompt = body.get("prompt")
         prompt = prompt[0] if isinstance(prompt, list) and len(prompt) == 1 else prompt
@@ -333,25 +373,37 @@ def _replace(sampling, **changes):
     return replace(sampling, **changes)
 
 
-async def _run(backend: Backend, http: HttpRequest, chat: bool):
+async def _body(http: HttpRequest, chat: bool) -> dict:
+    """The request's JSON object, every field checked (studio.serving.validate); ApiError 400/413 if not."""
+    from studio.serving.validate import MAX_BODY_BYTES, BadField, check_chat, check_completion
+
+    raw = await http.body()
+    if len(raw) > MAX_BODY_BYTES:
+        raise ApiError(413, f"The request body is {len(raw):,} bytes, over the {MAX_BODY_BYTES:,} limit. Shorten "
+                            "the conversation.", "invalid_request_error", "request_too_large")
     try:
-        check_auth(http)
-        try:
-            body = await http.json()
-        except ValueError:
-            raise ApiError(400, "The request body is not valid JSON.", "invalid_request_error") from None
-        if not isinstance(body, dict):
-            raise ApiError(400, "The request body must be a JSON object.", "invalid_request_error")
-        try:
-            engine, adapter, ids, parsed = await asyncio.to_thread(_prepare, backend, body, chat)
-        except StudioError as exc:
-            raise _from_studio(exc) from exc
-        except TemplateError as exc:  # e.g. a template that insists on alternating user/assistant turns
-            raise ApiError(400, f"The model's chat template refused these messages: {exc}. Fix the order or roles "
-                                "of the messages.", "invalid_request_error", "invalid_value", "messages") from exc
-        request = await _submit(engine, ids, adapter, parsed.sampling)
-    except ApiError as exc:
-        return exc.response()
+        body = json.loads(raw)
+    except ValueError:  # also a body that is not UTF-8
+        raise ApiError(400, "The request body is not valid JSON. Send a JSON object with "
+                            "'Content-Type: application/json'.", "invalid_request_error", "invalid_json") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "The request body must be a JSON object, e.g. {\"model\": ..., \"messages\": [...]}.",
+                       "invalid_request_error", "invalid_json")
+    try:
+        (check_chat if chat else check_completion)(body)
+    except BadField as exc:
+        raise ApiError(400, exc.message, "invalid_request_error", exc.code, exc.param) from None
+    return body
+
+
+async def _run(backend: Backend, http: HttpRequest, chat: bool):
+    check_auth(http)
+    body = await _body(http, chat)
+    try:
+        engine, adapter, ids, parsed = await asyncio.to_thread(_prepare, backend, body, chat)
+    except StudioError as exc:
+        raise _from_studio(exc) from exc
+    request = await _submit(engine, ids, adapter, parsed.sampling)
     head = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}", "created": int(time.time()),
             "model": parsed.model}
     if parsed.stream:
@@ -366,8 +418,24 @@ async def _run(backend: Backend, http: HttpRequest, chat: bool):
     return JSONResponse(_chat_body(request, head, parsed) if chat else _completion_body(request, head))
 
 
+async def guarded(work) -> JSONResponse:
+    """Run a route's body: any failure becomes OpenAI's error shape (never a plain-text 500)."""
+    try:
+        return await work()
+    except ApiError as exc:
+        return exc.response()
+    except StudioError as exc:
+        return _from_studio(exc).response()
+    except Exception as exc:  # noqa: BLE001 - the catch-all: a bug is still answered in OpenAI's shape
+        import traceback
+
+        traceback.print_exc()
+        return _from_studio(exc).response()
+
+
 def _chat_body(request, head: dict, parsed: Parsed) -> dict:
-    content, calls = parse_tool_calls(request.text) if parsed.tools else (request.text, [])
+    names = {t["function"]["name"] for t in parsed.tools or []}
+    content, calls = parse_tool_calls(request.text, names) if parsed.tools else (request.text, [])
     message = {"role": "assistant", "content": content}
     if calls:
         message["tool_calls"] = calls
@@ -434,31 +502,31 @@ async def _stream_completion(request, http: HttpRequest, head: dict, parsed: Par
 # ---------------------------------------------------------------- routes
 
 
+async def _models(backend: Backend, http: HttpRequest) -> JSONResponse:
+    check_auth(http)
+    engine = await asyncio.to_thread(backend.engine)
+    created = int(time.time())
+    ids = await asyncio.to_thread(backend.model_ids, engine)
+    data = [{"id": name, "object": "model", "created": created, "owned_by": "studio",
+             "root": backend.base_id(engine), "parent": None if i == 0 else backend.base_id(engine)}
+            for i, name in enumerate(ids)]
+    return JSONResponse({"object": "list", "data": data})
+
+
 def router(backend: Backend) -> APIRouter:
     """The /v1 routes (mount with prefix="/v1")."""
     api = APIRouter()
 
     @api.get("/models")
     async def models(http: HttpRequest):
-        try:
-            check_auth(http)
-            engine = await asyncio.to_thread(backend.engine)
-        except ApiError as exc:
-            return exc.response()
-        except StudioError as exc:
-            return _from_studio(exc).response()
-        created = int(time.time())
-        data = [{"id": name, "object": "model", "created": created, "owned_by": "studio",
-                 "root": backend.base_id(engine), "parent": None if i == 0 else backend.base_id(engine)}
-                for i, name in enumerate(backend.model_ids(engine))]
-        return {"object": "list", "data": data}
+        return await guarded(lambda: _models(backend, http))
 
     @api.post("/chat/completions")
     async def chat_completions(http: HttpRequest):
-        return await _run(backend, http, chat=True)
+        return await guarded(lambda: _run(backend, http, chat=True))
 
     @api.post("/completions")
     async def completions(http: HttpRequest):
-        return await _run(backend, http, chat=False)
+        return await guarded(lambda: _run(backend, http, chat=False))
 
     return api

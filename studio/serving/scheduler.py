@@ -14,7 +14,15 @@ One scheduler thread per engine owns the batch. Each step it
 The engine's lock is held for one step at a time, never for a whole answer, so model and adapter loads
 and the Chat tab's other work slot in between steps.
 
-Waiting requests are bounded (`max_queue`): one more is refused with `Overloaded` (HTTP 429).
+Waiting requests are bounded (`max_queue`): one more is refused with `Overloaded` (HTTP 429). The KV
+cache is bounded too (`max_kv_tokens`): a request is admitted only while rows x the longest row's
+prompt + max_tokens fits; one that could never fit alone is refused at submit (`CacheBudgetError`, 400).
+
+Fault isolation: a failure belongs to the rows that caused it. A prefill that fails is retried one
+request at a time, and only the request that still fails gets the error; a decode forward that fails
+is rolled back (the cache cropped to before the step) and the batch bisected until the failing rows
+are found, so the others go on; a row whose token pick or text decode fails ends alone. Each failed
+request gets its own error event (the API turns it into OpenAI's error shape).
 """
 
 from __future__ import annotations
@@ -26,13 +34,22 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from studio.errors import StudioError
+from studio.errors import ConfigError, StudioError
 
 STEP_TIMEOUT_S = 600  # a reader waiting this long for one token means the scheduler thread died
+WATCH_S = 1.0  # how often the attached adapters' files are checked (deleted or replaced: detached)
 
 
 class Overloaded(StudioError):
     """Too many requests are waiting: the client should retry later (HTTP 429)."""
+
+
+class CacheBudgetError(ConfigError):
+    """One request needs more KV cache than the server's whole budget (HTTP 400)."""
+
+
+class EngineClosed(StudioError):
+    """The engine was unloaded (another model took its place) while the request waited or ran."""
 
 
 @dataclass(frozen=True)
@@ -98,27 +115,43 @@ class Request:
 class Scheduler:
     """Continuous batching on one engine (see the module docstring)."""
 
-    def __init__(self, engine, max_batch: int = 8, max_queue: int = 64):
+    def __init__(self, engine, max_batch: int = 8, max_queue: int = 64, max_kv_tokens: int | None = None):
         self.engine = engine
         self.max_batch = max_batch
         self.max_queue = max_queue
+        self.max_kv_tokens = max_kv_tokens  # None: unbounded
         self._waiting: deque[Request] = deque()
         self._cv = threading.Condition()
         self._batch = _Batch(engine)
+        self._stopped: BaseException | None = None  # set by stop(): the reason every reader is given
+        self._watched = time.monotonic()
         self.steps = 0  # decode forwards run so far
         self.rows_per_step: list[int] = []  # batch size of each decode step (for the bench and tests)
+        self.isolated = 0  # failed forwards that were bisected to find their rows (for tests and the soak)
         self._thread = threading.Thread(target=self._run, name="studio-scheduler", daemon=True)
         self._thread.start()
 
     def submit(self, requests: Sequence[Request]) -> None:
         """Queue requests (admitted together where there is room); Overloaded when the queue is full."""
+        for request in requests:
+            self._check_budget(request)
         with self._cv:
+            if self._stopped is not None:
+                raise EngineClosed(f"This model was unloaded: {self._stopped}", "Send the request again.")
             if len(self._waiting) + len(requests) > self.max_queue:
                 raise Overloaded(f"The server is busy: {len(self._waiting)} requests are already waiting "
                                  f"(the limit is {self.max_queue}).",
                                  "Retry in a few seconds, or start the server with a larger --max-queue.")
             self._waiting.extend(requests)
             self._cv.notify()
+
+    def _check_budget(self, request: Request) -> None:
+        need = _kv_need(request)
+        if self.max_kv_tokens is not None and need > self.max_kv_tokens:
+            raise CacheBudgetError(f"This request needs up to {need:,} tokens of KV cache (prompt + max_tokens), "
+                                   f"over the server's whole budget of {self.max_kv_tokens:,} tokens.",
+                                   "Ask for fewer max_tokens or send a shorter prompt (or start the server with a "
+                                   "larger --max-kv-tokens, if memory allows).")
 
     @property
     def waiting(self) -> int:
@@ -128,36 +161,146 @@ class Scheduler:
     def running(self) -> int:
         return len(self._batch.rows)
 
+    def adapters_in_use(self) -> set[str]:
+        """The adapters of every running or waiting request (these are never detached to make room)."""
+        with self._cv:
+            waiting = [r.adapter for r in self._waiting]
+        return {a for a in [*waiting, *(r.adapter for r in list(self._batch.rows))] if a is not None}
+
+    def fail_adapter(self, adapter: str, exc: BaseException) -> int:
+        """End every running or waiting request for `adapter` with `exc` (it is being detached); returns how
+        many. The caller holds the engine's lock, so no step runs meanwhile."""
+        with self._cv:
+            mine = [r for r in self._waiting if r.adapter == adapter]
+            for request in mine:
+                self._waiting.remove(request)
+        mine += [r for r in self._batch.rows if r.adapter == adapter]
+        for request in mine:
+            _fail(request, exc)
+        self._batch.drop_finished()
+        return len(mine)
+
+    def stop(self, reason: BaseException) -> None:
+        """End the thread: every waiting and running request gets `reason`; later submits are refused."""
+        with self._cv:
+            self._stopped = reason
+            self._cv.notify()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(30)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def _run(self) -> None:
         while True:
-            admit: list[Request] = []
+            self._watch()  # outside the queue's lock: a detach takes the engine's locks, then the queue's
+            with self._cv:
+                stopped = self._stopped is not None
+                if not stopped and not self._waiting and not self._batch.rows:
+                    self._cv.wait(WATCH_S)
+                    continue
+                admit = [] if stopped else self._admissible()
+            if stopped:
+                return self._close()
             try:
-                with self._cv:
-                    while not self._waiting and not self._batch.rows:
-                        self._cv.wait()
-                    admit = self._admissible()
                 with self.engine.lock:  # one step at a time: loads and other users slot in between
-                    self._batch.admit(admit)
+                    self._admit(admit)
                     if self._batch.rows:
-                        self._batch.step()
+                        self._step(self._batch)
                         self.steps += 1
                         self.rows_per_step.append(len(self._batch.rows))
                     self._batch.drop_finished()
-            except BaseException as exc:  # noqa: BLE001 - every reader of the failed batch gets the error
+            except BaseException as exc:  # noqa: BLE001 - last resort (a bug here): the batch's readers get it
                 self._batch.fail(list(admit), exc)
+
+    def _watch(self) -> None:
+        """Every WATCH_S: detach adapters whose files were deleted or replaced (their requests get why)."""
+        if time.monotonic() - self._watched >= WATCH_S:
+            self._watched = time.monotonic()
+            refresh = getattr(self.engine, "refresh_adapters", None)
+            if refresh is not None:
+                refresh()
+
+    def _close(self) -> None:
+        with self._cv:
+            waiting, self._waiting = list(self._waiting), deque()
+        for request in waiting:
+            _fail(request, self._stopped)
+        self._batch.fail([], self._stopped)
+
+    def _admit(self, requests: list[Request]) -> None:
+        """Prefill and join `requests`; where that fails, one at a time, so only a failing request ends."""
+        try:
+            self._batch.admit(requests)
+            return
+        except Exception as exc:  # noqa: BLE001 - isolated below
+            if len(requests) == 1:
+                return _fail(requests[0], exc)
+        for request in requests:
+            _reset(request)
+            try:
+                self._batch.admit([request])
+            except Exception as exc:  # noqa: BLE001 - this request alone fails
+                _fail(request, exc)
+
+    def _step(self, batch: _Batch) -> None:
+        """One decode step; a failing forward is bisected so that only the rows that fail end."""
+        try:
+            batch.step()
+            return
+        except Exception as exc:  # noqa: BLE001 - isolated below
+            if len(batch.rows) <= 1:
+                return batch.fail([], exc)
+        self.isolated += 1
+        halves = [batch.subset(part) for part in _halves(len(batch.rows))]
+        for half in halves:
+            self._step(half)
+        batch.absorb(halves)
 
     def _admissible(self) -> list[Request]:
         room = self.max_batch - len(self._batch.rows)
         if self._batch.rows and not self._batch.joinable():
             room = 0  # a cache that cannot be joined (sliding windows, quantized): wait for the batch to end
-        admit = []
+        admit: list[Request] = []
         while self._waiting and len(admit) < room:
-            request = self._waiting.popleft()
+            request = self._waiting[0]
             if request.cancelled.is_set():
-                _finish(request, "cancelled")
+                _finish(self._waiting.popleft(), "cancelled")
                 continue
-            admit.append(request)
+            if not self._fits([*self._batch.rows, *admit, request]):
+                break  # the KV budget is full: it waits for rows to finish (first come, first served)
+            admit.append(self._waiting.popleft())
         return admit
+
+    def _fits(self, rows: list[Request]) -> bool:
+        """Rows x the longest row's prompt + max_tokens: what the left-padded cache can grow to."""
+        if self.max_kv_tokens is None or len(rows) <= 1:
+            return True
+        return len(rows) * max(_kv_need(r) for r in rows) <= self.max_kv_tokens
+
+
+def _kv_need(request: Request) -> int:
+    return len(request.prompt_ids) + request.sampling.max_new_tokens
+
+
+def _halves(n: int) -> list[list[int]]:
+    return [list(range(n // 2)), list(range(n // 2, n))]
+
+
+def _reset(request: Request) -> None:
+    """Forget a failed prefill's token, so a retry starts clean."""
+    request.tokens.clear()
+    request.first_token_s = None
+    request.generator = None
+
+
+def _fail(request: Request, exc: BaseException) -> None:
+    if request.done:
+        return
+    request.finish_reason = "error"
+    request.finished_s = time.perf_counter() - request.submitted
+    request.sink.put((request, "error", exc))
 
 
 def _finish(request: Request, reason: str) -> None:
@@ -220,7 +363,7 @@ class _Batch:
         seen = [torch.cat([s, last[i:i + 1]]) for i, s in enumerate(seen)]
         self._join(requests, _cache_of(out), mask, mask.sum(-1), last, seen)
         for request in requests:
-            self._emit(request)
+            self._emit_alone(request)
 
     def _join(self, requests, cache, mask, positions, last, seen) -> None:
         import torch
@@ -231,9 +374,11 @@ class _Batch:
             return
         old, new = self.mask.shape[1], mask.shape[1]
         width = max(old, new)
-        for mine, theirs in zip(self.cache.layers, cache.layers, strict=True):
-            mine.keys = torch.cat([_pad_left(mine.keys, width - old), _pad_left(theirs.keys, width - new)])
-            mine.values = torch.cat([_pad_left(mine.values, width - old), _pad_left(theirs.values, width - new)])
+        joined = [(torch.cat([_pad_left(mine.keys, width - old), _pad_left(theirs.keys, width - new)]),
+                   torch.cat([_pad_left(mine.values, width - old), _pad_left(theirs.values, width - new)]))
+                  for mine, theirs in zip(self.cache.layers, cache.layers, strict=True)]  # all built, then set
+        for layer, (keys, values) in zip(self.cache.layers, joined, strict=True):
+            layer.keys, layer.values = keys, values
         self.mask = torch.cat([_pad_left_2d(self.mask, width - old), _pad_left_2d(mask, width - new)])
         self.positions = torch.cat([self.positions, positions])
         self.last = torch.cat([self.last, last])
@@ -243,7 +388,11 @@ class _Batch:
     # ------------------------------------------------ decoding
 
     def step(self) -> None:
-        """One forward for every row's latest token; each row picks and streams its next token."""
+        """One forward for every row's latest token; each row picks and streams its next token.
+
+        A forward that raises leaves the batch as it was (the cache cropped back), so it can be retried or
+        split; a row whose pick or text fails ends alone.
+        """
         import torch
 
         live = [r for r in self.rows if not r.done]
@@ -252,21 +401,71 @@ class _Batch:
         if not self.rows:
             return
         length = self.mask.shape[1]
-        self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
-        kwargs = self.engine.prepare_step([r.adapter for r in self.rows], [r.adapter for r in self.rows])
-        with torch.inference_mode():
-            out = self.engine.model(input_ids=self.last[:, None], attention_mask=self.mask,
-                                    position_ids=self.positions[:, None], use_cache=True, logits_to_keep=1,
-                                    cache_position=torch.tensor([length], device=self.mask.device),
-                                    **{self.engine.cache_arg: self.cache}, **kwargs)
-        self.cache = _cache_of(out)
+        mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
+        try:
+            kwargs = self.engine.prepare_step([r.adapter for r in self.rows], [r.adapter for r in self.rows])
+            with torch.inference_mode():
+                out = self.engine.model(input_ids=self.last[:, None], attention_mask=mask,
+                                        position_ids=self.positions[:, None], use_cache=True, logits_to_keep=1,
+                                        cache_position=torch.tensor([length], device=mask.device),
+                                        **{self.engine.cache_arg: self.cache}, **kwargs)
+        except Exception:
+            self._crop(length)
+            raise
+        self.mask, self.cache = mask, _cache_of(out)
         self.positions = self.positions + 1
         logits = out.logits[:, -1].float()
-        picked = [self._pick(r, self.seen[i], logits[i]) for i, r in enumerate(self.rows)]
+        picked = [self._pick_alone(r, self.seen[i], logits[i]) for i, r in enumerate(self.rows)]
         self.last = torch.tensor(picked, device=self.mask.device)
         for i, request in enumerate(self.rows):
             self.seen[i] = torch.cat([self.seen[i], self.last[i:i + 1]])
+            if not request.done:
+                self._emit_alone(request)
+
+    def _crop(self, length: int) -> None:
+        """Undo a failed forward's writes: every layer's cache back to `length` positions."""
+        for layer in getattr(self.cache, "layers", []):
+            if getattr(layer, "keys", None) is not None and layer.keys.shape[-2] > length:
+                layer.keys, layer.values = layer.keys[:, :, :length], layer.values[:, :, :length]
+
+    def _pick_alone(self, request: Request, seen, logits) -> int:
+        try:
+            return self._pick(request, seen, logits)
+        except Exception as exc:  # noqa: BLE001 - this row alone ends
+            _fail(request, exc)
+            return self.engine.pad_id
+
+    def _emit_alone(self, request: Request) -> None:
+        try:
             self._emit(request)
+        except Exception as exc:  # noqa: BLE001 - e.g. a tokenizer that cannot decode: this row alone ends
+            _fail(request, exc)
+
+    # ------------------------------------------------ splitting (fault isolation)
+
+    def subset(self, index: list[int]) -> _Batch:
+        """A batch of some of the rows, with its own copy of their cache."""
+        import copy
+
+        import torch
+
+        part = _Batch(self.engine)
+        at = torch.tensor(index, device=self.mask.device)
+        part.cache = copy.deepcopy(self.cache)
+        for layer in part.cache.layers:
+            layer.batch_select_indices(at)
+        part.rows = [self.rows[i] for i in index]
+        part.mask, part.positions, part.last = self.mask[at], self.positions[at], self.last[at]
+        part.seen = [self.seen[i] for i in index]
+        return part
+
+    def absorb(self, parts: list[_Batch]) -> None:
+        """Become the join of `parts` (after each stepped, or failed, on its own)."""
+        self.rows, self.cache, self.mask, self.positions, self.last, self.seen = [], None, None, None, None, []
+        for part in parts:
+            part.drop_finished()
+            if part.rows:
+                self._join(part.rows, part.cache, part.mask, part.positions, part.last, part.seen)
 
     def _pick(self, request: Request, seen, logits) -> int:
         """The row's next token (as transformers' processors would: penalty, temperature, top-k, top-p)."""
@@ -345,9 +544,7 @@ class _Batch:
 
     def fail(self, admitted: list[Request], exc: BaseException) -> None:
         for request in {id(r): r for r in self.rows + admitted}.values():
-            if not request.done:
-                request.finish_reason = "error"
-                request.sink.put((request, "error", exc))
+            _fail(request, exc)
         self.rows, self.cache, self.mask, self.positions, self.last, self.seen = [], None, None, None, None, []
 
 

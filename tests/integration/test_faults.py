@@ -156,7 +156,9 @@ def test_two_users_at_once_own_chats_one_run_list(app_for_two, tiny_model_dir, w
 
 
 def _dead(pid: int) -> bool:
-    return not manager._alive(pid)  # gone, or a zombie nobody reaped yet
+    from studio.jobs import process
+
+    return not process.alive({"pid": pid})  # gone, or a zombie nobody reaped yet
 
 
 def _kill_first_with_second_queued(tmp_path, ref: str):
@@ -171,9 +173,17 @@ def _kill_first_with_second_queued(tmp_path, ref: str):
     return first, second
 
 
-def test_sigkill_with_a_run_queued_behind_it_the_queue_advances_on_the_next_poll(tmp_path, tiny_model_dir):
+def test_a_run_killed_with_another_queued_keeps_its_place_and_the_queue_advances_on_the_next_poll(
+        tmp_path, tiny_model_dir):
     try:
         first, second = _kill_first_with_second_queued(tmp_path, str(tiny_model_dir))
+        assert manager.resume("first") == "running"  # no poll in between: the dead run keeps its place
+        assert read_status(second)["state"] == "queued"
+        assert sum(read_status(p).get("state") == "running" for p in (first, second)) == 1
+
+        pid = read_status(first)["pid"]  # killed -9 again, this time noticed by a poll
+        os.kill(pid, signal.SIGKILL)
+        _wait(lambda: _dead(pid), timeout=30, what="the kill")
         rows = {r["run"]: r["state"] for r in manager.list_runs()}  # one poll (the Train tab's timer, `runs list`)
         assert rows == {"first": "failed", "second": "running"}
         assert _alive(read_status(second)["pid"])
@@ -182,16 +192,6 @@ def test_sigkill_with_a_run_queued_behind_it_the_queue_advances_on_the_next_poll
         assert manager.resume("first") == "queued"  # behind the run now training, not beside it
         assert manager.wait("second", timeout=300)["state"] == "completed"
         _wait(lambda: read_status(first).get("state") == "running", timeout=60, what="the resumed run to start")
-    finally:
-        _cleanup(["first", "second"])
-
-
-def test_resume_of_a_dead_run_does_not_launch_the_queued_run_first(tmp_path, tiny_model_dir):
-    try:
-        first, second = _kill_first_with_second_queued(tmp_path, str(tiny_model_dir))
-        assert manager.resume("first") == "running"  # no poll in between: the dead run keeps its place
-        assert read_status(second)["state"] == "queued"
-        assert sum(read_status(p).get("state") == "running" for p in (first, second)) == 1
     finally:
         _cleanup(["first", "second"])
 

@@ -76,6 +76,10 @@ def _answer_logps(model, batch) -> list[float]:
     return (logp * batch["completion_mask"][:, 1:]).sum(1).tolist()
 
 
+def _args_for(spec, run_dir):
+    return lambda has_eval: worker.base_args(spec, run_dir, has_eval, False, spec.train)
+
+
 def test_dpo_reference_is_the_base_with_the_adapter_disabled(tmp_path, tiny_model_dir):
     import torch
     from transformers import AutoModelForCausalLM
@@ -87,7 +91,7 @@ def test_dpo_reference_is_the_base_with_the_adapter_disabled(tmp_path, tiny_mode
     run_dir = manager.create(spec)
     model, loaded = worker.build_model(spec, recompute=False)
     base_before = {k: v.clone() for k, v in model.get_base_model().state_dict().items() if "lora_" not in k}
-    _, _, trainer = make_trainer(spec, run_dir, model, loaded.tokenizer, spec.train, False, [])
+    _, _, trainer = make_trainer(spec, model, loaded.tokenizer, _args_for(spec, run_dir), [])
     assert trainer.ref_model is None and list(model.peft_config) == ["default"]  # no second model, no ref adapter
     plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     lora = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
@@ -119,7 +123,7 @@ def test_dpo_continues_an_sft_adapter_against_it_as_the_reference(tmp_path, tiny
                  from_adapter=str(tmp_path / "sft-adapter"))
     run_dir = manager.create(spec)
     model, loaded = worker.build_model(spec, recompute=False)
-    _, _, trainer = make_trainer(spec, run_dir, model, loaded.tokenizer, spec.train, False, [])
+    _, _, trainer = make_trainer(spec, model, loaded.tokenizer, _args_for(spec, run_dir), [])
     assert set(model.peft_config) == {"default", "ref"}  # the SFT adapter, and a frozen copy as the reference
     start = {n: p.detach().clone() for n, p in model.named_parameters() if ".default." in n}
     assert all(not p.requires_grad for n, p in model.named_parameters() if ".ref." in n)

@@ -48,6 +48,7 @@ def test_run_completes_and_saves_a_vanilla_peft_adapter(tmp_path, tiny_model_dir
     assert (path / "adapter" / "adapter_model.safetensors").is_file()
     card = json.loads((path / "adapter" / "card.json").read_text())
     assert card["dataset"] == data and card["metrics"]["eval_loss"] > 0
+    assert card["system_prompt"] == {"mode": "keep", "text": ""}  # the dataset's choice, kept with the adapter
     assert "base_model" in (path / "adapter" / "README.md").read_text()
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), path / "adapter")
     assert model.peft_config["default"].r == 8
@@ -73,12 +74,17 @@ def test_sigkill_then_resume_continues_from_checkpoint(tmp_path, tiny_model_dir)
     assert (path / "events.discarded.jsonl").exists() or resumed[0]["step"] >= 12
 
 
-def test_graceful_stop_queue_and_resume(tmp_path, tiny_model_dir):
+def test_graceful_stop_queue_and_resume(tmp_path, tiny_model_dir, workspace):
     data = prepare(tmp_path, str(tiny_model_dir))
     a = manager.start(tiny_spec("long", data, str(tiny_model_dir), max_steps=400, save_steps=50))
     b = manager.start(tiny_spec("next", data, str(tiny_model_dir), max_steps=6))
     assert read_status(b)["state"] == "queued"  # one job at a time: the second waits
     _wait_for(lambda: read_status(a).get("step", 0) >= 3, what="run a to train")
+    # another process (the CLI beside the app) reattaches to the runs by reading their folders
+    env = dict(os.environ, STUDIO_WORKSPACE=str(workspace))
+    out = subprocess.run([sys.executable, "-m", "studio", "runs", "list"], env=env, capture_output=True, text=True)
+    listed = {line.split()[0]: line.split()[1] for line in out.stdout.splitlines() if line.strip()}
+    assert listed == {"long": "running", "next": "queued"}, out.stdout + out.stderr
     assert manager.stop("long") == "stopping"
     status = manager.wait("long", timeout=120)
     assert status["state"] == "stopped"
@@ -90,19 +96,6 @@ def test_graceful_stop_queue_and_resume(tmp_path, tiny_model_dir):
     manager.stop("long")
     manager.stop("long")  # a second stop kills at once
     assert read_status(a)["state"] == "stopped"
-
-
-def test_new_manager_process_reattaches(tmp_path, tiny_model_dir, workspace):
-    data = prepare(tmp_path, str(tiny_model_dir))
-    path = manager.start(tiny_spec("attach", data, str(tiny_model_dir), max_steps=200, save_steps=100))
-    _wait_for(lambda: read_status(path).get("step", 0) >= 2, what="training to start")
-    env = dict(os.environ, STUDIO_WORKSPACE=str(workspace))
-    out = subprocess.run([sys.executable, "-m", "studio", "runs", "list"], env=env, capture_output=True, text=True)
-    assert "attach" in out.stdout and "running" in out.stdout
-    step = read_status(path)["step"]
-    _wait_for(lambda: read_status(path).get("step", 0) > step, what="more steps")  # still training
-    manager.stop("attach")
-    manager.stop("attach")
 
 
 def test_bad_inputs(tmp_path, tiny_model_dir):
@@ -118,6 +111,15 @@ def test_bad_inputs(tmp_path, tiny_model_dir):
         manager.create(tiny_spec("../escape", data, str(tiny_model_dir)))
 
 
+def _run_in_this_process(path):
+    """The worker's recipe and failure handling as `python -m studio.jobs.worker` runs them, in this process
+    (the process boundary itself is what the other tests here cover)."""
+    from studio.jobs import worker
+    from studio.jobs.events import Status
+
+    return worker.run_to_the_end(path, Status(path))
+
+
 def test_dataset_for_another_tokenizer_fails_clearly(tmp_path, tiny_model_dir):
     import shutil
 
@@ -128,8 +130,9 @@ def test_dataset_for_another_tokenizer_fails_clearly(tmp_path, tiny_model_dir):
     (other / "tokenizer_config.json").write_text(json.dumps(config))
     (other / "chat_template.jinja").unlink(missing_ok=True)
     data = prepare(tmp_path, str(other), name="othertok")
-    path = manager.start(tiny_spec("mismatch", data, str(tiny_model_dir)))
-    status = manager.wait("mismatch", timeout=120)
+    path = manager.create(tiny_spec("mismatch", data, str(tiny_model_dir)))
+    assert _run_in_this_process(path) == 1
+    status = read_status(path)
     assert status["state"] == "failed" and "another tokenizer" in status["message"]
     assert "Prepare the data again" in status["fix"]
     assert path.is_dir()
@@ -142,8 +145,9 @@ def test_worker_crash_is_reported(tmp_path, tiny_model_dir):
 
     data = prepare(tmp_path, str(tiny_model_dir))
     spec = replace(tiny_spec("crash", data, str(tiny_model_dir)), lora=LoraSpec(target_modules="no_such_module"))
-    manager.start(spec)
-    status = manager.wait("crash", timeout=120)
+    path = manager.create(spec)
+    assert _run_in_this_process(path) == 1
+    status = read_status(path)
     assert status["state"] == "failed" and "crashed" in status["message"]
 
 

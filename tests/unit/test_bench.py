@@ -1,11 +1,11 @@
-"""The benchmark harness in smoke mode on a tiny model, so `python -m studio.bench` cannot rot."""
+"""The benchmark harness in smoke mode on a tiny model, so `python -m benchmarks.train_bench` cannot rot."""
 
 from __future__ import annotations
 
 import json
 import math
 
-from studio import bench
+from benchmarks import train_bench as bench
 
 
 def test_smoke_run_measures_both_sides_and_writes_the_tables(tmp_path, tiny_model_dir, capsys):

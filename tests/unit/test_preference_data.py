@@ -148,3 +148,21 @@ def test_method_settings_are_validated():
         from_dict(TrainSpec, {"method": "ppo"}, "train")
     with pytest.raises(ConfigError, match="train.beta"):
         from_dict(TrainSpec, {"beta": 0}, "train")
+
+
+def test_preference_prompts_start_with_bos_as_sft_and_chat_do(bundled_dir):
+    """A tokenizer that puts BOS before plain text while its template writes none (Phi-3 style): the prompt
+    ids of a pair start with exactly one BOS, the ids chat and the API send for the same prompt."""
+    from transformers import AutoTokenizer
+
+    from studio import templates
+
+    tok = AutoTokenizer.from_pretrained(bundled_dir)
+    tok.bos_token = "<|endoftext|>"  # SmolLM2's template writes no such token
+    tok.add_bos_token = True
+    assert templates.prepare_tokenizer(tok).add_bos
+    pair = preference.to_pair({"prompt": Q, "chosen": A, "rejected": B}, "trl")
+    rendered = preference.render_pairs(tok, [pair], 256)[0]
+    assert rendered.prompt_ids[0] == tok.bos_token_id and rendered.prompt_ids.count(tok.bos_token_id) == 1
+    assert rendered.prompt_ids == templates.encode(tok, pair.prompt, add_generation_prompt=True)
+    assert rendered.chosen_ids == tok(rendered.chosen_text, add_special_tokens=False)["input_ids"]

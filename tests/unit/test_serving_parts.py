@@ -111,9 +111,8 @@ def test_an_adapter_starts_conversations_the_way_its_dataset_did(workspace, choi
     from studio.inference import adapter_system_turn, with_adapter_system
 
     folder = _adapter(paths.adapters_dir() / "nurse")
-    (folder / "card.json").write_text(json.dumps({"base_model": "bundled", "dataset": "triage"}))
-    (paths.datasets_dir() / "triage").mkdir(parents=True)
-    (paths.datasets_dir() / "triage" / "meta.json").write_text(json.dumps({"system_prompt": choice}))
+    card = {"base_model": "bundled", "dataset": "triage", "system_prompt": choice}
+    (folder / "card.json").write_text(json.dumps(card))
     assert adapter_system_turn("nurse") == turn
     assert adapter_system_turn("no-such-adapter") is None and adapter_system_turn(None) is None
     # Chat, the CLI and the API all start the conversation with it, unless it brings its own system turn
@@ -121,3 +120,26 @@ def test_an_adapter_starts_conversations_the_way_its_dataset_did(workspace, choi
     assert with_adapter_system(asked, "nurse") == ([turn, *asked] if turn else asked)
     own = [{"role": "system", "content": "Be brief."}, *asked]
     assert with_adapter_system(own, "nurse") == own and with_adapter_system(asked, None) == asked
+
+
+def test_an_adapters_system_prompt_comes_from_its_card_whatever_the_dataset_folder_says(workspace):
+    """Re-preparing or deleting the dataset, or importing an adapter whose dataset name exists here, never
+    changes how the adapter is prompted: training stored the choice in the card."""
+    from studio import paths
+    from studio.inference import adapter_system_turn
+
+    nurse = {"mode": "custom", "text": "You are a careful nurse."}
+    folder = _adapter(paths.adapters_dir() / "nurse")
+    (folder / "card.json").write_text(json.dumps({"base_model": "bundled", "dataset": "triage", "system_prompt": nurse,
+                                                  "dataset_sha256": "trained-on"}))
+    (paths.datasets_dir() / "triage").mkdir(parents=True)
+    (paths.datasets_dir() / "triage" / "meta.json").write_text(json.dumps(
+        {"system_prompt": {"mode": "custom", "text": "You are a pirate."}, "source_sha256": "another-file"}))
+    assert adapter_system_turn("nurse") == {"role": "system", "content": "You are a careful nurse."}
+    # a card written before training stored the choice: its dataset's meta only while it is the trained one
+    (folder / "card.json").write_text(json.dumps({"base_model": "bundled", "dataset": "triage",
+                                                  "dataset_sha256": "trained-on"}))
+    assert adapter_system_turn("nurse") is None
+    (paths.datasets_dir() / "triage" / "meta.json").write_text(json.dumps(
+        {"system_prompt": nurse, "source_sha256": "trained-on"}))
+    assert adapter_system_turn("nurse") == {"role": "system", "content": "You are a careful nurse."}

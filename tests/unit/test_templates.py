@@ -105,3 +105,37 @@ def test_estimate_reads_shapes_from_any_config(tmp_path):
     windowed = estimate_memory(config, "fp32", lora, train, device="cuda").breakdown["activations"]
     full = estimate_memory({**config, "sliding_window": None}, "fp32", lora, train, device="cuda")
     assert windowed < full.breakdown["activations"]  # attention scores span the window, not the sequence
+
+
+TOOL_USE = ("{%- for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{%- endfor %}"
+            "TOOLS: {{ tools | length }}{%- if add_generation_prompt %}<|im_start|>assistant\n{%- endif %}")
+
+
+def test_named_chat_templates_use_default_and_tool_use_when_tools_are_given(tiny_model_dir, tmp_path):
+    """transformers keeps several named templates as a dict (chat_template.jinja + additional_chat_templates/*.jinja):
+    the model's own `default` is used, never the fallback's new markers; `tool_use` where tools are given."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from studio.data.render import apply_template
+    from studio.models import load_tokenizer
+
+    folder = shutil.copytree(tiny_model_dir, tmp_path / "named")
+    tok = AutoTokenizer.from_pretrained(folder)
+    own = tok.chat_template
+    tok.chat_template = {"default": own, "tool_use": TOOL_USE}
+    tok.save_pretrained(folder)
+    assert (folder / "additional_chat_templates" / "tool_use.jinja").is_file()
+
+    tok = load_tokenizer(str(folder))
+    choice = templates.current(tok)
+    assert choice.source == "tokenizer" and choice.template == own and not choice.added_tokens
+    assert "own chat template" in templates.describe(tok)
+    chat = [{"role": "user", "content": "Weather in Paris?"}]
+    assert apply_template(tok, chat, add_generation_prompt=True) == tok.apply_chat_template(
+        chat, chat_template=own, tokenize=False, add_generation_prompt=True)
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather", "parameters": {}}}]
+    assert "TOOLS: 1" in apply_template(tok, chat, add_generation_prompt=True, tools=tools)
+    tok.save_pretrained(tmp_path / "saved")  # an adapter folder keeps both templates
+    assert (tmp_path / "saved" / "additional_chat_templates" / "tool_use.jinja").read_text() == TOOL_USE

@@ -360,9 +360,71 @@ def _registry_ui(names: list[str]) -> Registry:
 
 
 def _template_line(model_ref: str) -> str:
-    from studio.templates import describe_ref
+    from studio.models import describe_template
 
-    return fmt.md(describe_ref(model_ref))
+    return fmt.md(describe_template(model_ref))
+
+
+def _panes(both: list[str], adapter: str | None) -> tuple:
+    """The mode switch, Compare's two adapter pickers and panes, and Chat's one (hidden until chosen)."""
+    mode = gr.Radio(["Compare", "Chat"], value="Compare", label="Mode", elem_id="chat-mode")
+    with gr.Group(visible=True) as compare_group:
+        with gr.Row():
+            left = gr.Dropdown(both, value=BASE_LABEL, label="Left", elem_id="chat-left-adapter",
+                            allow_custom_value=True)
+            right = gr.Dropdown(both, value=adapter or BASE_LABEL, label="Right",
+                                elem_id="chat-right-adapter",
+                            allow_custom_value=True)
+        with gr.Row():
+            left_pane = gr.Chatbot(label="Left", elem_id="chat-left", buttons=["copy", "copy_all"], height=380)
+            right_pane = gr.Chatbot(label="Right", elem_id="chat-right", buttons=["copy", "copy_all"], height=380)
+    with gr.Group(visible=False) as chat_group:
+        single_adapter = gr.Dropdown(both, value=adapter or BASE_LABEL, label="Adapter", elem_id="chat-adapter",
+                            allow_custom_value=True)
+        single_pane = gr.Chatbot(label="Chat", elem_id="chat-single", buttons=["copy", "copy_all"], height=420)
+    return mode, compare_group, chat_group, left, right, single_adapter, left_pane, right_pane, single_pane
+
+
+def _prompt_row() -> tuple:
+    """The prompt box, its examples, Send / Retry / Clear and the status line under them."""
+    prompt = gr.Textbox(label="Prompt", lines=2, elem_id="chat-prompt", placeholder="Ask something...")
+    examples = example_prompts()
+    if examples:
+        gr.Examples([[p] for p in examples], inputs=prompt, label="Examples (medical and Hinglish samples)")
+    with gr.Row():
+        send = gr.Button("Send", variant="primary", elem_id="chat-send")
+        retry = gr.Button("Retry", elem_id="chat-retry")
+        clear = gr.Button("Clear", elem_id="chat-clear")
+    swap_ms = gr.Markdown(elem_id="chat-swap-ms")
+    return prompt, send, retry, clear, swap_ms
+
+
+def _generation_settings() -> tuple:
+    """The "Generation settings" accordion: (system prompt box, [max new, temperature, top-p, top-k,
+    repetition penalty, seed])."""
+    with gr.Accordion("Generation settings", open=False):
+        system = gr.Textbox(label="System prompt", elem_id="chat-system")
+        with gr.Row():
+            max_new = gr.Slider(1, 1024, value=128, step=1, label="Max new tokens")
+            temperature = gr.Slider(0, 2, value=0, step=0.05, label="Temperature (0 = greedy)")
+            top_p = gr.Slider(0.05, 1, value=0.95, step=0.05, label="Top-p")
+        with gr.Row():
+            top_k = gr.Slider(0, 200, value=50, step=1, label="Top-k")
+            repetition = gr.Slider(1.0, 2.0, value=1.1, step=0.05, label="Repetition penalty")
+            seed = gr.Number(value=0, precision=0, label="Seed")
+    return system, [max_new, temperature, top_p, top_k, repetition, seed]
+
+
+def _wire_registry(shared: Shared, reg: Registry, refreshed: list) -> None:
+    """Import, refresh, export and delete: results and refusals go to a status line (an error there hides no
+    input); the adapter lists follow the shared state."""
+    reg.import_btn.click(import_files, [reg.upload, reg.import_name], reg.status, api_name="import_adapter").success(
+        lambda c, name: replace(c, adapter=name.strip()).with_disk(), [shared.current, reg.import_name],
+        shared.current)
+    reg.refresh_btn.click(refresh, None, refreshed, api_name="refresh_adapters")
+    reg.export_btn.click(export, reg.picked, reg.export_file, api_name="export_adapter")
+    reg.delete_btn.click(delete, [reg.picked, reg.confirm], reg.status, api_name="delete_adapter").success(
+        lambda c: (False, c.with_disk()), shared.current, [reg.confirm, shared.current])
 
 
 def build(shared: Shared) -> None:
@@ -386,46 +448,15 @@ def build(shared: Shared) -> None:
     template_line = gr.Markdown(elem_id="chat-template")  # the template chat prompts with, and its stop ids
     if shared.model_ref is not None:
         shared.model_ref.change(_template_line, shared.model_ref, template_line, show_progress="hidden")
-    mode = gr.Radio(["Compare", "Chat"], value="Compare", label="Mode", elem_id="chat-mode")
-    with gr.Group(visible=True) as compare_group:
-        with gr.Row():
-            left = gr.Dropdown(both, value=BASE_LABEL, label="Left", elem_id="chat-left-adapter",
-                            allow_custom_value=True)
-            right = gr.Dropdown(both, value=current.adapter or BASE_LABEL, label="Right",
-                                elem_id="chat-right-adapter",
-                            allow_custom_value=True)
-        with gr.Row():
-            left_pane = gr.Chatbot(label="Left", elem_id="chat-left", buttons=["copy", "copy_all"], height=380)
-            right_pane = gr.Chatbot(label="Right", elem_id="chat-right", buttons=["copy", "copy_all"], height=380)
-    with gr.Group(visible=False) as chat_group:
-        single_adapter = gr.Dropdown(both, value=current.adapter or BASE_LABEL, label="Adapter", elem_id="chat-adapter",
-                            allow_custom_value=True)
-        single_pane = gr.Chatbot(label="Chat", elem_id="chat-single", buttons=["copy", "copy_all"], height=420)
-    prompt = gr.Textbox(label="Prompt", lines=2, elem_id="chat-prompt", placeholder="Ask something...")
-    examples = example_prompts()
-    if examples:
-        gr.Examples([[p] for p in examples], inputs=prompt, label="Examples (medical and Hinglish samples)")
-    with gr.Row():
-        send = gr.Button("Send", variant="primary", elem_id="chat-send")
-        retry = gr.Button("Retry", elem_id="chat-retry")
-        clear = gr.Button("Clear", elem_id="chat-clear")
-    swap_ms = gr.Markdown(elem_id="chat-swap-ms")
-    with gr.Accordion("Generation settings", open=False):
-        system = gr.Textbox(label="System prompt", elem_id="chat-system")
-        with gr.Row():
-            max_new = gr.Slider(1, 1024, value=128, step=1, label="Max new tokens")
-            temperature = gr.Slider(0, 2, value=0, step=0.05, label="Temperature (0 = greedy)")
-            top_p = gr.Slider(0.05, 1, value=0.95, step=0.05, label="Top-p")
-        with gr.Row():
-            top_k = gr.Slider(0, 200, value=50, step=1, label="Top-k")
-            repetition = gr.Slider(1.0, 2.0, value=1.1, step=0.05, label="Repetition penalty")
-            seed = gr.Number(value=0, precision=0, label="Seed")
+    mode, compare_group, chat_group, left, right, single_adapter, left_pane, right_pane, single_pane = _panes(
+        both, current.adapter)
+    prompt, send, retry, clear, swap_ms = _prompt_row()
+    system, gen = _generation_settings()
     with gr.Accordion("Call this adapter from your code (OpenAI-compatible API)", open=False):
         snippet = gr.Markdown(code_snippet("Compare", right.value, None, getattr(shared.model_ref, "value", None)),
                               elem_id="chat-api-snippet")
     reg = _registry_ui(names)
 
-    gen = [max_new, temperature, top_p, top_k, repetition, seed]
     base = [shared.model_ref, precision]
     panes = [left_pane, right_pane, single_pane, swap_ms, prompt]
     # API entry points for gradio_client ("compare", "chat"); Send, Enter and Retry dispatch by mode.
@@ -449,15 +480,7 @@ def build(shared: Shared) -> None:
     for source in (mode, right, single_adapter):
         source.change(code_snippet, snippet_inputs, snippet, api_visibility="private")
 
-    refreshed = [reg.table, reg.picked, to_load, left, right, single_adapter]
-    # results and refusals go to a status line (an error there hides no input); the lists follow the shared state
-    reg.import_btn.click(import_files, [reg.upload, reg.import_name], reg.status, api_name="import_adapter").success(
-        lambda c, name: replace(c, adapter=name.strip()).with_disk(), [shared.current, reg.import_name],
-        shared.current)
-    reg.refresh_btn.click(refresh, None, refreshed, api_name="refresh_adapters")
-    reg.export_btn.click(export, reg.picked, reg.export_file, api_name="export_adapter")
-    reg.delete_btn.click(delete, [reg.picked, reg.confirm], reg.status, api_name="delete_adapter").success(
-        lambda c: (False, c.with_disk()), shared.current, [reg.confirm, shared.current])
+    _wire_registry(shared, reg, [reg.table, reg.picked, to_load, left, right, single_adapter])
     # the adapter picked on the right is the one in focus (Evaluate, Export)
     for picker in (right, single_adapter):  # the adapter picked here is the one in focus everywhere
         picker.input(lambda c, name: shared.set("adapter")(c, name) if _adapter(name) else gr.skip(),

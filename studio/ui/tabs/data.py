@@ -277,6 +277,66 @@ def _preset_max_len(shared: Shared) -> int:
         return 512
 
 
+def _mapping_section() -> tuple:
+    """The column mapping for format 'mapped': (prompt, response, system) column pickers."""
+    with gr.Accordion("Column mapping (format 'mapped')", open=False):
+        with gr.Row():
+            # Custom values allowed: a column name may be typed, and choices change with every file.
+            prompt = gr.Dropdown([NONE], value=NONE, label="Prompt column", allow_custom_value=True,
+                                 elem_id="data-map-prompt")
+            response = gr.Dropdown([NONE], value=NONE, label="Response column", allow_custom_value=True,
+                                   elem_id="data-map-response")
+            system = gr.Dropdown([NONE], value=NONE, label="System column (optional)", allow_custom_value=True,
+                                 elem_id="data-map-system")
+    return prompt, response, system
+
+
+def _problems_section() -> tuple:
+    """The problem rows table and its download, in a box shown only when there are problems."""
+    with gr.Accordion("Problems (row, reason)", open=False, visible=False, elem_id="data-problems-box") as box:
+        problems = gr.Dataframe(headers=["row", "kind", "reason"], interactive=False, wrap=True,
+                                elem_id="data-problems")
+        problems_file = gr.File(label="Download problems.jsonl", elem_id="data-problems-file")
+    return box, problems, problems_file
+
+
+def _render_options(shared: Shared) -> tuple:
+    """How rows are rendered and saved: row shown, max length, what is trained, long text, system prompt and
+    the placeholders' values."""
+    with gr.Row():
+        row = gr.Number(label="Row to show through the chat template", precision=0, elem_id="data-row")
+        max_len = gr.Number(_preset_max_len(shared), label="Max length (tokens)", precision=0, minimum=16,
+                            elem_id="data-max-len", info="The same as the preset's: longer rows are cut.")
+        train_on_all = gr.Checkbox(False, label="Train on everything (not only the answers)",
+                                   elem_id="data-train-on-all")
+        train_tool_calls = gr.Checkbox(True, label="Train the assistant's tool calls (tool results never)",
+                                       elem_id="data-train-tool-calls")
+        long_docs = gr.Radio([("split into chunks", "chunk"), ("cut (drop the rest)", "cut")], value="chunk",
+                             label="Raw text longer than the max length", elem_id="data-long-docs")
+    with gr.Row():
+        system_mode = gr.Radio(SYSTEM_CHOICES, value="keep", label="System prompt for rows without one",
+                               info="A row's own system turn always stays. The choice is saved with the dataset.",
+                               elem_id="data-system-mode")
+        system_text = gr.Textbox("", label="My own system prompt", placeholder="You are ...",
+                                 elem_id="data-system-text")
+        name_field = gr.Textbox("", label="Assistant name (replaces {{name}}, <name>, ...)", elem_id="data-name-field")
+        author_field = gr.Textbox("", label="Author (replaces {{author}}, <author>, ...)", elem_id="data-author-field")
+    return row, max_len, train_on_all, train_tool_calls, long_docs, system_mode, system_text, name_field, author_field
+
+
+def _save_section() -> tuple:
+    """Name, split and Save; `picked` hands the saved name to the shared state."""
+    with gr.Row():
+        name = gr.Textbox(label="Dataset name", placeholder="e.g. hinglish-chat", elem_id="data-name")
+        eval_split = gr.Slider(0, 0.5, value=0.1, step=0.01, label="Eval split", elem_id="data-eval-split")
+        seed = gr.Number(42, label="Split seed", precision=0, elem_id="data-seed")
+        overwrite = gr.Checkbox(False, label="Overwrite if the name exists", elem_id="data-overwrite")
+        save_btn = gr.Button("Save", variant="primary", elem_id="data-save")
+    saved = gr.Markdown(elem_id="data-save-result")
+    picked = gr.Dropdown(visible=False, allow_custom_value=True)  # the saved name, handed to the shared state
+    return name, eval_split, seed, overwrite, save_btn, saved, picked
+
+
 def build(shared: Shared) -> None:
     gr.Markdown("Upload a dataset (JSON, JSONL, CSV, TSV, Parquet, TXT) or load a sample. The format is detected "
                 "and every row is converted to one conversation schema, then shown through the model's chat "
@@ -299,54 +359,20 @@ def build(shared: Shared) -> None:
                              elem_id="data-cot-style", visible=False)  # shown for reasoning data only
         inspect_btn = gr.Button("Inspect", elem_id="data-inspect")
     evidence = gr.Markdown(elem_id="data-detected")
-    with gr.Accordion("Column mapping (format 'mapped')", open=False):
-        with gr.Row():
-            # Custom values allowed: a column name may be typed, and choices change with every file.
-            prompt = gr.Dropdown([NONE], value=NONE, label="Prompt column", allow_custom_value=True,
-                                 elem_id="data-map-prompt")
-            response = gr.Dropdown([NONE], value=NONE, label="Response column", allow_custom_value=True,
-                                   elem_id="data-map-response")
-            system = gr.Dropdown([NONE], value=NONE, label="System column (optional)", allow_custom_value=True,
-                                 elem_id="data-map-system")
+    prompt, response, system = _mapping_section()
     preview = gr.Dataframe(headers=["row", "turns", "system", "user", "assistant"], interactive=False, wrap=True,
                            label="Normalized preview (first rows)", elem_id="data-preview",
                            column_widths=["6%", "6%", "22%", "30%", "36%"])  # the text columns get the room
     counts = gr.Markdown(elem_id="data-counts")
-    with gr.Accordion("Problems (row, reason)", open=False, visible=False, elem_id="data-problems-box") as box:
-        problems = gr.Dataframe(headers=["row", "kind", "reason"], interactive=False, wrap=True,
-                                elem_id="data-problems")
-        problems_file = gr.File(label="Download problems.jsonl", elem_id="data-problems-file")
-    with gr.Row():
-        row = gr.Number(label="Row to show through the chat template", precision=0, elem_id="data-row")
-        max_len = gr.Number(_preset_max_len(shared), label="Max length (tokens)", precision=0, minimum=16,
-                            elem_id="data-max-len", info="The same as the preset's: longer rows are cut.")
-        train_on_all = gr.Checkbox(False, label="Train on everything (not only the answers)",
-                                   elem_id="data-train-on-all")
-        train_tool_calls = gr.Checkbox(True, label="Train the assistant's tool calls (tool results never)",
-                                       elem_id="data-train-tool-calls")
-        long_docs = gr.Radio([("split into chunks", "chunk"), ("cut (drop the rest)", "cut")], value="chunk",
-                             label="Raw text longer than the max length", elem_id="data-long-docs")
-    with gr.Row():
-        system_mode = gr.Radio(SYSTEM_CHOICES, value="keep", label="System prompt for rows without one",
-                               info="A row's own system turn always stays. The choice is saved with the dataset.",
-                               elem_id="data-system-mode")
-        system_text = gr.Textbox("", label="My own system prompt", placeholder="You are ...",
-                                 elem_id="data-system-text")
-        name_field = gr.Textbox("", label="Assistant name (replaces {{name}}, <name>, ...)", elem_id="data-name-field")
-        author_field = gr.Textbox("", label="Author (replaces {{author}}, <author>, ...)", elem_id="data-author-field")
+    box, problems, problems_file = _problems_section()
+    row, max_len, train_on_all, train_tool_calls, long_docs, system_mode, system_text, name_field, author_field = (
+        _render_options(shared))
     template = gr.HighlightedText(label="Chat template (trained tokens in green)", color_map=_TEMPLATE_COLORS,
                                   show_legend=True, elem_id="data-template")
     notes = gr.Markdown(elem_id="data-warning")
     plot = gr.BarPlot(label="Tokens per row", x="tokens", y="rows", elem_id="data-histogram")
     stats = gr.Markdown(elem_id="data-token-stats")
-    with gr.Row():
-        name = gr.Textbox(label="Dataset name", placeholder="e.g. hinglish-chat", elem_id="data-name")
-        eval_split = gr.Slider(0, 0.5, value=0.1, step=0.01, label="Eval split", elem_id="data-eval-split")
-        seed = gr.Number(42, label="Split seed", precision=0, elem_id="data-seed")
-        overwrite = gr.Checkbox(False, label="Overwrite if the name exists", elem_id="data-overwrite")
-        save_btn = gr.Button("Save", variant="primary", elem_id="data-save")
-    saved = gr.Markdown(elem_id="data-save-result")
-    picked = gr.Dropdown(visible=False, allow_custom_value=True)  # the saved name, handed to the shared state
+    name, eval_split, seed, overwrite, save_btn, saved, picked = _save_section()
 
     model_ref = shared.model_ref if shared.model_ref is not None else gr.Textbox(visible=False)
     choices = [system_mode, system_text, name_field, author_field, train_tool_calls, long_docs]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import gradio as gr
 import pandas as pd
@@ -160,6 +161,32 @@ Results are saved with each adapter's run and added to its card. **Next:** the *
 PPL_COLUMNS = ["model", "perplexity", "loss", "tokens", "rows"]
 
 
+def _pruning_section() -> SimpleNamespace:
+    """The pruning accordion's inputs, buttons and outputs (wired to their tasks in `build`)."""
+    with gr.Accordion("Pruning: SparseGPT vs magnitude", open=False):
+        gr.Markdown("Calibrates on the dataset's train split and measures held-out perplexity on its eval split; "
+                    "leave the dataset empty to use `builtin:pydoc` (Python's reference docs, offline).")
+        with gr.Row():
+            method = gr.Dropdown(["sparsegpt", "magnitude"], value="sparsegpt", label="Method")
+            level = gr.Textbox(value="0.5", label="Sparsity (0.5, 50% or 2:4)", elem_id="prune-level")
+            out_name = gr.Textbox(value="bundled-sparsegpt-50", label="Save as (exports/...)")
+            overwrite = gr.Checkbox(label="Overwrite")
+        prune_btn = gr.Button("Prune and save", elem_id="prune-btn")
+        prune_info = gr.Markdown(elem_id="prune-info")
+        with gr.Row():
+            levels = gr.Textbox(value="0 0.25 0.5 0.6 0.7 2:4", label="Sweep levels", elem_id="sweep-levels")
+            calib = gr.Slider(4, 128, value=16, step=4, label="Calibration samples (x128 tokens)")
+            eval_rows = gr.Slider(4, 256, value=16, step=4, label="Held-out rows")
+        sweep_btn = gr.Button("Run sweep", elem_id="sweep-btn")
+        sweep_table = gr.Dataframe(headers=["method", "sparsity", "perplexity"], label="Perplexity vs sparsity",
+                                   elem_id="sweep-table")
+        sweep_plot = gr.LinePlot(x="sparsity", y="perplexity", color="method", label="Perplexity vs sparsity")
+        sweep_info = gr.Markdown()
+    return SimpleNamespace(method=method, level=level, out_name=out_name, overwrite=overwrite, prune_btn=prune_btn,
+                           prune_info=prune_info, levels=levels, calib=calib, eval_rows=eval_rows, sweep_btn=sweep_btn,
+                           sweep_table=sweep_table, sweep_plot=sweep_plot, sweep_info=sweep_info)
+
+
 def build(shared: Shared) -> None:
     from studio.ui.tabs.chat import AS_TRAINED
 
@@ -197,38 +224,22 @@ def build(shared: Shared) -> None:
                                      gr.Dropdown(choices=list(c.adapters), value=_keep(chosen, c))),
                   [dataset, adapters], [adapters])
 
-    with gr.Accordion("Pruning: SparseGPT vs magnitude", open=False):
-        gr.Markdown("Calibrates on the dataset's train split and measures held-out perplexity on its eval split; "
-                    "leave the dataset empty to use `builtin:pydoc` (Python's reference docs, offline).")
-        with gr.Row():
-            method = gr.Dropdown(["sparsegpt", "magnitude"], value="sparsegpt", label="Method")
-            level = gr.Textbox(value="0.5", label="Sparsity (0.5, 50% or 2:4)", elem_id="prune-level")
-            out_name = gr.Textbox(value="bundled-sparsegpt-50", label="Save as (exports/...)")
-            overwrite = gr.Checkbox(label="Overwrite")
-        prune_btn = gr.Button("Prune and save", elem_id="prune-btn")
-        prune_info = gr.Markdown(elem_id="prune-info")
-        with gr.Row():
-            levels = gr.Textbox(value="0 0.25 0.5 0.6 0.7 2:4", label="Sweep levels", elem_id="sweep-levels")
-            calib = gr.Slider(4, 128, value=16, step=4, label="Calibration samples (x128 tokens)")
-            eval_rows = gr.Slider(4, 256, value=16, step=4, label="Held-out rows")
-        sweep_btn = gr.Button("Run sweep", elem_id="sweep-btn")
-        sweep_table = gr.Dataframe(headers=["method", "sparsity", "perplexity"], label="Perplexity vs sparsity",
-                                   elem_id="sweep-table")
-        sweep_plot = gr.LinePlot(x="sparsity", y="perplexity", color="method", label="Perplexity vs sparsity")
-        sweep_info = gr.Markdown()
+    prune = _pruning_section()
 
     actions = [(ppl_btn, run_perplexity, [model_ref, quant, dataset, adapters, max_rows], [ppl_table, saved],
                 "eval_perplexity"),
                (battery_btn, run_battery, [model_ref, quant, dataset, adapters, prompts, max_new],
                 [battery_table, rouge_table, files], "eval_battery"),
-               (prune_btn, run_prune, [model_ref, dataset, method, level, out_name, overwrite], prune_info, "prune"),
-               (sweep_btn, run_sweep, [model_ref, dataset, levels, calib, eval_rows],
-                [sweep_table, sweep_plot, sweep_info], "prune_sweep")]
+               (prune.prune_btn, run_prune, [model_ref, dataset, prune.method, prune.level, prune.out_name,
+                                             prune.overwrite], prune.prune_info, "prune"),
+               (prune.sweep_btn, run_sweep, [model_ref, dataset, prune.levels, prune.calib, prune.eval_rows],
+                [prune.sweep_table, prune.sweep_plot, prune.sweep_info], "prune_sweep")]
     for btn, fn, inputs, outputs, api in actions:  # no `cancels`: Stop asks the task, whose end the action shows
         cancellable(btn.click, fn, inputs, outputs, api, stop_btn)
     stop_btn.click(stop, None, None, api_name="eval_stop")
     seen = gr.State(None)  # "<task>:<state>" whose results this page has shown already
-    results = [ppl_table, saved, battery_table, rouge_table, files, prune_info, sweep_table, sweep_plot, sweep_info]
+    results = [ppl_table, saved, battery_table, rouge_table, files, prune.prune_info, prune.sweep_table,
+               prune.sweep_plot, prune.sweep_info]
     gr.Timer(WATCH_SEC).tick(watch, seen, [seen, task_info, stop_btn, *results], show_progress="hidden",
                              api_name="eval_task")
 

@@ -13,14 +13,15 @@ TITLE = "Model"
 
 
 def load(ref: str, quant: str, progress=gr.Progress()):
-    from studio.inference import get_engine
+    from studio.inference import serve_engine
     from studio.models import model_info
+    from studio.serving.snippets import model_id
 
-    try:  # the same engine the Chat tab uses: the base is loaded once for both tabs
-        engine = get_engine(ref, quant, progress=lambda f, m: progress(f, desc=m))
+    try:  # the same engine the Chat tab uses, and the one the app's /v1 API serves
+        engine = serve_engine(ref, quant, progress=lambda f, m: progress(f, desc=m))
     except StudioError as exc:
         raise gr.Error(str(exc)) from exc
-    info = model_info(engine.loaded)
+    info = {**model_info(engine.loaded), "API (/v1)": f"serves this model as '{model_id(ref)}' ({quant})"}
     rows = "\n".join(f"| {k} | {fmt.md(v, in_table=True)} |" for k, v in info.items())
     return f"| property | value |\n|---|---|\n{rows}"
 

@@ -98,8 +98,8 @@ def save_pairs(path: str, fmt: str, prompt: str, chosen: str, rejected: str, mod
                eval_split, seed, overwrite, progress=gr.Progress()):
     """Prepare and save the preference dataset by name; the api_name 'prepare_preference' event."""
     from studio.data import preference
+    from studio.data.store import list_datasets
     from studio.models import default_model_ref
-    from studio.ui.tabs.data import dataset_names
 
     if not path:
         raise gr.Error("Choose a file first: upload one, or load the preference sample.")
@@ -117,7 +117,7 @@ def save_pairs(path: str, fmt: str, prompt: str, chosen: str, rejected: str, mod
     c = meta["counts"]
     text = (f"Saved **{meta['name']}** (preference pairs): {c['train']:,} train and {c['eval']:,} eval pairs. "
             "Train it with method **dpo** or **orpo** in the Train tab.")
-    return text, gr.Dropdown(choices=dataset_names(), value=meta["name"])
+    return text, gr.Dropdown(choices=[m["name"] for m in list_datasets()], value=meta["name"])
 
 
 def build(path, model_ref, max_len, name, eval_split, seed, overwrite, dataset) -> None:

@@ -260,9 +260,9 @@ def what_will_train(current, settings) -> str:
 
 
 def _template_line(model_ref: str) -> str:
-    from studio.templates import describe_ref
+    from studio.models import describe_template
 
-    return fmt.md(describe_ref(model_ref))
+    return fmt.md(describe_template(model_ref))
 
 
 def build(shared: Shared) -> None:

@@ -1,4 +1,4 @@
-"""`python -m studio.bench [--quick] [--smoke] [--out FILE]`: the studio against plain HF + PEFT, in one run.
+"""`python -m benchmarks.train_bench [--quick] [--smoke] [--out FILE]`: the studio against plain HF + PEFT, in one run.
 
 Training. Each side trains the same LoRA on the same prepared dataset for the same number of steps,
 with the same batch, learning rate and seed, each in its own subprocess (so peak RSS is clean):
@@ -44,7 +44,7 @@ from studio.errors import StudioError
 
 ROOT = Path(__file__).resolve().parents[1]
 MEDICAL = ROOT / "assets" / "medical_demo.jsonl"
-SHAPES = Path(__file__).resolve().parent / "shapes"
+SHAPES = ROOT / "studio" / "shapes"
 LOSS_TOLERANCE = 0.05  # nats: the studio's held-out loss may be at most this much above the baseline's
 PACKING_TOLERANCE = 1e-3  # relative: padded and packed scoring of the same rows must agree this closely in fp32
 PROMPT = [{"role": "user", "content": "What are the typical symptoms of type 2 diabetes, and why do they happen?"}]
@@ -594,7 +594,7 @@ def run_child(kind: str, job: dict, workdir: Path, label: str, threads: int | No
         env["OMP_NUM_THREADS"] = str(threads)
     start = time.time()
     with open(log_file, "w", encoding="utf-8") as log:
-        code = subprocess.run([sys.executable, "-m", "studio.bench", "--child", str(job_file)], env=env,
+        code = subprocess.run([sys.executable, "-m", "benchmarks.train_bench", "--child", str(job_file)], env=env,
                               stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, timeout=CHILD_TIMEOUT_SEC).returncode
     if code != 0 or not result_file.is_file():
         tail = log_file.read_text(encoding="utf-8", errors="replace")[-3000:]
@@ -784,7 +784,7 @@ def run(quick: bool, smoke: bool, out: Path, model_ref: str = "bundled", threads
     workdir = Path(tempfile.mkdtemp(prefix="studio-bench-"))
     saved_workspace = os.environ.get("STUDIO_WORKSPACE")
     os.environ["STUDIO_WORKSPACE"] = str(workdir / "workspace")  # runs and datasets stay out of the user's lists
-    results: dict = {"command": " ".join(["python -m studio.bench", *sys.argv[1:]]), "machine": machine(),
+    results: dict = {"command": " ".join(["python -m benchmarks.train_bench", *sys.argv[1:]]), "machine": machine(),
                      "loss_tolerance": LOSS_TOLERANCE, "threads": threads, "workloads": []}
     try:
         workloads = cpu_workloads(model_ref, quick, smoke, hardware().cpu_bf16, steps) if not cuda else []
@@ -808,7 +808,7 @@ def run(quick: bool, smoke: bool, out: Path, model_ref: str = "bundled", threads
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m studio.bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.train_bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps: under 10 minutes on 2 CPU cores")
     parser.add_argument("--smoke", action="store_true", help="2 steps, 4 tokens: checks the harness runs (tests)")
     parser.add_argument("--out", default="bench-results.json", help="JSON results; the tables go to the .md beside")
