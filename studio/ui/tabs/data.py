@@ -257,6 +257,13 @@ def saved_table() -> pd.DataFrame:
     return pd.DataFrame(rows, columns=SAVED_COLUMNS)
 
 
+def _saved_list(shared: Shared) -> None:
+    """The saved datasets, kept current: a dataset saved here or elsewhere shows up, after a reload too."""
+    saved_list = gr.Dataframe(saved_table(), label="Saved datasets (pick one in the Train and Evaluate tabs)",
+                              interactive=False, elem_id="data-saved-list", max_height=220)
+    shared.follow(lambda c: saved_table(), [saved_list])
+
+
 def dataset_names() -> list[str]:
     from studio.data.store import list_datasets
 
@@ -341,9 +348,7 @@ def build(shared: Shared) -> None:
     gr.Markdown("Upload a dataset (JSON, JSONL, CSV, TSV, Parquet, TXT) or load a sample. The format is detected "
                 "and every row is converted to one conversation schema, then shown through the model's chat "
                 "template with the trained tokens highlighted. Save it by name for the Train tab.")
-    saved_list = gr.Dataframe(saved_table(), label="Saved datasets (pick one in the Train and Evaluate tabs)",
-                              interactive=False, elem_id="data-saved-list", max_height=220)
-    shared.follow(lambda c: saved_table(), [saved_list])  # a dataset saved (here or elsewhere) shows up
+    _saved_list(shared)
     with gr.Row():
         upload = gr.File(label="Upload", file_types=[".json", ".jsonl", ".csv", ".tsv", ".parquet", ".txt"],
                          type="filepath", elem_id="data-upload", scale=2)
