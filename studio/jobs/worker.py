@@ -20,6 +20,7 @@ from pathlib import Path
 from studio.config import RunSpec, load_yaml, to_dict
 from studio.errors import RunError, StudioError
 from studio.jobs import process
+from studio.jobs.eta import EtaEstimator
 from studio.jobs.events import (
     HEARTBEAT_SEC,
     STOP_FILE,
@@ -377,6 +378,16 @@ def use_liger(spec: RunSpec) -> bool:
 # ---------------------------------------------------------------- the callback
 
 
+def eta_fields(eta) -> dict:
+    """status.json's time-left fields: the estimate and, while few steps are timed, its range."""
+    if eta is None:
+        return {}
+    fields = {"eta_sec": round(eta.seconds, 1), "eta_low_sec": None, "eta_high_sec": None}
+    if eta.uncertain:
+        fields.update(eta_low_sec=round(eta.low, 1), eta_high_sec=round(eta.high, 1))
+    return fields
+
+
 def make_callback(run_dir: Path, status: Status, is_main: bool):
     import torch
     from transformers import TrainerCallback
@@ -391,10 +402,12 @@ def make_callback(run_dir: Path, status: Status, is_main: bool):
 
         def on_train_begin(self, args, state, control, **kwargs):
             self.t0, self.step0, self.tokens0 = time.time(), state.global_step, state.num_input_tokens_seen
+            self.eta = EtaEstimator(state.global_step, self.t0)  # from recent steps, not the run's average
             status.update(state="running", step=state.global_step, total_steps=state.max_steps)
 
         def on_step_end(self, args, state, control, **kwargs):
-            status.update(step=state.global_step)
+            self.eta.step(state.global_step, time.time())
+            status.update(step=state.global_step, **eta_fields(self.eta.estimate(state.max_steps)))
             if _stop_requested(run_dir, args.device):
                 self.stop_agreed = True
                 status.update(state="stopping", message="Saving a checkpoint, then stopping.")
@@ -405,18 +418,22 @@ def make_callback(run_dir: Path, status: Status, is_main: bool):
             if not is_main or not logs or ("loss" not in logs and "eval_loss" not in logs):
                 return  # the end-of-training summary repeats what is already logged
             elapsed = max(time.time() - self.t0, 1e-6)
-            done = state.global_step - self.step0
             tokens = logs.get("num_input_tokens_seen", state.num_input_tokens_seen) - self.tokens0
             memory = (torch.cuda.max_memory_allocated() / 2**20) if torch.cuda.is_available() else rss_mb()
             event = {"type": "log", "step": state.global_step, "epoch": round(state.epoch or 0, 4),
                      "loss": logs.get("loss"), "eval_loss": logs.get("eval_loss"),
                      "lr": logs.get("learning_rate"), "grad_norm": logs.get("grad_norm"),
                      "tokens_per_sec": round(tokens / elapsed, 1), "memory_mb": round(memory, 1),
-                     "eta_sec": round((state.max_steps - state.global_step) * elapsed / done, 1) if done else None}
+                     "eta_sec": eta_fields(self.eta.estimate(state.max_steps)).get("eta_sec")}
             event.update(preference_log_fields(logs))  # dpo / orpo: reward margin and accuracy, train and eval
             append_event(run_dir, {k: v for k, v in event.items() if v is not None})
-            status.update(step=state.global_step, total_steps=state.max_steps,
-                          eta_sec=event["eta_sec"], tokens_per_sec=event["tokens_per_sec"])
+            status.update(step=state.global_step, total_steps=state.max_steps, tokens_per_sec=event["tokens_per_sec"])
+
+        def on_evaluate(self, args, state, control, **kwargs):
+            self.eta.pause(time.time())  # an evaluation is not a slow step
+
+        def on_save(self, args, state, control, **kwargs):
+            self.eta.pause(time.time())
 
     return StudioCallback()
 

@@ -21,9 +21,11 @@ def api_snippet(adapter: str | None, ref: str, base_url: str = "http://127.0.0.1
     keyed = bool(os.environ.get("STUDIO_API_KEYS"))
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 128})
     auth = ' \\\n  -H "Authorization: Bearer $STUDIO_API_KEY"' if keyed else ""
-    key = 'os.environ["STUDIO_API_KEY"]' if keyed else '"none"  # set STUDIO_API_KEYS on the server to require keys'
+    key = 'os.environ["STUDIO_API_KEY"]' if keyed else '"none"'
+    # a comment of its own line: after `api_key=...` it would swallow the closing parenthesis
+    note = "" if keyed else "# any key works until the server sets STUDIO_API_KEYS\n"
     curl = f"curl {base_url}/chat/completions \\\n  -H \"Content-Type: application/json\"{auth} \\\n  -d '{body}'"
-    python = (f"import os\nfrom openai import OpenAI\n\nclient = OpenAI(base_url=\"{base_url}\", api_key={key})\n"
+    python = (f"import os\nfrom openai import OpenAI\n\n{note}client = OpenAI(base_url=\"{base_url}\", api_key={key})\n"
               f"reply = client.chat.completions.create(\n    model=\"{model}\",\n"
               f"    messages=[{{\"role\": \"user\", \"content\": \"Hello!\"}}],\n    max_tokens=128,\n)\n"
               f"print(reply.choices[0].message.content)")

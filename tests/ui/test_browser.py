@@ -2,11 +2,13 @@
 against the app launched as `make run` launches it, on a fresh workspace and the bundled model:
 
 model (the default follows the hardware) -> data (upload, detected, saved) -> presets (the machine's preset,
-estimate) -> train (a short run to the end) -> chat (the new adapter already offered on the right, base vs
-tuned) -> evaluate (perplexity base vs tuned) -> export (merged model) -> reload (everything still there).
+estimate) -> train (two short runs back to back under the suggested names, the second stopped and resumed)
+-> chat (the new adapter already offered on the right, the question shown at once, base vs tuned) -> evaluate
+(perplexity base vs tuned) -> export (merged model) -> reload (everything still there).
 
-On every tab it checks the shared state line at the top and the tab's own picks, that no raw float
-(5.092022895812988) is on screen, and at the end that the browser logged no console error. Each step saves a
+On every tab it checks the shared state line at the top and the tab's own picks (the adapter in focus is the
+same in every tab), that no raw float (5.092022895812988) is on screen, and at the end that the browser logged
+no console error and no warning. Each step saves a
 screenshot in test-artifacts/browser/ (docs/images/walk-*.png are copies). The steps share one page and run in
 file order; a failed step makes the later ones fail too. Teardown kills every worker the app started.
 """
@@ -29,14 +31,13 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 VIEWPORT = {"width": 1400, "height": 1000}
 SAMPLE = ROOT / "assets" / "hinglish_demo.jsonl"
 DATASET = "hinglish-walk"
-RUN = "walk-run"
-ADAPTER = f"run:{RUN}"
+RUNS: list[str] = []  # the two runs' names, as the Train tab suggested them (nothing typed)
 MAX_STEPS = 5  # a short run: the walk is about the path, not the model (seq 64, 1 row a step: ~1-3 s a step idle)
 SEQ_LEN = 64
 # Generous: on a 2-core machine shared with other jobs a model load alone can take a minute.
 LONG_MS = 1_200_000
 PROMPT = "Chai banane ka sahi tarika kya hai?"  # a question of the Hinglish sample
-RAW_FLOAT = re.compile(r"\d\.\d{6,}")  # 5.092022895812988, 0.000178914...: what people should never read
+RAW_FLOAT = re.compile(r"\d\.0*[1-9]\d{5,}")  # 5.092022895812988, 0.000178914...: 6+ significant digits
 NOISE = ("Warning", "warnings.warn", "kernels")  # library notices the log tail must not show
 
 # Outside CI a developer without chromium may skip it; in CI (.ci/run installs chromium) it must run.
@@ -73,17 +74,39 @@ def page(app):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         page = browser.new_page(viewport=VIEWPORT)
-        page.console_errors = []
+        page.console_errors, page.console_warnings = [], []
         page.on("console", lambda m: m.type == "error" and page.console_errors.append(m.text))
+        page.on("console", lambda m: m.type == "warning" and page.console_warnings.append(m.text))
         page.on("pageerror", lambda e: page.console_errors.append(str(e)))
         page.set_default_timeout(90_000)
         page.goto(app[0])
         page.wait_for_selector("#current-state")
+        settled(page)
         yield page
         browser.close()
 
 
 # ---------------------------------------------------------------- helpers
+
+
+# Warnings Gradio's own frontend logs whatever an app does (checked in gradio 6.31's bundle): its client's
+# EventSource stand-in warns on close(), and its native gr.BarPlot / gr.LinePlot write their spec as Vega-Lite
+# v5.17.0 and draw it with the vega-lite 6 they bundle (which also notes the band scale of their bars, and drops
+# the "fit" autosize Gradio sets on a bar chart's discrete x axis). The app's own chart (the loss curve, gr.Plot)
+# is marked Vega-Lite 5 for the vega-embed that draws it: it logs nothing.
+GRADIO_OWN = ("Method not implemented.", "The input spec uses Vega-Lite v5.17.0, but the current version of "
+              "Vega-Lite is v6", "band scale", 'Dropping "fit-x" because spec has discrete width')
+
+
+def app_warnings(page) -> list[str]:
+    return [w for w in page.console_warnings if not any(known in w for known in GRADIO_OWN)]
+
+
+def settled(page) -> None:
+    """Let the page-load events (lists read from disk, a fresh run name) land, as a person reads before typing:
+    tabs not shown yet are not in the page, so there is nothing to wait on but time."""
+    page.wait_for_load_state("load")
+    page.wait_for_timeout(3000)
 
 
 def shot(page, name: str, selector: str | None = None) -> Path:
@@ -132,6 +155,24 @@ def progress(page) -> dict:
         return el ? {state: el.dataset.state, step: Number(el.dataset.step)} : {}; }""")
 
 
+def run() -> str:
+    return RUNS[-1]  # the newest run: its adapter is the one in focus
+
+
+def adapter() -> str:
+    return f"run:{run()}"
+
+
+def status_lines(page) -> list[str]:
+    """Every status line about a run the Train tab shows (one per run: replaced, not stacked)."""
+    return page.locator("#train-progress").all_inner_texts()
+
+
+def wait_progress(page, state_: str, step: int | None = None, timeout_ms: int = LONG_MS) -> None:
+    page.wait_for_function("""([s, n]) => { const p = document.querySelector('#train-progress')?.dataset;
+        return p?.state === s && (n === null || Number(p.step) >= n); }""", arg=[state_, step], timeout=timeout_ms)
+
+
 # ---------------------------------------------------------------- the walk
 
 
@@ -159,6 +200,7 @@ def test_2_data_upload_inspect_and_save(page):
     page.locator("#data-upload input[type=file]").set_input_files(str(SAMPLE))
     page.wait_for_selector("#data-detected:has-text('Detected format: openai')", timeout=180_000)
     assert "106 rows read: 106 ok" in page.inner_text("#data-counts")
+    assert not page.locator("#data-problems-box").is_visible()  # no problems: no empty Problems box
     assert not page.locator("#data-cot-style").is_visible()  # chat data: not relevant, not shown
     assert value(page, "data-max-len") == "512"  # the same max length as the preset
     shot(page, "walk-02-data-detected", "#data-detected")
@@ -176,6 +218,11 @@ def test_3_presets_the_machines_preset_and_its_estimate(page):
     assert value(page, "preset-name") == "cpu" and state(page)["preset"] == "cpu"
     page.wait_for_selector("#preset-verdict:has-text('Fits')")
     page.wait_for_selector("#preset-bar canvas, #preset-bar svg")
+    page.get_by_text("Advanced (a beginner can leave these)").click()
+    ckpt = page.locator("#preset-ckpt").inner_text()
+    assert "decided at start" in ckpt and "off" in ckpt, ckpt  # what runs on this CPU, not only what is written
+    assert "Decided at start" in page.inner_text("#preset-batch")  # rows per pass too
+    page.get_by_text("Advanced (a beginner can leave these)").click()
     no_raw_floats(page)
     shot(page, "walk-04-presets", "#preset-name")
     # Short rows and one row per step keep this run to seconds a step on 2 cores; the estimate follows.
@@ -195,47 +242,93 @@ def test_4_train_picks_the_dataset_and_runs_to_the_end(page, app):
     assert DATASET in summary and "bundled" in summary and "fp32" in summary
     assert "No run selected yet" in page.inner_text("#train-progress")
     assert page.locator("#train-stop").is_disabled() and page.locator("#train-resume").is_disabled()
+    assert "0 = the preset's 60" in page.inner_text("#train-max-steps")  # the number itself, not "the preset's"
     shot(page, "walk-05-train-ready", "#train-summary")
-    fill(page, "train-name", RUN)
+    RUNS.append(value(page, "train-name"))  # the suggested name: nothing typed
+    assert re.fullmatch(r"run-\d{4}-\d{4}(-\d+)?", RUNS[0]), RUNS
     fill(page, "train-max-steps", str(MAX_STEPS))
+    page.get_by_text("Settings for the next run", exact=False).first.click()  # the settings box: the typed steps
+    page.wait_for_function("() => /max_steps\\W+5\\b/.test(document.querySelector('#train-settings').innerText)")
     page.click("#train-start")
-    wait_state(page, "run", RUN)
-    page.wait_for_function("() => document.querySelector('#train-progress')?.dataset.state === 'completed'",
-                           timeout=LONG_MS)
+    wait_state(page, "run", RUNS[0])
+    page.wait_for_function("v => document.querySelector('#train-name textarea, #train-name input').value !== v",
+                           arg=RUNS[0])  # a fresh name is suggested at once for the next run
+    wait_progress(page, "completed")
     assert progress(page) == {"state": "completed", "step": MAX_STEPS}
     assert "Next:" in page.inner_text("#train-progress")
     page.wait_for_selector("#train-loss path[aria-roledescription='line mark']")  # a drawn line
     page.wait_for_selector("#train-loss path[aria-roledescription='point']")  # and its points (a single eval one)
     page.wait_for_function("() => document.querySelector('#train-stop button, button#train-stop')?.disabled")
     assert page.locator("#train-resume").is_disabled() and not page.locator("#train-delete").is_disabled()
+    assert not page.locator("#train-preference").is_visible()  # an SFT run: no empty DPO plot
     log = value(page, "train-log")
     assert log.strip() and not [n for n in NOISE if n in log], log
+    # the log in words: step, loss, learning rate, speed, passes over the data; no Python dicts
+    assert re.search(rf"step {MAX_STEPS} of {MAX_STEPS} · loss [\d.]+ · lr [^·]+ · [\d,]+ tokens/s · epoch [\d.]+ of",
+                     log), log
+    assert "'learning_rate'" not in log and "{" not in log
     # the log box shows its newest line (once the last update is laid out)
     page.wait_for_function("""() => { const t = document.querySelector('#train-log textarea');
         return t.scrollTop + t.clientHeight >= t.scrollHeight - 4; }""",
                            timeout=15_000)
     stats = page.inner_text("#train-stats")
-    assert "loss" in stats and DATASET in stats
+    assert "loss" in stats and DATASET in stats and "learning rate 0 " not in stats + " "
+    assert len(status_lines(page)) == 1
     no_raw_floats(page)
     _, ws = app
-    assert (ws / "runs" / RUN / "adapter" / "adapter_model.safetensors").is_file()
+    assert (ws / "runs" / RUNS[0] / "adapter" / "adapter_model.safetensors").is_file()
     shot(page, "walk-06-train-completed", "#train-progress")
+
+
+def test_4b_a_second_run_without_typing_a_name_stopped_and_resumed(page, app):
+    """The returning user's second run: the suggested name is fresh, Start just works; Stop and Resume keep one
+    status line; then every tab agrees on the new adapter."""
+    name = value(page, "train-name")
+    assert name and name != RUNS[0], (name, RUNS)
+    RUNS.append(name)
+    fill(page, "train-max-steps", str(MAX_STEPS + 1))  # one more step: room to press Stop halfway
+    page.click("#train-start")
+    wait_state(page, "run", name)
+    wait_progress(page, "running", 1)
+    shot(page, "walk-06b-second-run-running", "#train-progress")
+    page.click("#train-stop")
+    wait_progress(page, "stopped")
+    assert len(status_lines(page)) == 1 and "stopping" not in page.inner_text("#train-progress-box")
+    page.click("#train-resume")
+    wait_progress(page, "completed")
+    lines = status_lines(page)
+    assert len(lines) == 1 and lines[0].startswith("completed") and "running" not in lines[0], lines
+    log = value(page, "train-log")
+    assert "stopped at step" in log and "resumed from the checkpoint of step" in log, log
+    wait_state(page, "adapter", adapter())
+    no_raw_floats(page)
+    shot(page, "walk-06c-second-run-completed", "#train-progress")
 
 
 def test_5_chat_offers_the_new_adapter_without_a_refresh(page):
     tab(page, "Chat")
-    wait_state(page, "adapter", ADAPTER)
-    assert value(page, "chat-right-adapter") == ADAPTER  # preselected: no Refresh click anywhere
+    wait_state(page, "adapter", adapter())
+    assert value(page, "chat-right-adapter") == adapter()  # preselected: no Refresh click anywhere
     assert value(page, "chat-left-adapter") == "(base)"
+    page.locator("#chat-mode").get_by_text("Chat", exact=True).click()
+    page.wait_for_selector("#chat-adapter", state="visible")
+    assert value(page, "chat-adapter") == adapter()  # Chat mode talks to the same adapter as the header's
+    page.locator("#chat-mode").get_by_text("Compare", exact=True).click()
+    page.wait_for_selector("#chat-right-adapter", state="visible")
     assert value(page, "chat-precision") == "as the adapter was trained"
     fill(page, "chat-prompt", PROMPT)
     page.click("#chat-send")
+    # the question is in both panes at once, with a thinking marker until the first token (the base still loads)
+    page.wait_for_selector("#chat-right :text('thinking…')", timeout=10_000)
+    assert PROMPT in page.locator("#chat-right").inner_text() and PROMPT in page.locator("#chat-left").inner_text()
+    assert "Both answers" not in page.inner_text("#chat-swap-ms")  # before the answer, not after it
+    shot(page, "walk-07a-chat-thinking", "#chat-left-adapter")
     page.wait_for_selector("#chat-swap-ms:has-text('Both answers')", timeout=LONG_MS)
     status = page.inner_text("#chat-swap-ms")
-    assert f"base in fp32, as {ADAPTER} was trained" in status and "set_adapter" not in status
+    assert f"base in fp32, as {adapter()} was trained" in status and "set_adapter" not in status
     left = page.locator("#chat-left .bot").last.inner_text()
     right = page.locator("#chat-right .bot").last.inner_text()
-    assert left.strip() and right.strip()
+    assert left.strip() and right.strip() and "thinking…" not in right
     no_raw_floats(page)
     shot(page, "walk-07-chat-compare", "#chat-left-adapter")
 
@@ -243,15 +336,16 @@ def test_5_chat_offers_the_new_adapter_without_a_refresh(page):
 def test_6_evaluate_base_vs_tuned(page, app):
     tab(page, "Evaluate")
     assert value(page, "eval-dataset") == DATASET
-    assert ADAPTER in page.inner_text("#eval-adapters")  # the adapter in focus is chosen already
+    chosen = page.inner_text("#eval-adapters")
+    assert adapter() in chosen and chosen.count("run:") == 1, chosen  # the adapter in focus, only it
     assert page.locator("#eval-stop").is_disabled()
     page.click("#eval-ppl-btn")
     page.wait_for_selector("#eval-saved:has-text('Saved')", timeout=LONG_MS)
     table = page.inner_text("#eval-ppl")
-    assert "base" in table and ADAPTER in table
+    assert "base" in table and adapter() in table
     page.wait_for_function("() => document.querySelector('#eval-stop')?.disabled")
     _, ws = app
-    saved = json.loads(sorted((ws / "runs" / RUN / "eval").glob("perplexity-*.json"))[-1].read_text())
+    saved = json.loads(sorted((ws / "runs" / run() / "eval").glob("perplexity-*.json"))[-1].read_text())
     assert saved["quant"] == "fp32"  # the base as the adapter was trained, not a silent 4-bit load
     no_raw_floats(page)
     shot(page, "walk-08-evaluate", "#eval-dataset")
@@ -259,37 +353,46 @@ def test_6_evaluate_base_vs_tuned(page, app):
 
 def test_7_export_merge_the_adapter(page, app):
     tab(page, "Export")
-    assert value(page, "export-adapter") == ADAPTER
+    assert value(page, "export-adapter") == adapter()
+    assert value(page, "export-name") == f"{run()}-merged"  # the default name comes from the adapter
     assert page.locator("#export-cancel").is_disabled()
-    fill(page, "export-name", "walk-merged")
     page.click("#export-merge-btn")
     page.wait_for_selector("#export-result:has-text('Merged model')", timeout=LONG_MS)
     _, ws = app
-    assert (ws / "exports" / "walk-merged" / "config.json").is_file()
-    assert list((ws / "exports" / "walk-merged").glob("*.safetensors"))
+    assert (ws / "exports" / f"{run()}-merged" / "config.json").is_file()
+    assert list((ws / "exports" / f"{run()}-merged").glob("*.safetensors"))
     no_raw_floats(page)
     shot(page, "walk-09-export", "#export-result")
 
 
 def test_8_reload_keeps_everything_and_no_console_errors(page, app):
     assert page.console_errors == [], page.console_errors  # nothing up to here
+    assert app_warnings(page) == [], app_warnings(page)[:5]  # the charts' version warning included
     # Leave, then come back: requests still open when a page goes away are aborted by the browser, and the
     # old page logs them ("AbortError", "Connection errored out") whatever the app does; the new page's count.
     page.goto("about:blank")
     page.wait_for_timeout(500)
     page.console_errors.clear()
+    page.console_warnings.clear()
     page.goto(app[0])
     page.wait_for_selector("#current-state")
-    wait_state(page, "run", RUN)
+    wait_state(page, "run", run())
     s = state(page)
-    assert (s["dataset"], s["run"], s["adapter"]) == (DATASET, RUN, ADAPTER)
+    assert (s["dataset"], s["run"], s["adapter"]) == (DATASET, run(), adapter())
     tab(page, "Train")
     page.wait_for_function("() => document.querySelector('#train-progress')?.dataset.state === 'completed'",
                            timeout=30_000)
-    assert value(page, "train-run") == RUN and value(page, "train-dataset") == DATASET  # no typing needed
+    assert value(page, "train-run") == run() and value(page, "train-dataset") == DATASET  # no typing needed
+    assert value(page, "train-name") not in RUNS  # a fresh name after the reload too
     tab(page, "Chat")
-    assert value(page, "chat-right-adapter") == ADAPTER
+    assert value(page, "chat-right-adapter") == adapter()
+    tab(page, "Data")  # the saved datasets are listed after a reload
+    # (the table also keeps hidden copies of its cells for measuring: read its text, not a cell's visibility)
+    page.wait_for_function("v => document.querySelector('#data-saved-list')?.innerText.includes(v)", arg=DATASET,
+                           timeout=30_000)
+    shot(page, "walk-09b-data-after-reload", "#data-saved-list")
     assert page.console_errors == [], page.console_errors
+    assert app_warnings(page) == [], app_warnings(page)[:5]
 
 
 DPO_DATASET = "prefs-walk"
@@ -327,3 +430,4 @@ def test_9_preference_pairs_then_a_dpo_run(page, app):
     no_raw_floats(page)
     shot(page, "walk-11-dpo-completed", "#train-progress")
     assert page.console_errors == [], page.console_errors
+    assert app_warnings(page) == [], app_warnings(page)[:5]

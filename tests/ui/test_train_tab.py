@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
@@ -18,7 +19,8 @@ def client(app_url):
 
 
 def _status(client, run):
-    table, progress, stats, plot, log = client.predict(run, api_name="/run_status")
+    table, progress, stats, plot, log, raw = client.predict(run, api_name="/run_status")
+    assert "'learning_rate'" not in log  # the log in words; the worker's own lines sit behind a toggle
     return table, progress, stats, plot, log
 
 
@@ -46,6 +48,9 @@ def test_start_see_events_and_stop(client, app_workspace, tiny_model_dir, tmp_pa
     else:
         assert axis["tickMinStep"] == 1
     assert "Warning" not in log and "kernels" not in log  # library noise stays in worker.log
+    words = r"step \d+ of 400 · loss [\d.]+ · lr [^·]+ · [\d,]+ tokens/s · epoch [\d.]+ of [\d.]+"
+    assert re.search(words, log), log
+    assert chart["$schema"].endswith("/vega-lite/v5.json")  # the version Gradio's vega-embed draws: no warning
     assert "ui-run" in str(table["data"])
     with pytest.raises(Exception, match="already exists"):
         client.predict("ui-run", data, str(tiny_model_dir), 4, 1, api_name="/start_training")

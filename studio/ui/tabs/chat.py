@@ -28,6 +28,7 @@ ASSETS = Path(__file__).resolve().parents[3] / "assets"
 SAMPLE_FILES = ("medical_demo.jsonl", "hinglish_demo.jsonl")
 EXAMPLES_PER_SAMPLE = 3  # a few prompts from each sample: enough to try, short enough to scan
 GENERATING = "Generating..."  # shown under the panes while tokens stream
+THINKING = "thinking…"  # the answer's place until its first token (loading the base and adapter included)
 CARD_COLUMNS = ["name", "source", "base_model", "dataset", "r", "alpha", "created", "metrics"]
 
 
@@ -121,6 +122,11 @@ def _user_turn(system: str, history: list[dict], prompt: str) -> list[dict]:
     return head + turns + [{"role": "user", "content": prompt or ""}]
 
 
+def thinking() -> dict:
+    """The assistant's turn before its first token: a pending marker Gradio's Chatbot draws with a spinner."""
+    return {"role": "assistant", "content": "", "metadata": {"title": THINKING, "status": "pending"}}
+
+
 def _text(content) -> str:
     """Chatbot messages may hold a string or a list of {type: text, text: ...} parts."""
     if isinstance(content, list):
@@ -135,14 +141,15 @@ def compare(ref, quant, left, right, prompt, system, max_new, temperature, top_p
             left_history, right_history, progress=gr.Progress()):
     """Stream left and right answers to the same prompt at once. Each prompt is asked fresh (with the
     system prompt, without history), so both sides see exactly the same input."""
+    asked = [*(left_history or []), {"role": "user", "content": prompt}]
+    asked_right = [*(right_history or []), {"role": "user", "content": prompt}]
+    yield asked + [thinking()], asked_right + [thinking()], GENERATING, ""  # the question shows at once
     try:
         settings = _settings(max_new, temperature, top_p, top_k, repetition, seed)
         quant, note = precision_for(quant, right, left)
         engine = _engine(ref, quant, progress)
         messages = _user_turn(system, [], prompt)
         stats: dict = {}
-        asked = [*(left_history or []), {"role": "user", "content": prompt}]
-        asked_right = [*(right_history or []), {"role": "user", "content": prompt}]
         left_out, right_out = asked, asked_right
         for left_text, right_text in engine.compare(messages, settings, _adapter(left), _adapter(right), stats):
             left_out = asked + [{"role": "assistant", "content": left_text}]
@@ -159,12 +166,13 @@ def compare(ref, quant, left, right, prompt, system, max_new, temperature, top_p
 def chat(ref, quant, adapter, prompt, system, max_new, temperature, top_p, top_k, repetition, seed, history,
          progress=gr.Progress()):
     """Multi-turn chat with one adapter (or the base): the whole conversation goes through the template."""
+    shown = [*(history or []), {"role": "user", "content": prompt}]
+    yield shown + [thinking()], GENERATING, ""  # the question shows at once, the answer's place marked
     try:
         settings = _settings(max_new, temperature, top_p, top_k, repetition, seed)
         quant, note = precision_for(quant, adapter)
         engine = _engine(ref, quant, progress)
         messages = _user_turn(system, history, prompt)
-        shown = [*(history or []), {"role": "user", "content": prompt}]
         stats: dict = {}
         text = ""
         for piece in engine.answer(messages, settings, _adapter(adapter), stats=stats):
@@ -371,7 +379,7 @@ def _panes(both: list[str], adapter: str | None) -> tuple:
             left_pane = gr.Chatbot(label="Left", elem_id="chat-left", buttons=["copy", "copy_all"], height=380)
             right_pane = gr.Chatbot(label="Right", elem_id="chat-right", buttons=["copy", "copy_all"], height=380)
     with gr.Group(visible=False) as chat_group:
-        single_adapter = gr.Dropdown(both, value=BASE_LABEL, label="Adapter", elem_id="chat-adapter",
+        single_adapter = gr.Dropdown(both, value=adapter or BASE_LABEL, label="Adapter", elem_id="chat-adapter",
                             allow_custom_value=True)
         single_pane = gr.Chatbot(label="Chat", elem_id="chat-single", buttons=["copy", "copy_all"], height=420)
     return mode, compare_group, chat_group, left, right, single_adapter, left_pane, right_pane, single_pane
@@ -459,10 +467,12 @@ def build(shared: Shared) -> None:
     api_chat.click(chat, [*base, single_adapter, prompt, system, *gen, single_pane], [single_pane, swap_ms, prompt],
                    api_name="chat")
     run_inputs = [mode, *base, left, right, single_adapter, prompt, system, *gen, left_pane, right_pane, single_pane]
-    send.click(run_mode, run_inputs, panes, api_visibility="private")
-    prompt.submit(run_mode, run_inputs, panes, api_visibility="private")
+    # the load progress shows under the panes, never over them: the question stays readable from the first moment
+    shown = {"api_visibility": "private", "show_progress_on": [swap_ms]}
+    send.click(run_mode, run_inputs, panes, **shown)
+    prompt.submit(run_mode, run_inputs, panes, **shown)
     retry.click(retry_mode, [mode, left_pane, right_pane, single_pane], [prompt, left_pane, right_pane, single_pane],
-                api_visibility="private").success(run_mode, run_inputs, panes, api_visibility="private")
+                api_visibility="private").success(run_mode, run_inputs, panes, **shown)
     clear.click(lambda: ([], [], [], ""), None, [left_pane, right_pane, single_pane, swap_ms], api_name="clear_chat")
     mode.change(show_mode, mode, [compare_group, chat_group], api_visibility="private")
     load_btn.click(load_adapters, [*base, to_load], load_info, api_name="load_adapters")
@@ -472,16 +482,18 @@ def build(shared: Shared) -> None:
 
     _wire_registry(shared, reg, [reg.table, reg.picked, to_load, left, right, single_adapter])
     # the adapter picked on the right is the one in focus (Evaluate, Export)
-    right.input(lambda c, name: shared.set("adapter")(c, name) if _adapter(name) else gr.skip(),
-                [shared.current, right], shared.current)
-    shared.follow(follow_current, [right, left, single_adapter, to_load, reg.picked, reg.table],
-                  [left, single_adapter])
+    for picker in (right, single_adapter):  # the adapter picked here is the one in focus everywhere
+        picker.input(lambda c, name: shared.set("adapter")(c, name) if _adapter(name) else gr.skip(),
+                     [shared.current, picker], shared.current)
+    shared.follow(follow_current, [right, left, single_adapter, to_load, reg.picked, reg.table], [left])
 
 
-def follow_current(current, left, single):
-    """New adapters show up in every list; the adapter in focus (a run that just finished) goes on the right."""
+def follow_current(current, left):
+    """New adapters show up in every list; the adapter in focus (the header's, a run that just finished) is the
+    one on the right in Compare and the one Chat mode talks to."""
     both = [BASE_LABEL, *current.adapters]
-    left, single = (value if value in both else BASE_LABEL for value in (left, single))
-    return (gr.Dropdown(choices=both, value=current.adapter or BASE_LABEL), gr.Dropdown(choices=both, value=left),
-            gr.Dropdown(choices=both, value=single), gr.CheckboxGroup(choices=list(current.adapters)),
+    left = left if left in both else BASE_LABEL
+    focus = current.adapter or BASE_LABEL
+    return (gr.Dropdown(choices=both, value=focus), gr.Dropdown(choices=both, value=left),
+            gr.Dropdown(choices=both, value=focus), gr.CheckboxGroup(choices=list(current.adapters)),
             gr.Dropdown(choices=list(current.adapters), value=current.adapter), registry_table())

@@ -241,6 +241,29 @@ def save(path, fmt, prompt, response, system, cot_style, model_ref, name, max_le
     return text, meta["name"]
 
 
+SAVED_COLUMNS = ["name", "kind", "format", "train rows", "eval rows", "max length", "model", "created"]
+
+
+def saved_table() -> pd.DataFrame:
+    """Every saved dataset, newest first: what the Train and Evaluate tabs offer."""
+    from studio.data.store import list_datasets
+
+    metas = sorted(list_datasets(), key=lambda m: str(m.get("created") or ""), reverse=True)
+    rows = [{"name": m["name"], "kind": m.get("kind", "chat"), "format": m.get("format", ""),
+             "train rows": (m.get("counts") or {}).get("train", ""),
+             "eval rows": (m.get("counts") or {}).get("eval", ""), "max length": m.get("max_len", ""),
+             "model": Path(str(m.get("model_ref", ""))).name,
+             "created": str(m.get("created") or "")[:16].replace("T", " ")} for m in metas]
+    return pd.DataFrame(rows, columns=SAVED_COLUMNS)
+
+
+def _saved_list(shared: Shared) -> None:
+    """The saved datasets, kept current: a dataset saved here or elsewhere shows up, after a reload too."""
+    saved_list = gr.Dataframe(saved_table(), label="Saved datasets (pick one in the Train and Evaluate tabs)",
+                              interactive=False, elem_id="data-saved-list", max_height=220)
+    shared.follow(lambda c: saved_table(), [saved_list])
+
+
 def dataset_names() -> list[str]:
     from studio.data.store import list_datasets
 
@@ -276,12 +299,12 @@ def _mapping_section() -> tuple:
 
 
 def _problems_section() -> tuple:
-    """The problem rows table and its download."""
-    with gr.Accordion("Problems (row, reason)", open=False):
+    """The problem rows table and its download, in a box shown only when there are problems."""
+    with gr.Accordion("Problems (row, reason)", open=False, visible=False, elem_id="data-problems-box") as box:
         problems = gr.Dataframe(headers=["row", "kind", "reason"], interactive=False, wrap=True,
                                 elem_id="data-problems")
         problems_file = gr.File(label="Download problems.jsonl", elem_id="data-problems-file")
-    return problems, problems_file
+    return box, problems, problems_file
 
 
 def _render_options(shared: Shared) -> tuple:
@@ -325,6 +348,7 @@ def build(shared: Shared) -> None:
     gr.Markdown("Upload a dataset (JSON, JSONL, CSV, TSV, Parquet, TXT) or load a sample. The format is detected "
                 "and every row is converted to one conversation schema, then shown through the model's chat "
                 "template with the trained tokens highlighted. Save it by name for the Train tab.")
+    _saved_list(shared)
     with gr.Row():
         upload = gr.File(label="Upload", file_types=[".json", ".jsonl", ".csv", ".tsv", ".parquet", ".txt"],
                          type="filepath", elem_id="data-upload", scale=2)
@@ -342,9 +366,10 @@ def build(shared: Shared) -> None:
     evidence = gr.Markdown(elem_id="data-detected")
     prompt, response, system = _mapping_section()
     preview = gr.Dataframe(headers=["row", "turns", "system", "user", "assistant"], interactive=False, wrap=True,
-                           label="Normalized preview (first rows)", elem_id="data-preview")
+                           label="Normalized preview (first rows)", elem_id="data-preview",
+                           column_widths=["6%", "6%", "22%", "30%", "36%"])  # the text columns get the room
     counts = gr.Markdown(elem_id="data-counts")
-    problems, problems_file = _problems_section()
+    box, problems, problems_file = _problems_section()
     row, max_len, train_on_all, train_tool_calls, long_docs, system_mode, system_text, name_field, author_field = (
         _render_options(shared))
     template = gr.HighlightedText(label="Chat template (trained tokens in green)", color_map=_TEMPLATE_COLORS,
@@ -374,6 +399,8 @@ def build(shared: Shared) -> None:
                   [shared.current, picked], shared.current, show_progress="hidden")
     evidence.change(lambda text: gr.Radio(visible="reasoning" in (text or "")), evidence, cot_style,
                     show_progress="hidden")  # the chain-of-thought choice only for reasoning data
+    counts.change(lambda text: gr.Accordion(visible=bool(text) and "No problems." not in text), counts, box,
+                  show_progress="hidden")  # the Problems box only when there are problems
     from studio.ui.tabs import preference_data  # DPO / ORPO pairs: their own section, same file and save settings
 
     preference_data.build(path, model_ref, max_len, name, eval_split, seed, overwrite, picked)

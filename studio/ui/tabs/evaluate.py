@@ -10,6 +10,7 @@ adapter's run and on its card.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -218,6 +219,7 @@ def build(shared: Shared) -> None:
     files = gr.File(label="Battery as CSV and JSONL", file_count="multiple", elem_id="eval-files")
     task_info = gr.Markdown(elem_id="eval-task")
     dataset.input(shared.set("dataset"), [shared.current, dataset], shared.current)
+    adapters.input(_focus, [shared.current, adapters], shared.current, show_progress="hidden")
     shared.follow(lambda c, chosen: (gr.Dropdown(choices=list(c.datasets), value=c.dataset),
                                      gr.Dropdown(choices=list(c.adapters), value=_keep(chosen, c))),
                   [dataset, adapters], [adapters])
@@ -243,6 +245,17 @@ def build(shared: Shared) -> None:
 
 
 def _keep(chosen, current) -> list[str]:
-    """The adapters still on disk among those chosen; the one in focus when none is."""
+    """The adapters chosen here while they include the one in focus (the header's); else the one in focus:
+    the tabs agree on the adapter without a reload."""
     kept = [name for name in chosen or [] if name in current.adapters]
-    return kept or ([current.adapter] if current.adapter else [])
+    if current.adapter and current.adapter not in kept:
+        return [current.adapter]
+    return kept
+
+
+def _focus(current, chosen):
+    """Adding an adapter here brings it into focus (Chat and Export follow); removing the focused one moves it."""
+    chosen = [name for name in chosen or [] if name]
+    if not chosen or current.adapter == chosen[-1]:
+        return gr.skip()
+    return replace(current, adapter=chosen[-1])

@@ -7,6 +7,8 @@ the Overwrite box is ticked. A merge from a training run is also recorded in run
 
 from __future__ import annotations
 
+import re
+
 import gradio as gr
 
 from studio.errors import StudioError
@@ -84,6 +86,21 @@ def push(name, repo_id, token, public, progress=gr.Progress()):
     return f"Pushed: {url}"
 
 
+DEFAULT_NAME = "merged-model"
+
+
+def export_name(adapter: str | None) -> str:
+    """The default export name for an adapter: run:medical-r16 -> medical-r16-merged."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", (adapter or "").split(":")[-1]).strip("-.")
+    return f"{stem}-merged" if stem else DEFAULT_NAME
+
+
+def follow_name(current, typed: str):
+    """The export name follows the adapter in focus until the user types one of their own."""
+    suggested = typed in ("", DEFAULT_NAME) or typed.endswith("-merged")
+    return export_name(current.adapter) if suggested else gr.skip()
+
+
 def build(shared: Shared) -> None:
     from studio.config import QUANT_MODES
     from studio.ui.tabs.chat import AS_TRAINED
@@ -103,7 +120,8 @@ def build(shared: Shared) -> None:
         quant = gr.Dropdown([AS_TRAINED, *QUANT_MODES], value=AS_TRAINED, label="Precision of the base",
                             elem_id="export-precision", info="As the adapter was trained, unless you choose.")
     with gr.Row():
-        out_name = gr.Textbox(value="merged-model", label="Export name (exports/...)", elem_id="export-name")
+        out_name = gr.Textbox(value=export_name(current.adapter), label="Export name (exports/...)",
+                              elem_id="export-name", info="Follows the adapter; type your own to keep it.")
         gguf_types = gr.CheckboxGroup(["f16", "q8_0"], value=[], label="Also write GGUF", elem_id="export-gguf",
                                       info="For llama.cpp and Ollama. f16: exact; q8_0: half the size.")
         overwrite = gr.Checkbox(label="Overwrite an existing export", elem_id="export-overwrite")
@@ -112,11 +130,11 @@ def build(shared: Shared) -> None:
         zip_btn = gr.Button("Zip adapter", elem_id="export-zip-btn")
         lora_btn = gr.Button("Adapter as GGUF LoRA (llama.cpp, Ollama)", elem_id="export-lora-btn")
         cancel_btn = gr.Button("Cancel", variant="stop", elem_id="export-cancel", interactive=False)
-    result = gr.Markdown(elem_id="export-result")
+    result = gr.Markdown(elem_id="export-result", min_height=60)  # room for the progress bar while merging
     zip_file = gr.File(label="Adapter zip", elem_id="export-zip")
     with gr.Accordion("Push to the Hugging Face Hub", open=False):
         with gr.Row():
-            push_name = gr.Textbox(label="Export to push (a name under exports/)", value="merged-model")
+            push_name = gr.Textbox(label="Export to push (a name under exports/)", value=export_name(current.adapter))
             repo = gr.Textbox(label="Repo id (user/name)", elem_id="export-repo")
             token = gr.Textbox(label="Token (or set HF_TOKEN)", type="password")
             public = gr.Checkbox(label="Public")
@@ -125,6 +143,8 @@ def build(shared: Shared) -> None:
 
     adapter.input(shared.set("adapter"), [shared.current, adapter], shared.current)
     shared.follow(lambda c: gr.Dropdown(choices=list(c.adapters), value=c.adapter), [adapter])
+    shared.follow(lambda c, typed, pushed: (follow_name(c, typed), follow_name(c, pushed)), [out_name, push_name],
+                  [out_name, push_name])
     actions = [(merge_btn, merge, [model_ref, quant, adapter, out_name, gguf_types, overwrite], result, "merge"),
                (zip_btn, zip_adapter, [adapter, overwrite], [zip_file, result], "zip_adapter"),
                (lora_btn, lora_gguf, [model_ref, adapter, out_name, overwrite], result, "lora_gguf"),

@@ -44,6 +44,13 @@ QUANT_HELP = ("How the base is held in memory. fp32: exact, best on a CPU. bf16/
              "4bit/8bit: a GPU with little memory (QLoRA). Beginners: keep the default.")
 
 
+def follow_model(current, ref: str, quant: str):
+    """The boxes follow the shared state, but never write back what they already show: that write lands after
+    keys typed meanwhile (a box just emptied would get the old text back in front of the new)."""
+    return (gr.skip() if ref == current.model_ref else current.model_ref,
+            gr.skip() if quant == current.quant else current.quant)
+
+
 def build(shared: Shared) -> None:
     current = shared.current.value
     gr.Markdown("Pick the base model to fine-tune. `bundled` is SmolLM2-135M-Instruct, shipped with the studio; "
@@ -57,7 +64,7 @@ def build(shared: Shared) -> None:
         load_btn = gr.Button("Load", variant="primary", scale=1)
     shared.set_on_commit(shared.model_ref, "model_ref")
     shared.quant.input(shared.set("quant"), [shared.current, shared.quant], shared.current)
-    shared.follow(lambda c: (c.model_ref, c.quant), [shared.model_ref, shared.quant])
+    shared.follow(follow_model, [shared.model_ref, shared.quant], [shared.model_ref, shared.quant])
     info = gr.Markdown(elem_id="model-info")
     load_btn.click(load, [shared.model_ref, shared.quant], info, api_name="load_model")
     with gr.Accordion("Try it", open=True):

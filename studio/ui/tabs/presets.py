@@ -107,6 +107,36 @@ def estimate(model_choice: str, model_ref: str, device: str, memory_gb: float, *
     return bar_frame(est.breakdown, memory), verdict, table, settings
 
 
+BATCH_INFO = "Micro batch: rows processed at once. Lower it when memory is short."
+CKPT_LABEL = "Gradient checkpointing"
+CKPT_INFO = "Saves memory, costs time."
+
+
+def what_runs(model_choice: str, model_ref: str, device: str, memory_gb: float, *values):
+    """On a CPU the studio decides the rows per pass and checkpointing when the run starts (presets.cpu_pass):
+    the Rows per step and Gradient checkpointing fields say what it decides, not only what the preset wrote."""
+    from studio.presets import _pass_of, model_shape
+
+    plain = (gr.update(info=BATCH_INFO), gr.update(label=CKPT_LABEL, info=CKPT_INFO))
+    if device != "cpu":
+        return plain
+    ref = model_ref if model_choice == FROM_MODEL_TAB else model_choice
+    try:
+        settings = settings_from(list(values))
+        train = TrainSpec(**settings["train"])
+        preset = Preset(quant=settings["quant"], lora=LoraSpec(**settings["lora"]), train=train, device=device,
+                        memory_gb=float(memory_gb or 0))
+        run = _pass_of(model_shape(ref), preset)
+    except (StudioError, TypeError, ValueError):
+        return plain
+    rows = train.micro_batch * train.grad_accum
+    batch = (f"Rows a step: {rows}. Decided at start on this CPU: {run.micro_batch} packed row(s) per pass, "
+             f"{run.grad_accum} pass(es) per step (the same rows and gradient).")
+    on = "on: a pass needs it to fit" if run.gradient_checkpointing else "off: a pass fits in RAM without it"
+    ckpt = (f"{CKPT_LABEL}: decided at start on a CPU ({on})", "Ticked: allowed when RAM is short. Unticked: never.")
+    return gr.update(info=batch), gr.update(label=ckpt[0], info=ckpt[1])
+
+
 def bar_frame(breakdown: dict, memory_gb: float) -> pd.DataFrame:
     """The estimate by part, one bar each (the memory available is in the verdict above: drawn beside
     the parts, a 25 GB machine would flatten them to nothing)."""
@@ -164,7 +194,7 @@ def _fields(values: list) -> list:
         size = [gr.Number(value=next(v), label="Max length (tokens)", precision=0, elem_id="preset-seq",
                           info="Longer rows are cut. Lower it when memory is short."),
                 gr.Number(value=next(v), label="Rows per step", precision=0, elem_id="preset-batch",
-                          info="Micro batch: rows processed at once. Lower it when memory is short."),
+                          info=BATCH_INFO),
                 gr.Number(value=next(v), label="Accumulation", precision=0,
                           info="Gradient accumulation: steps of rows summed before one update. Leave it."),
                 gr.Number(value=next(v), label="Learning rate", info="How big each update is; 2e-4 suits LoRA.")]
@@ -178,9 +208,7 @@ def _fields(values: list) -> list:
                         gr.Number(value=next(v), label="Max steps", precision=0,
                                   info="Updates in total; -1 uses Epochs instead.")]
         with gr.Row():
-            compute = [gr.Checkbox(value=next(v), label="Gradient checkpointing", elem_id="preset-ckpt",
-                                   info="Saves memory, costs time. On a CPU it is used only when RAM is short "
-                                        "(see the note under the estimate)."),
+            compute = [gr.Checkbox(value=next(v), label=CKPT_LABEL, elem_id="preset-ckpt", info=CKPT_INFO),
                        gr.Dropdown(list(OPTIMIZERS), value=next(v), label="Optimizer",
                                    info="8-bit and paged ones need a GPU; adamw_torch works everywhere."),
                        gr.Dropdown(list(PRECISIONS), value=next(v), label="Compute precision",
@@ -225,6 +253,8 @@ def build(shared: Shared) -> None:
     fields = _fields(preset_values(start))
     first = estimate(FROM_MODEL_TAB, model_ref.value, device0, memory0, *(f.value for f in fields))
     verdict = gr.Markdown(first[1], elem_id="preset-verdict")
+    shown = what_runs(FROM_MODEL_TAB, model_ref.value, device0, memory0, *(f.value for f in fields))
+    fields[6].info, fields[13].label, fields[13].info = shown[0]["info"], shown[1]["label"], shown[1]["info"]
     with gr.Row():
         bar = gr.BarPlot(first[0], x="part", y="GB", title="Estimated peak memory by part (GB)", sort=list(PARTS),
                          elem_id="preset-bar", height=320, scale=2)
@@ -240,7 +270,10 @@ def build(shared: Shared) -> None:
     outputs = [bar, verdict, table, shared.preset]
     triggers = [c.input for c in (device, memory, *fields)] + [model_choice.change, model_ref.change]
     gr.on(triggers, estimate, inputs, outputs, api_name="estimate")
-    preset.change(preset_values, preset, fields, api_name="load_preset").then(estimate, inputs, outputs)
+    batch_field, ckpt_field = fields[6], fields[13]  # what the CPU recipe decides shows on these two
+    gr.on(triggers, what_runs, inputs, [batch_field, ckpt_field], show_progress="hidden", api_visibility="private")
+    preset.change(preset_values, preset, fields, api_name="load_preset").then(estimate, inputs, outputs).then(
+        what_runs, inputs, [batch_field, ckpt_field], show_progress="hidden")
     preset.change(shared.set("preset"), [shared.current, preset], shared.current, show_progress="hidden")
     for field in fields:  # an edited field: the state line says the preset was edited
         field.input(edited, shared.current, shared.current, show_progress="hidden")

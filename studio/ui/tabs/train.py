@@ -15,12 +15,13 @@ import pandas as pd
 
 from studio.errors import StudioError
 from studio.hosted import require_login
-from studio.ui import fmt
+from studio.ui import fmt, runlog
 from studio.ui.shared import Shared
 
 TITLE = "Train"
 POLL_SEC = 2.0  # how often the tab re-reads the run folder
 LOG_LINES = 25  # lines of the worker's log shown (library noise filtered; worker.log keeps everything)
+VEGA_LITE_SCHEMA = "https://vega.github.io/schema/vega-lite/v5.json"  # Gradio 6 bundles vega-lite 5.x
 CHART_WIDTH = 1000  # px: fixed, since a chart drawn in a hidden tab measures its container as 0 px wide
 RUN_COLUMNS = ["run", "state", "step", "total_steps", "loss", "created"]
 
@@ -37,6 +38,15 @@ def _latest_run():
 
 
 NO_CONFIG = "none (one process, or DDP)"
+
+
+def fresh_run_name() -> str:
+    """A new run name, unused on disk: run-MMDD-HHMM, then -2, -3... (on each page load and after each Start)."""
+    from studio import paths
+
+    base = f"run-{time.strftime('%m%d-%H%M')}"
+    taken = {p.name for p in paths.runs_dir().iterdir()} if paths.runs_dir().is_dir() else set()
+    return next(name for n in range(1, len(taken) + 2) if (name := base if n == 1 else f"{base}-{n}") not in taken)
 
 
 def _config_choices() -> list[str]:
@@ -80,6 +90,7 @@ def _act(action, run_id) -> str:
         result = getattr(manager, action)(run_id)
     except StudioError as exc:
         raise gr.Error(str(exc)) from exc
+    gr.Info(f"{run_id}: {result}")  # a passing note: the run's progress line below is its one status line
     return f"{run_id}: {result}"
 
 
@@ -100,6 +111,7 @@ def delete(run_id, confirmed):
         manager.delete(run_id)
     except StudioError as exc:
         raise gr.Error(str(exc)) from exc
+    gr.Info(f"Deleted {run_id}.")
     return f"Deleted {run_id}."
 
 
@@ -110,8 +122,7 @@ def progress_html(status: dict) -> str:
     step, total = status.get("step") or 0, status.get("total_steps") or 0
     share = step / total if total else 0.0
     state = status.get("state", "?")
-    eta = status.get("eta_sec")
-    eta_text = f" · about {fmt.duration(eta)} left" if eta and state == "running" else ""
+    eta_text = f" · {left}" if (left := runlog.time_left(status)) else ""
     steps = f"step {step} of {total}" if total else "waiting for the first step"
     note = " ".join(x for x in (status.get("message", ""), status.get("fix") or "", _next_step(status)) if x)
     return (f"<div id='train-progress' data-state='{state}' data-step='{step}'>"
@@ -129,6 +140,8 @@ def _next_step(status: dict) -> str:
 
 def loss_chart(events: list[dict]):
     """Train and eval loss by step: integer steps on the axis, every point drawn (a single eval point too)."""
+    import json
+
     import altair as alt
 
     rows = [{"step": int(e["step"]), "loss": e[key], "series": "train" if key == "loss" else "eval"}
@@ -139,11 +152,23 @@ def loss_chart(events: list[dict]):
     last = int(frame["step"].max())
     # Few steps: a tick at each one (vega-lite would put a "1.5" tick, shown as "2", between 1 and 2).
     ticks = alt.Axis(values=list(range(1, last + 1)), format="d") if last <= 20 else alt.Axis(tickMinStep=1, format="d")
-    return alt.Chart(frame, title="Loss (lower is better)").mark_line(point=alt.OverlayMarkDef(size=50)).encode(
+    chart = alt.Chart(frame, title="Loss (lower is better)").mark_line(point=alt.OverlayMarkDef(size=50)).encode(
         x=alt.X("step:Q", axis=ticks, title="step"),
-        y=alt.Y("loss:Q", scale=alt.Scale(zero=False), title="loss"),
+        y=alt.Y("loss:Q", scale=alt.Scale(zero=False), title="loss", axis=alt.Axis(format=".3~g")),
         color=alt.Color("series:N", title=None), tooltip=["series", "step", alt.Tooltip("loss:Q", format=".4f")],
     ).properties(width=CHART_WIDTH, height=260, usermeta={"embedOptions": {"renderer": "svg", "actions": False}})
+    return vega_lite_5(json.loads(chart.to_json()))
+
+
+def vega_lite_5(spec: dict):
+    """The chart for gr.Plot, marked as the Vega-Lite major version Gradio's bundled vega-embed draws with (5):
+    altair 6 writes its own v6 schema URL, and vega-embed logs a version-mismatch warning on every redraw."""
+    import json
+
+    from gradio.components.plot import PlotData
+
+    spec["$schema"] = VEGA_LITE_SCHEMA
+    return PlotData(type="altair", plot=json.dumps(spec))
 
 
 def runs_table() -> pd.DataFrame:
@@ -158,22 +183,26 @@ def stats_line(events: list[dict]) -> str:
     if not last:
         return ""
     line = (f"loss **{fmt.number(last.get('loss'))}** · tokens/s **{fmt.number(last.get('tokens_per_sec'))}** · "
-            f"memory **{fmt.megabytes(last.get('memory_mb'))}** · learning rate {fmt.number(last.get('lr'))}")
+            f"memory **{fmt.megabytes(last.get('memory_mb'))}** · learning rate {runlog.learning_rate(last.get('lr'))}")
     if "reward_margin" in last:  # dpo / orpo
         line += (f" · reward margin **{fmt.number(last['reward_margin'])}** · accuracy "
                  f"**{fmt.number(last.get('reward_accuracy'))}**")
     return line
 
 
-def run_spec_line(path) -> str:
+def run_spec_line(path, events: list[dict], total_steps: int | None) -> str:
     from studio.config import RunSpec, load_yaml
 
     try:
         spec = load_yaml(RunSpec, path / "spec.yaml")
     except StudioError:
         return ""
-    return (f"Run **{spec.name}**: {spec.model.ref} in {spec.model.quant} on dataset **{spec.dataset}**, "
-            f"LoRA r={spec.lora.r}, max length {spec.train.max_seq_len}, learning rate {fmt.number(spec.train.lr)}")
+    t = spec.train
+    line = (f"Run **{spec.name}** ({t.method}): {spec.model.ref} in {spec.model.quant} on dataset "
+            f"**{spec.dataset}**, LoRA r={spec.lora.r}, max length {t.max_seq_len}, learning rate "
+            f"{runlog.learning_rate(t.lr)}")
+    note = runlog.passes_note(events, total_steps, t.epochs, t.max_steps)
+    return f"{line}\n\n{note}" if note else line
 
 
 def poll(run_id):
@@ -183,14 +212,16 @@ def poll(run_id):
 
     table = runs_table()
     if not run_id:
-        return table, progress_html({}), "", None, ""
+        return table, progress_html({}), "", None, "", ""
     try:
         path = manager.run_dir(run_id)
     except StudioError:
-        return table, progress_html({"message": f"Run {run_id} is gone."}), "", None, ""
+        return table, progress_html({"message": f"Run {run_id} is gone."}), "", None, "", ""
     status, events = read_status(path), read_events(path)
-    stats = "\n\n".join(x for x in (run_spec_line(path), stats_line(events)) if x)
-    return table, progress_html(status), stats, loss_chart(events), log_tail(path, LOG_LINES, quiet=True)
+    total = status.get("total_steps")
+    stats = "\n\n".join(x for x in (run_spec_line(path, events, total), stats_line(events)) if x)
+    log = runlog.human_log(events, total, status.get("message", ""), LOG_LINES)
+    return table, progress_html(status), stats, loss_chart(events), log, log_tail(path, LOG_LINES, quiet=True)
 
 
 def controls(run_id):
@@ -204,6 +235,20 @@ def controls(run_id):
         state = None
     return (gr.Button(interactive=state in ACTIVE), gr.Button(interactive=state in ("stopped", "failed")),
             gr.Button(interactive=state is not None and state not in ("running", "stopping")))
+
+
+def max_steps_info(settings: dict | None) -> str:
+    preset = ((settings or {}).get("train") or {}).get("max_steps")
+    said = f"the preset's {preset}" if preset and preset > 0 else "the preset's epochs"
+    return f"0 = {said}. Fewer steps: a quicker, rougher try."
+
+
+def effective_settings(settings: dict | None, max_steps) -> dict:
+    """The settings the next run trains with: a Max steps typed here replaces the preset's."""
+    settings = dict(settings or {})
+    if max_steps and int(max_steps) > 0:
+        settings["train"] = {**settings.get("train", {}), "max_steps": int(max_steps)}
+    return settings
 
 
 def what_will_train(current, settings) -> str:
@@ -234,11 +279,11 @@ def build(shared: Shared) -> None:
                                                allow_custom_value=True)
         model = gr.Textbox(current.model_ref, label="Model", elem_id="train-model",
                            info="The base to fine-tune (the same as the Model tab).")
-        name = gr.Textbox(label="Run name", value=f"run-{time.strftime('%m%d-%H%M')}", elem_id="train-name",
-                          info="A new name for each run; nothing is overwritten.")
+        name = gr.Textbox(label="Run name", value=fresh_run_name, elem_id="train-name",  # a callable: each page load
+                          info="A new name for each run (a fresh one is suggested); nothing is overwritten.")
     with gr.Row():
         max_steps = gr.Number(label="Max steps", value=0, precision=0, elem_id="train-max-steps",
-                              info="0 = the preset's number. Fewer steps: a quicker, rougher try.")
+                              info=max_steps_info(settings.value))
         processes = gr.Number(label="Processes", value=1, precision=0, minimum=1, elem_id="train-processes",
                               info="Data-parallel worker processes (accelerate). Leave at 1 on one GPU or a CPU.")
         accelerate_config = gr.Dropdown(label="Accelerate config (examples/accelerate)", value=NO_CONFIG,
@@ -254,7 +299,9 @@ def build(shared: Shared) -> None:
     method_inputs = train_method.controls()  # method (sft / dpo / orpo), beta, ORPO lambda, starting adapter
     with gr.Accordion("Settings for the next run (from the Presets tab)", open=False):
         settings_view = gr.JSON(value=settings.value, elem_id="train-settings")
-    settings.change(lambda s: s, settings, settings_view)
+    settings.change(lambda s: gr.Number(info=max_steps_info(s)), settings, max_steps, show_progress="hidden")
+    gr.on([settings.change, max_steps.change], effective_settings, [settings, max_steps], settings_view,
+          show_progress="hidden")
     with gr.Row():
         run = gr.Dropdown(label="Run", choices=list(current.runs), value=current.run, elem_id="train-run",
                           allow_custom_value=True, info="The run shown below (newest first).")
@@ -262,18 +309,20 @@ def build(shared: Shared) -> None:
         resume_btn = gr.Button("Resume", elem_id="train-resume", interactive=False)
         confirm = gr.Checkbox(label="Yes, delete this run", value=False, elem_id="train-delete-confirm")
         delete_btn = gr.Button("Delete", variant="stop", elem_id="train-delete", interactive=False)
-    action_info = gr.Markdown(elem_id="train-action")
-    progress = gr.HTML(progress_html({}))
+    action_info = gr.Textbox(visible=False)  # the action's answer for API callers; people see a toast
+    progress = gr.HTML(progress_html({}), elem_id="train-progress-box")  # the run's one status line
     stats = gr.Markdown(elem_id="train-stats")
     plot = gr.Plot(label="Loss", elem_id="train-loss")
-    log = gr.Textbox(label="Log (newest last; library notices are kept in worker.log only)", lines=12,
-                     max_lines=12, autoscroll=True, elem_id="train-log")
+    log = gr.Textbox(label="Log (newest last)", lines=12, max_lines=12, autoscroll=True, elem_id="train-log")
+    with gr.Accordion("Raw worker log (what the worker printed; library notices are kept in worker.log only)",
+                      open=False):
+        raw_log = gr.Textbox(show_label=False, lines=12, max_lines=12, autoscroll=True, elem_id="train-raw-log")
     # Gradio's autoscroll can run before a long update is laid out; scroll to the newest line after it too.
     log.change(None, None, None, js="() => { const t = document.querySelector('#train-log textarea'); "
                                    "if (t) requestAnimationFrame(() => { t.scrollTop = t.scrollHeight; }); }")
     table = gr.Dataframe(runs_table(), headers=RUN_COLUMNS, label="Runs", interactive=False, elem_id="train-runs")
     _wire(shared, settings, summary, dataset, model, name, max_steps, processes, start_btn, run,
-          (stop_btn, resume_btn, confirm, delete_btn, action_info), [table, progress, stats, plot, log],
+          (stop_btn, resume_btn, confirm, delete_btn, action_info), [table, progress, stats, plot, log, raw_log],
           [accelerate_config, *method_inputs])
 
 
@@ -284,14 +333,16 @@ def _wire(shared, settings, summary, dataset, model, name, max_steps, processes,
     dataset.input(shared.set("dataset"), [current, dataset], current)
     shared.set_on_commit(model, "model_ref")
     run.input(shared.set("run"), [current, run], current)
-    shared.follow(lambda c: (gr.Dropdown(choices=list(c.datasets), value=c.dataset), c.model_ref,
-                             gr.Dropdown(choices=list(c.runs), value=c.run)), [dataset, model, run])
+    shared.follow(lambda c, ref: (gr.Dropdown(choices=list(c.datasets), value=c.dataset),
+                                  gr.skip() if ref == c.model_ref else c.model_ref,  # never over keys typed
+                                  gr.Dropdown(choices=list(c.runs), value=c.run)), [dataset, model, run], [model])
     shared.follow(what_will_train, [summary], [settings])
     settings.change(what_will_train, [current, settings], summary)
     started = gr.Textbox(visible=False)  # the new run's name: a failed Start leaves no error mark on an input
     start_btn.click(start, [name, dataset, model, settings, max_steps, processes, *extra_inputs], started,
                     api_name="start_training").success(lambda c, new: c.with_disk() if c.run == new else
-                                                       replace(c, run=new).with_disk(), [current, started], current)
+                                                       replace(c, run=new).with_disk(), [current, started], current
+                                                       ).then(fresh_run_name, None, name, show_progress="hidden")
     stop_btn.click(stop, run, action_info, api_name="stop_training")
     resume_btn.click(resume, run, action_info, api_name="resume_training")
     delete_btn.click(delete, [run, confirm], action_info).success(

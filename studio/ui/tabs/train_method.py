@@ -65,8 +65,22 @@ def preference_status(run_id):
         return None
 
 
+def shown_for(run_id):
+    """The plot only for a DPO / ORPO run: an SFT run has no reward margin, so no empty box under its table."""
+    from studio.config import load_yaml
+    from studio.errors import StudioError
+    from studio.jobs import manager
+
+    try:
+        method = load_yaml(RunSpec, manager.run_dir(run_id) / "spec.yaml").train.method if run_id else "sft"
+    except StudioError:
+        method = "sft"
+    return gr.LinePlot(visible=method != "sft")
+
+
 def preference_plot(run, poll_sec: float) -> None:
-    plot = gr.LinePlot(None, x="step", y="value", color="series", elem_id="train-preference", height=240,
+    plot = gr.LinePlot(None, x="step", y="value", color="series", elem_id="train-preference", height=240, visible=False,
                        title="DPO / ORPO: reward margin and preference accuracy (train and eval)")
     run.change(preference_status, run, plot, api_name="preference_status")
+    run.change(shown_for, run, plot, show_progress="hidden", api_visibility="private")
     gr.Timer(poll_sec).tick(preference_status, run, plot, show_progress="hidden")
