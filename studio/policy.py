@@ -259,9 +259,10 @@ _windows_lock = threading.Lock()
 
 
 def rate_limit(who: Actor | None = None, window_s: float = 60.0) -> None:
-    """At most `requests_per_minute()` chat/API requests per caller per minute; RateLimited beyond."""
+    """At most `requests_per_minute()` chat/API requests per caller per minute; RateLimited beyond. A hosted
+    studio only, or one whose owner set STUDIO_RATE_LIMIT: locally, with or without API keys, nothing changes."""
     who = who or actor()
-    if _unlimited(who):
+    if _unlimited(who) or not (hosted() or os.environ.get("STUDIO_RATE_LIMIT")):
         return
     limit, now = requests_per_minute(), time.monotonic()
     with _windows_lock:

@@ -157,6 +157,16 @@ def test_a_burst_from_one_key_gets_429_and_another_key_is_unaffected(api):
     print(f"50 requests in {elapsed:.2f} s: {codes.count(200)} answered, {codes.count(429)} got 429")
 
 
+def test_a_local_server_with_keys_is_not_rate_limited(api, monkeypatch):
+    """Keys on a local `studio serve` only guard access: the per-minute quota is a hosted setting."""
+    monkeypatch.setenv("STUDIO_HOSTED", "0")
+    codes = [api.get("/v1/models", headers={"Authorization": "Bearer key-alice-123"}).status_code for _ in range(30)]
+    assert codes == [200] * 30
+    monkeypatch.setenv("STUDIO_RATE_LIMIT", "5")  # unless the owner asks for it
+    codes = [api.get("/v1/models", headers={"Authorization": "Bearer key-bob-456"}).status_code for _ in range(8)]
+    assert codes.count(429) == 3
+
+
 def test_a_wrong_key_is_refused_without_echoing_it(api):
     answer = api.get("/v1/models", headers={"Authorization": "Bearer key-alice-12"})
     assert answer.status_code == 401 and "key-alice" not in answer.text
