@@ -33,11 +33,11 @@ def _blocks(markdown: str) -> dict[str, str]:
 
 
 def _served(workspace: Path, model: Path, keys: str | None):
-    """An app on `workspace` whose engine holds `model` (the Chat tab's Load button, through gradio_client)."""
+    """An app on `workspace` whose /v1 serves `model` (the Model tab's Load button, through gradio_client)."""
     from gradio_client import Client
 
     proc, url = start_app(workspace, {"STUDIO_API_KEYS": keys} if keys else None)
-    Client(url, verbose=False).predict(str(model), "fp32", [], api_name="/load_adapters")
+    Client(url, verbose=False).predict(str(model), "fp32", api_name="/load_model")
     return proc, url
 
 
