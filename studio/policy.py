@@ -50,7 +50,7 @@ ACTIONS: dict[str, tuple[str, str]] = {
     "reread": (READ, "reading the lists"), "follow_current": (READ, "showing the current state"),
     "lambda": (READ, "updating the page"),  # UI glue only (copy a value, show a box); never acts on disk
     "_template_line": (READ, "showing the chat template"), "_latest_run": (READ, "showing the latest run"),
-    "load_example": (READ, "loading an example"),
+    "load_example": (READ, "loading an example"), "follow_model": (READ, "showing the model"),
     # Data tab: inspecting reads a file (uploads are limited by STUDIO_MAX_UPLOAD); saving writes
     "upload_data": (READ, "inspecting an upload"), "inspect_data": (READ, "inspecting data"),
     "inspect_on_format": (READ, "inspecting data"), "inspect_medical": (READ, "inspecting a sample"),
@@ -62,11 +62,13 @@ ACTIONS: dict[str, tuple[str, str]] = {
     # Presets tab
     "estimate": (READ, "estimating memory"), "load_preset": (READ, "loading a preset"),
     "edited": (READ, "editing settings"), "hardware_choice": (READ, "choosing hardware"),
-    "recommend_preset": (READ, "recommending a preset"), "save_preset": (WRITE, "saving presets"),
+    "recommend_preset": (READ, "recommending a preset"), "what_runs": (READ, "showing what a CPU run decides"),
+    "save_preset": (WRITE, "saving presets"),
     # Train tab
     "what_will_train": (READ, "showing the run's settings"), "run_status": (READ, "watching a run"),
     "poll": (READ, "watching a run"), "controls": (READ, "showing a run's buttons"),
-    "preference_status": (READ, "showing the method"),
+    "preference_status": (READ, "showing the method"), "fresh_run_name": (READ, "suggesting a run name"),
+    "effective_settings": (READ, "showing the run's settings"),
     "start_training": (COMPUTE, "training"), "resume_training": (COMPUTE, "training"),
     "stop_training": (DESTRUCTIVE, "stopping runs"), "delete": (DESTRUCTIVE, "deleting runs"),
     # Chat tab
@@ -80,10 +82,10 @@ ACTIONS: dict[str, tuple[str, str]] = {
     # Evaluate tab: each runs as a task process
     "eval_perplexity": (COMPUTE, "evaluating"), "eval_battery": (COMPUTE, "evaluating"),
     "prune": (COMPUTE, "pruning"), "prune_sweep": (COMPUTE, "pruning"), "eval_task": (READ, "watching a task"),
-    "eval_stop": (DESTRUCTIVE, "stopping tasks"),
+    "eval_stop": (DESTRUCTIVE, "stopping tasks"), "_focus": (READ, "choosing the adapter in focus"),
     # Export tab
     "merge": (COMPUTE, "exporting files"), "zip_adapter": (COMPUTE, "exporting files"),
-    "push_to_hub": (COMPUTE, "exporting files"),
+    "push_to_hub": (COMPUTE, "exporting files"), "lora_gguf": (COMPUTE, "exporting files"),
 }
 
 
