@@ -60,7 +60,10 @@ def test_the_callback_hands_the_trainers_device_to_the_stop_check(tmp_path, monk
     seen = []
     monkeypatch.setattr(worker, "_stop_requested", lambda run_dir, device="cpu": seen.append(device) or False)
     callback = worker.make_callback(tmp_path, worker.Status(tmp_path, enabled=False), is_main=True)
-    callback.on_step_end(SimpleNamespace(device="cuda:1"), SimpleNamespace(global_step=1), SimpleNamespace())
+    state = SimpleNamespace(global_step=0, max_steps=4, num_input_tokens_seen=0)
+    callback.on_train_begin(SimpleNamespace(device="cuda:1"), state, SimpleNamespace())
+    state.global_step = 1
+    callback.on_step_end(SimpleNamespace(device="cuda:1"), state, SimpleNamespace())
     assert seen == ["cuda:1"]
 
 
