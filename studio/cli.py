@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "studio.commands.chat",  # chat, adapters list|import|export|delete
     "studio.commands.evaluate",  # eval, prune (and --sweep), export merge|adapter|gguf|push
     "studio.commands.serve",  # serve (OpenAI-compatible API; --engine vllm)
+    "studio.commands.experiments",  # sweep list|show|stop (runs compare|report|checkpoints|branch: in train)
 )
 
 

@@ -31,6 +31,11 @@ METHOD_HELP = {
                    "(the paper's lambda, TRL's ORPOConfig.beta). 0.1 is the paper's default.",
     "from_adapter": "Start from this adapter (a registry name such as run:my-sft, or a folder) and continue training "
                     "it, e.g. DPO after SFT. Empty: a new LoRA adapter.",
+    "report_to": "Trackers that log the run besides its own events: tensorboard (event files in the run folder, "
+                 "the default), mlflow, wandb, trackio (each when installed; local or offline unless your "
+                 "environment says otherwise), comma-separated, or none.",
+    "parent_run": "Set when the run branched from another run's checkpoint: that run's name.",
+    "parent_step": "Set when the run branched from another run's checkpoint: the checkpoint's step.",
 }
 
 
@@ -88,8 +93,11 @@ class TrainSpec:
     method: str = field(default="sft", metadata={"help": METHOD_HELP["method"]})
     beta: float = field(default=0.1, metadata={"help": METHOD_HELP["beta"]})
     orpo_lambda: float = field(default=0.1, metadata={"help": METHOD_HELP["orpo_lambda"]})
+    report_to: str = field(default="tensorboard", metadata={"help": METHOD_HELP["report_to"]})
 
     def validate(self) -> None:
+        from studio.jobs.trackers import check as check_trackers
+
         for key in ("max_seq_len", "micro_batch", "grad_accum", "logging_steps", "save_steps"):
             _positive(f"train.{key}", getattr(self, key))
         _between("train.lr", self.lr, 1e-8, 1.0)
@@ -107,6 +115,7 @@ class TrainSpec:
         _choice("train.method", self.method, METHODS)
         _between("train.beta", self.beta, 1e-4, 10.0)
         _between("train.orpo_lambda", self.orpo_lambda, 0.0, 10.0)
+        check_trackers(self.report_to)
 
 
 @dataclass(frozen=True)
@@ -142,6 +151,8 @@ class RunSpec:
     from_adapter: str = field(default="", metadata={"help": METHOD_HELP["from_adapter"]})
     # the prepared dataset's content hash, recorded when the run is created; a resume refuses another one
     dataset_sha256: str = ""
+    parent_run: str = field(default="", metadata={"help": METHOD_HELP["parent_run"]})
+    parent_step: int = field(default=0, metadata={"help": METHOD_HELP["parent_step"]})
 
     def validate(self) -> None:
         from studio.paths import check_name

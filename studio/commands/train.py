@@ -9,7 +9,7 @@ from pathlib import Path
 
 def add(sub) -> None:
     p = sub.add_parser("train", help="train in the foreground from a run YAML (a RunSpec), with a progress bar")
-    p.add_argument("--config", required=True, help="run YAML: name, dataset, model, lora, train")
+    p.add_argument("--config", required=True, help="run YAML: name, dataset, model, lora, train (and sweep:)")
     p.add_argument("--background", action="store_true", help="queue it and return (like the Start button)")
     p.set_defaults(func=train)
 
@@ -27,12 +27,19 @@ def add(sub) -> None:
         if name in ("resume",):
             q.add_argument("--wait", action="store_true", help="wait for it to finish")
         q.set_defaults(func=func)
+    from studio.commands import experiments
+
+    experiments.add_runs(rsub)  # runs compare | report | checkpoints | branch | checkpoint-adapter
 
 
 def train(args) -> int:
+    from studio.commands import experiments
     from studio.config import RunSpec, load_yaml
+    from studio.experiments import sweeps
     from studio.jobs import manager, worker
 
+    if sweeps.is_sweep_file(args.config):  # a sweep: section queues one run per point
+        return experiments.queue_sweep(args)
     spec = load_yaml(RunSpec, args.config)
     if args.background:
         path = manager.start(spec)

@@ -326,6 +326,8 @@ def base_args(spec: RunSpec, run_dir: Path, has_eval: bool, foreground: bool, pl
     """The training arguments every recipe shares (SFT, DPO, ORPO): optimizer fallback, checkpoints, logging."""
     import torch
 
+    from studio.jobs import trackers
+
     t = plan or spec.train
     cuda = torch.cuda.is_available()
     optimizer = t.optimizer
@@ -343,7 +345,8 @@ def base_args(spec: RunSpec, run_dir: Path, has_eval: bool, foreground: bool, pl
         logging_steps=t.logging_steps, logging_first_step=True,
         eval_strategy="steps" if evaluate else "no", eval_steps=t.eval_steps if evaluate else None,
         save_strategy="steps", save_steps=t.save_steps, save_total_limit=3,  # keep the latest 3
-        seed=t.seed, report_to=[], disable_tqdm=not foreground, max_length=t.max_seq_len,
+        seed=t.seed, disable_tqdm=not foreground, max_length=t.max_seq_len,
+        report_to=trackers.report_to(t.report_to, run_dir),  # tensorboard files in the run folder by default
         dataloader_num_workers=0, use_cpu=not cuda, ddp_find_unused_parameters=False, save_only_model=False,
     )
 
@@ -424,6 +427,7 @@ def make_callback(run_dir: Path, status: Status, is_main: bool):
                      "loss": logs.get("loss"), "eval_loss": logs.get("eval_loss"),
                      "lr": logs.get("learning_rate"), "grad_norm": logs.get("grad_norm"),
                      "tokens_per_sec": round(tokens / elapsed, 1), "memory_mb": round(memory, 1),
+                     "tokens": int(state.num_input_tokens_seen or 0) or None,  # the compare view's token axis
                      "eta_sec": eta_fields(self.eta.estimate(state.max_steps)).get("eta_sec")}
             event.update(preference_log_fields(logs))  # dpo / orpo: reward margin and accuracy, train and eval
             append_event(run_dir, {k: v for k, v in event.items() if v is not None})
@@ -486,6 +490,7 @@ def save_adapter(trainer, spec: RunSpec, run_dir: Path, prepared, metrics: dict,
             "system_prompt": prepared.meta.get("system_prompt") or {"mode": "keep", "text": ""},
             "lora": to_dict(spec.lora),
             "train": to_dict(spec.train), "metrics": metrics, "train_seconds": round(seconds, 1),
+            "parent": {"run": spec.parent_run, "step": spec.parent_step} if spec.parent_run else None,
             "created": time.strftime("%Y-%m-%d %H:%M:%S")}
     write_json_atomic(out / "card.json", card)
     (out / "README.md").write_text(model_card(card), encoding="utf-8")
@@ -511,6 +516,11 @@ def save_sharded_weights(trainer, run_dir: Path) -> None:
             (run_dir / "adapter" / "training_args.bin").unlink(missing_ok=True)  # a pickle: adapters hold safetensors
 
 
+def _parent_line(parent: dict | None) -> str:
+    """A branched run's card names the run and checkpoint step it started from."""
+    return f"\nBranched from run `{parent['run']}` at its checkpoint of step {parent['step']}.\n" if parent else ""
+
+
 def model_card(card: dict) -> str:
     metrics = "\n".join(f"| {k} | {v} |" for k, v in card["metrics"].items())
     return f"""---
@@ -521,7 +531,7 @@ tags: [lora, tuning-studio]
 # LoRA adapter `{card['run_id']}`
 
 Trained with Tuning Studio on dataset `{card['dataset']}` (source sha256 `{card['dataset_sha256']}`).
-
+{_parent_line(card.get('parent'))}
 - Base model: `{card['base_model']}` held in {card['quant']}
 - LoRA: r={card['lora']['r']}, alpha={card['lora']['alpha']}, dropout={card['lora']['dropout']},
   targets {card['lora']['target_modules']}
