@@ -71,6 +71,12 @@ ACTIONS: dict[str, tuple[str, str]] = {
     "effective_settings": (READ, "showing the run's settings"),
     "start_training": (COMPUTE, "training"), "resume_training": (COMPUTE, "training"),
     "stop_training": (DESTRUCTIVE, "stopping runs"), "delete": (DESTRUCTIVE, "deleting runs"),
+    # Experiments tab: comparing, sweeps, checkpoints (issue 28)
+    "experiment_lists": (READ, "listing runs and sweeps"), "compare_runs": (READ, "comparing runs"),
+    "sweep_ranking": (READ, "watching a sweep"), "compare_sweep": (READ, "comparing runs"),
+    "run_checkpoints": (READ, "listing checkpoints"), "run_report": (READ, "writing a run report"),
+    "stop_sweep": (DESTRUCTIVE, "stopping runs"), "branch_run": (COMPUTE, "training"),
+    "checkpoint_adapter": (WRITE, "saving adapters"),
     # Chat tab
     "load_model": (CHAT, "loading the model"), "generate": (CHAT, "chatting"), "chat": (CHAT, "chatting"),
     "compare": (CHAT, "chatting"), "load_adapters": (CHAT, "loading adapters"),

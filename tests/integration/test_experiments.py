@@ -12,7 +12,8 @@ from studio.experiments import checkpoints, compare
 from studio.jobs import manager, worker
 from studio.jobs.events import read_events
 
-from .training_helpers import prepare, tiny_spec as helper_spec
+from .training_helpers import prepare
+from .training_helpers import tiny_spec as helper_spec
 
 
 def tiny_spec(name, data, model, report_to="tensorboard", **train):

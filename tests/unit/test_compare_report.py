@@ -5,48 +5,26 @@ from __future__ import annotations
 
 import json
 import re
-import time
 
 import pytest
-import yaml
 
 from studio import paths
 from studio.cli import main
-from studio.config import RunSpec, TrainSpec, to_dict
 from studio.experiments import compare, report
-from studio.jobs.events import append_event, write_status
-from studio.util import write_json_atomic
-
-
-def _run(name: str, method: str, lr: float, metrics: dict, logs: list[dict], parent: str = "") -> None:
-    """A finished run folder as the worker leaves it: spec, status, events, adapter card, a checkpoint."""
-    path = paths.runs_dir() / name
-    path.mkdir(parents=True)
-    spec = RunSpec(name=name, dataset=f"{method}-data", train=TrainSpec(method=method, lr=lr),
-                   dataset_sha256=f"{method}" * 20, parent_run=parent, parent_step=2 if parent else 0)
-    (path / "spec.yaml").write_text(yaml.safe_dump(to_dict(spec), sort_keys=False))
-    write_status(path, state="completed", created=time.time(), step=len(logs), total_steps=len(logs), metrics=metrics)
-    for event in logs:
-        append_event(path, {"type": "log", **event})
-    (path / "adapter").mkdir()
-    write_json_atomic(path / "adapter" / "card.json", {"metrics": {**metrics, "perplexity": 7.5}, "train_seconds": 3})
-    checkpoint = path / "checkpoints" / "checkpoint-2"
-    checkpoint.mkdir(parents=True)
-    write_json_atomic(checkpoint / "trainer_state.json", {"log_history": [{"step": 1, "loss": 2.0},
-                                                                          {"step": 2, "loss": 1.5}]})
+from tests.integration.experiment_helpers import synthetic_run
 
 
 @pytest.fixture
 def two_methods():
-    _run("sft-a", "sft", 2e-4, {"train_loss": 1.8, "eval_loss": 1.6, "steps": 3},
+    synthetic_run("sft-a", "sft", 2e-4, {"train_loss": 1.8, "eval_loss": 1.6, "steps": 3},
          [{"step": s, "loss": 2.0 - s / 10, "tokens": 100 * s, "tokens_per_sec": 50.0} for s in (1, 2, 3)]
          + [{"step": 3, "eval_loss": 1.6, "tokens": 300}])
-    _run("dpo-b", "dpo", 5e-5, {"train_loss": 0.6, "reward_margin": 0.4, "steps": 3},
+    synthetic_run("dpo-b", "dpo", 5e-5, {"train_loss": 0.6, "reward_margin": 0.4, "steps": 3},
          [{"step": s, "loss": 0.7 - s / 50, "reward_margin": s / 10, "reward_accuracy": 0.5 + s / 10,
            "tokens": 80 * s, "tokens_per_sec": 40.0} for s in (1, 2, 3)], parent="sft-a")
 
 
-def test_compare_an_sft_run_with_a_dpo_run(two_methods):
+def test_compare_an_sft_run_with_a_dposynthetic_run(two_methods):
     result = compare.compare(["sft-a", "dpo-b"])
     assert result.families()[:2] == ["loss", "reward_margin"]
     series = {row["series"] for row in result.curves if row["family"] == "loss"}

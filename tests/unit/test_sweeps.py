@@ -3,9 +3,6 @@ the queue holding the sweep's runs in order, stopping, ranking and the CLI (no m
 
 from __future__ import annotations
 
-import os
-import time
-
 import pytest
 import yaml
 
@@ -13,30 +10,8 @@ from studio import paths
 from studio.cli import main
 from studio.errors import ConfigError
 from studio.experiments import sweeps
-from studio.jobs import process
 from studio.jobs.events import read_status, write_status
-from studio.util import write_json_atomic
-
-BASE = {"name": "demo", "dataset": "chat", "train": {"max_steps": 3}}
-GRID = {**BASE, "sweep": {"method": "grid", "parameters": {"train.lr": [1.0e-4, 2.0e-4], "lora.r": [8, 16]},
-                          "metric": "eval_loss"}}
-
-
-def _dataset(name: str = "chat") -> None:
-    """A prepared dataset as the manager sees it: meta.json and a split file (no tokenizer needed)."""
-    folder = paths.datasets_dir() / name
-    folder.mkdir(parents=True)
-    write_json_atomic(folder / "meta.json", {"name": name, "format": "openai"})
-    (folder / "train.parquet").write_bytes(b"rows")
-
-
-def _busy_run() -> None:
-    """A run that trains now (this process, heartbeat fresh): the queue holds everything behind it."""
-    path = paths.runs_dir() / "busy"
-    path.mkdir(parents=True)
-    (path / "spec.yaml").write_text(yaml.safe_dump({**BASE, "name": "busy"}))
-    write_status(path, state="running", created=time.time() - 60, heartbeat=time.time(),
-                 **process.identity(os.getpid()))
+from tests.integration.experiment_helpers import BASE, GRID, busy_run, stub_dataset
 
 
 def test_grid_expands_every_combination_named_after_its_values():
@@ -70,7 +45,7 @@ def test_random_draws_count_points_and_the_same_seed_draws_the_same():
     ({"train.lr": []}, "no list of values"),
 ])
 def test_invalid_sweeps_are_refused_before_anything_queues(parameters, said):
-    _dataset()
+    stub_dataset()
     with pytest.raises(ConfigError, match=said) as caught:
         sweeps.queue({**BASE, "sweep": {"method": "grid", "parameters": parameters}})
     assert caught.value.fix
@@ -80,7 +55,7 @@ def test_invalid_sweeps_are_refused_before_anything_queues(parameters, said):
 def test_a_missing_dataset_or_a_taken_name_queues_nothing():
     with pytest.raises(ConfigError, match="dataset 'chat' does not exist"):
         sweeps.queue(GRID)
-    _dataset()
+    stub_dataset()
     (paths.runs_dir() / "demo-lr0.0002-r16").mkdir()
     with pytest.raises(ConfigError, match="already exists"):
         sweeps.queue(GRID)
@@ -88,8 +63,8 @@ def test_a_missing_dataset_or_a_taken_name_queues_nothing():
 
 
 def test_queued_sweep_survives_on_disk_ranks_and_stops(capsys):
-    _dataset()
-    _busy_run()
+    stub_dataset()
+    busy_run()
     config = paths.workspace() / "sweep.yaml"
     config.write_text(yaml.safe_dump(GRID, sort_keys=False))  # the order of the parameters names the runs
     code = main(["train", "--config", str(config), "--background"])
