@@ -6,12 +6,7 @@ overlaid. Starts the app (python app.py) on a free port in that workspace, drive
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,22 +14,14 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-def start_app(workspace: Path) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, STUDIO_WORKSPACE=str(workspace), STUDIO_PORT=str(port), GRADIO_ANALYTICS_ENABLED="False")
-    log = open(workspace / "app.log", "w")
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    for _ in range(480):
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return proc, url
-        except OSError:
-            time.sleep(0.5)
-    proc.kill()
-    raise SystemExit(f"the app did not start: see {workspace / 'app.log'}")
+def _launcher():
+    """tests/ui/conftest.py's start_app / stop_app: the app started as `make run` does, on a free port."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ui_launcher", ROOT / "tests" / "ui" / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def shoot(url: str, sweep: str, out: Path) -> None:
@@ -57,12 +44,12 @@ def shoot(url: str, sweep: str, out: Path) -> None:
 
 def main() -> None:
     workspace, sweep, out = Path(sys.argv[1]).resolve(), sys.argv[2], Path(sys.argv[3]).resolve()
-    proc, url = start_app(workspace)
+    launcher = _launcher()
+    proc, url = launcher.start_app(workspace, timeout=300)
     try:
         shoot(url, sweep, out)
     finally:
-        proc.terminate()
-        proc.wait(20)
+        launcher.stop_app(proc)
     print(f"wrote {out}")
 
 
