@@ -272,10 +272,20 @@ def _check_free(sweep: Sweep, specs: list[RunSpec]) -> None:
     for spec in specs:
         if (paths.runs_dir() / spec.name).exists():
             raise ConfigError(f"A run named {spec.name!r} already exists.", "Give the sweep YAML another name:.")
+    _check_quota(len(specs))
     for dataset in sorted({s.dataset for s in specs}):
         if not (paths.datasets_dir() / dataset / "meta.json").is_file():
             raise ConfigError(f"The dataset {dataset!r} does not exist.",
                               "Prepare it in the Data tab (or `python -m studio data prepare`) first.")
+
+
+def _check_quota(count: int) -> None:
+    """Hosted: the whole sweep must fit the user's runs quota (STUDIO_MAX_RUNS), or none of it queues."""
+    from studio.jobs.events import ACTIVE, read_status
+
+    active = [policy.owner_of(p)["owner"] for p in paths.runs_dir().iterdir()
+              if (p / "spec.yaml").is_file() and read_status(p).get("state") in ACTIVE]
+    policy.check_run_quota(active + [policy.actor().user] * (count - 1))
 
 
 def stop(name: str) -> dict[str, str]:
