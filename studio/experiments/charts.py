@@ -5,15 +5,17 @@ from __future__ import annotations
 
 from html import escape
 
-WIDTH, HEIGHT = 720, 300
-LEFT, RIGHT, TOP, BOTTOM = 64, 180, 32, 40  # room for the y labels, the legend, the title and the x labels
+WIDTH, HEIGHT = 820, 300
+LEFT, RIGHT, TOP, BOTTOM = 64, 250, 32, 40  # room for the y labels, the legend, the title and the x labels
 COLORS = ("#f97316", "#2563eb", "#16a34a", "#dc2626", "#9333ea", "#0891b2", "#ca8a04", "#db2777")
 
 
-def _ticks(low: float, high: float, count: int = 5) -> list[float]:
+def _ticks(low: float, high: float, count: int = 5, whole: bool = False) -> list[float]:
+    """`count` evenly spaced ticks; `whole`: whole numbers only (steps), no 1.5 between 1 and 2."""
     if high == low:
         return [low]
-    return [low + (high - low) * i / (count - 1) for i in range(count)]
+    ticks = [low + (high - low) * i / (count - 1) for i in range(count)]
+    return sorted({round(t) for t in ticks}) if whole else ticks
 
 
 def _fmt(value: float) -> str:
@@ -38,7 +40,8 @@ def line_chart(series: dict[str, list[tuple[float, float]]], title: str, x_label
              f'viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="11" role="img">',
              f'<text x="{LEFT}" y="18" font-size="14" font-weight="bold">{escape(title)}</text>',
              f'<rect x="{LEFT}" y="{TOP}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#999"/>']
-    parts += _axes(x0, x1, y0, y1, at, x_label, y_label)
+    whole = all(float(x).is_integer() for x in xs)
+    parts += _axes(x0, x1, y0, y1, at, x_label, y_label, whole)
     for i, (label, values) in enumerate(series.items()):
         color = COLORS[i % len(COLORS)]
         line = " ".join(at(x, y) for x, y in sorted(values))
@@ -47,15 +50,15 @@ def line_chart(series: dict[str, list[tuple[float, float]]], title: str, x_label
                   f"<title>{escape(label)}: {_fmt(x)}, {_fmt(y)}</title></circle>" for x, y in values]
         ly = TOP + 14 * i + 8
         parts.append(f'<rect x="{WIDTH - RIGHT + 12}" y="{ly - 8}" width="10" height="10" fill="{color}"/>'
-                     f'<text x="{WIDTH - RIGHT + 26}" y="{ly + 1}">{escape(label[:28])}</text>')
+                     f'<text x="{WIDTH - RIGHT + 26}" y="{ly + 1}">{escape(label[:40])}</text>')
     parts.append("</svg>")
     return "\n".join(parts)
 
 
-def _axes(x0, x1, y0, y1, at, x_label: str, y_label: str) -> list[str]:
+def _axes(x0, x1, y0, y1, at, x_label: str, y_label: str, whole: bool) -> list[str]:
     bottom = HEIGHT - BOTTOM
     parts = []
-    for x in _ticks(x0, x1):
+    for x in _ticks(x0, x1, whole=whole):
         px = at(x, y0).split(",")[0]
         parts.append(f'<text x="{px}" y="{bottom + 14}" text-anchor="middle">{_fmt(x)}</text>')
     for y in _ticks(y0, y1):
