@@ -341,12 +341,16 @@ def ranking(name: str) -> list[dict]:
         record = read_folder(path)
         values = {key: _get_path(record.spec, key) for key in keys}
         rows.append({"run": run, "state": record.status.get("state", "?"), **values,
-                     "step": record.status.get("step", 0), metric: metric_value(record, metric)})
+                     "step": record.status.get("step", 0), metric: _round(metric_value(record, metric))})
     sign = -1 if sweep.get("direction") == "max" else 1
     done = sorted((r for r in rows if r["state"] == "completed" and r[metric] is not None),
                   key=lambda r: sign * r[metric])
     rest = [r for r in rows if r not in done]
     return [{"rank": i + 1 if r in done else None, **r} for i, r in enumerate(done + rest)]
+
+
+def _round(value):
+    return round(value, 4) if isinstance(value, float) else value
 
 
 def _get_path(data: dict, key: str):

@@ -39,7 +39,7 @@ def test_sweep_ranking_and_checkpoints_and_report(two_runs):
     assert len(ranking) == 4 and "0 of 4 runs completed" in note and "eval_loss" in note
     assert tab.sweep_runs("demo").value == sweeps.read("demo")["runs"]
     table, steps = tab.run_checkpoints("sft-a")
-    assert list(table["step"]) == [2] and steps.value == 2
+    assert list(table["step"]) == ["2"] and steps.value == 2
     report = tab.run_report("sft-a")
     assert report.endswith("sft-a-report.html") and "Run sft-a" in open(report).read()
     assert not (paths.runs_dir() / "sft-a" / "report.html").exists()  # the run folder is left as it was

@@ -19,6 +19,7 @@ from studio.ui.shared import Shared
 TITLE = "Experiments"
 POLL_SEC = 3.0  # how often the sweep's ranking is re-read while one is shown
 CHART_WIDTH = 900  # px: fixed, a chart drawn in a hidden tab measures its container as 0 px wide
+CHECKPOINT_COLUMNS = ["step", "loss", "eval_loss", "time"]
 
 
 def experiment_lists():
@@ -45,8 +46,12 @@ def overlay_chart(curves: list[dict], family: str, axis: str):
         return None
     frame = pd.DataFrame(rows)
     title = f"{family.replace('_', ' ')} by {AXES[axis]}"
+    last = int(frame["x"].max())
+    # steps: a tick at each whole step (vega-lite would put a "1.5" tick, shown as "2", between 1 and 2)
+    ticks = alt.Axis(format="~s") if axis == "tokens" else (
+        alt.Axis(values=list(range(1, last + 1)), format="d") if last <= 20 else alt.Axis(tickMinStep=1, format="d"))
     chart = alt.Chart(frame, title=title).mark_line(point=alt.OverlayMarkDef(size=40)).encode(
-        x=alt.X("x:Q", title=AXES[axis], axis=alt.Axis(format="~s" if axis == "tokens" else "d")),
+        x=alt.X("x:Q", title=AXES[axis], axis=ticks),
         y=alt.Y("value:Q", scale=alt.Scale(zero=False), title=family.replace("_", " ")),
         color=alt.Color("run:N", title="run"), strokeDash=alt.StrokeDash("kind:N", title=None),
         detail="kind:N", tooltip=["run", "kind", "x", alt.Tooltip("value:Q", format=".4f")],
@@ -66,10 +71,15 @@ def compare_runs(runs, axis="step", family="loss"):
         raise gr.Error(str(exc)) from exc
     families = result.families() or ["loss"]
     family = family if family in families else families[0]
-    differ = pd.DataFrame(result.differences).astype(str) if result.differences else pd.DataFrame(
-        {"setting": ["(all settings are the same)"]})
+    differ = result.differences or [{"setting": "(all settings are the same)"}]
     return (gr.Dropdown(choices=families, value=family), overlay_chart(result.curves, family, axis or "step"),
-            differ, pd.DataFrame(result.summary).astype(str))
+            as_frame(differ), as_frame(result.summary))
+
+
+def as_frame(rows: list[dict], columns: list[str] | None = None) -> pd.DataFrame:
+    """Rows as text cells, as written (a rank 8 stays 8, not 8.0; a missing value is empty, not nan)."""
+    cells = [{k: "" if v is None else str(v) for k, v in row.items()} for row in rows]
+    return pd.DataFrame(cells, columns=columns or (list(rows[0]) if rows else None))
 
 
 def sweep_ranking(sweep):
@@ -87,7 +97,7 @@ def sweep_ranking(sweep):
     note = (f"**{sweep}**: {record.get('method')} over {', '.join(record.get('parameters', {}))}; {done} of "
             f"{len(rows)} runs completed, ranked by **{record.get('metric')}** ({best} first)"
             + (" · stopped" if record.get("stopped") else ""))
-    return pd.DataFrame(rows).astype(str), note
+    return as_frame(rows), note
 
 
 def stop_sweep(sweep):
@@ -124,8 +134,7 @@ def run_checkpoints(run):
     except StudioError:
         rows = []
     steps = [r["step"] for r in rows]
-    frame = pd.DataFrame([{k: v for k, v in r.items() if k != "path"} for r in rows],
-                         columns=["step", "loss", "eval_loss", "time"])
+    frame = as_frame([{k: v for k, v in r.items() if k != "path"} for r in rows], CHECKPOINT_COLUMNS)
     return frame, gr.Dropdown(choices=steps, value=steps[len(steps) // 2 - 1] if len(steps) > 1 else
                               (steps[0] if steps else None))
 
@@ -239,11 +248,12 @@ def _checkpoint_section(runs: list[str], chosen: str | None):
         run = gr.Dropdown(runs, value=chosen, label="Run", elem_id="exp-run", allow_custom_value=True)
         step = gr.Dropdown([], label="Checkpoint step", elem_id="exp-step", allow_custom_value=True)
         report_btn = gr.Button("Report (HTML)", elem_id="exp-report")
-    report_file = gr.File(label="Report", elem_id="exp-report-file", interactive=False)
-    table = gr.Dataframe(label="Checkpoints", interactive=False, elem_id="exp-checkpoints")
+    report_file = gr.File(label="Report", elem_id="exp-report-file", interactive=False, height=80)
+    table = gr.Dataframe(pd.DataFrame(columns=CHECKPOINT_COLUMNS), label="Checkpoints", interactive=False,
+                         elem_id="exp-checkpoints")
     with gr.Row():
         name = gr.Textbox(label="Branch name", elem_id="exp-branch-name", info="The new run's name.")
-        lr = gr.Number(label="Learning rate", value=None, elem_id="exp-branch-lr", info="Empty: the parent's.")
+        lr = gr.Number(label="Learning rate", value=0, elem_id="exp-branch-lr", info="0: the parent's.")
         max_steps = gr.Number(label="Max steps", value=0, precision=0, elem_id="exp-branch-steps",
                               info="0: the parent's.")
         branch_btn = gr.Button("Branch from checkpoint", variant="primary", elem_id="exp-branch")
