@@ -40,7 +40,7 @@ def test_sweep_ranking_and_checkpoints_and_report(two_runs):
     assert tab.sweep_runs("demo").value == sweeps.read("demo")["runs"]
     table, steps = tab.run_checkpoints("sft-a")
     assert list(table["step"]) == ["2"] and steps.value == 2
-    report = tab.run_report("sft-a")
+    report = tab.run_report("sft-a").value["path"]
     assert report.endswith("sft-a-report.html") and "Run sft-a" in open(report).read()
     assert not (paths.runs_dir() / "sft-a" / "report.html").exists()  # the run folder is left as it was
     assert yaml.safe_load((paths.runs_dir() / "sft-a" / "spec.yaml").read_text())["name"] == "sft-a"

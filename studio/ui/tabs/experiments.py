@@ -53,7 +53,9 @@ def overlay_chart(curves: list[dict], family: str, axis: str):
     chart = alt.Chart(frame, title=title).mark_line(point=alt.OverlayMarkDef(size=40)).encode(
         x=alt.X("x:Q", title=AXES[axis], axis=ticks),
         y=alt.Y("value:Q", scale=alt.Scale(zero=False), title=family.replace("_", " ")),
-        color=alt.Color("run:N", title="run"), strokeDash=alt.StrokeDash("kind:N", title=None),
+        color=alt.Color("run:N", title="run"),
+        strokeDash=alt.StrokeDash("kind:N", title=None, scale=alt.Scale(domain=["train", "eval"],
+                                                                         range=[[1, 0], [5, 4]])),
         detail="kind:N", tooltip=["run", "kind", "x", alt.Tooltip("value:Q", format=".4f")],
     ).properties(width=CHART_WIDTH, height=300, usermeta={"embedOptions": {"renderer": "svg", "actions": False}})
     return vega_lite_5(json.loads(chart.to_json()))
@@ -186,7 +188,7 @@ def run_report(run):
         raise gr.Error(str(exc)) from exc
     out = Path(tempfile.mkdtemp(prefix="studio-report-")) / f"{run}-report.html"
     out.write_text(page, encoding="utf-8")
-    return str(out)
+    return gr.File(value=str(out), visible=True)
 
 
 def build(shared: Shared) -> None:
@@ -248,7 +250,7 @@ def _checkpoint_section(runs: list[str], chosen: str | None):
         run = gr.Dropdown(runs, value=chosen, label="Run", elem_id="exp-run", allow_custom_value=True)
         step = gr.Dropdown([], label="Checkpoint step", elem_id="exp-step", allow_custom_value=True)
         report_btn = gr.Button("Report (HTML)", elem_id="exp-report")
-    report_file = gr.File(label="Report", elem_id="exp-report-file", interactive=False, height=80)
+    report_file = gr.File(label="Report", elem_id="exp-report-file", interactive=False, visible=False)
     table = gr.Dataframe(pd.DataFrame(columns=CHECKPOINT_COLUMNS), label="Checkpoints", interactive=False,
                          elem_id="exp-checkpoints")
     with gr.Row():
