@@ -10,6 +10,7 @@ The worker hands the list to transformers' own integrations (`TrainingArguments.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from pathlib import Path
 
@@ -59,13 +60,16 @@ def report_to(report_to_setting: str, run_dir: Path) -> list[str]:
     return names
 
 
-_SET_HERE: dict[str, str] = {}  # variables this module set: the next run in the same process (tests) sets its own
+SET_HERE = "STUDIO_TRACKER_ENV"  # JSON {variable: value} of what this module set, inherited with the values
 
 
 def _set_default(key: str, value: str) -> None:
-    """Set `key` unless the user's environment chose a value (one this module set before is replaced)."""
-    if key not in os.environ or os.environ[key] == _SET_HERE.get(key):
-        os.environ[key] = _SET_HERE[key] = value
+    """Set `key` unless the user's environment chose a value. A value this module set is replaced: the next
+    run in the same process (tests), or in a worker the queue starts from this one, gets its own folder."""
+    ours = json.loads(os.environ.get(SET_HERE) or "{}")
+    if key not in os.environ or os.environ[key] == ours.get(key):
+        os.environ[key] = ours[key] = value
+        os.environ[SET_HERE] = json.dumps(ours)
 
 
 def tensorboard_dir(run_dir: Path) -> Path:

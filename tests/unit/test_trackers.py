@@ -14,13 +14,22 @@ from studio.jobs import trackers
 
 
 def test_tensorboard_is_the_default_and_its_files_go_to_the_run_folder(tmp_path, monkeypatch):
-    monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items() if k != "TENSORBOARD_LOGGING_DIR"})
+    monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items()
+                                        if k not in ("TENSORBOARD_LOGGING_DIR", trackers.SET_HERE)})
     assert TrainSpec().report_to == "tensorboard"
     assert trackers.report_to("tensorboard", tmp_path / "a") == ["tensorboard"]
     assert os.environ["TENSORBOARD_LOGGING_DIR"] == str(tmp_path / "a" / "tensorboard")
     trackers.report_to("tensorboard", tmp_path / "b")  # the next run in this process gets its own folder
     assert os.environ["TENSORBOARD_LOGGING_DIR"] == str(tmp_path / "b" / "tensorboard")
     assert trackers.report_to("none", tmp_path / "c") == [] and trackers.chosen(" ") == []
+    # a worker the queue starts from this process inherits the environment: its run still gets its own folder
+    monkeypatch.setattr(os, "environ", dict(os.environ))
+    trackers.report_to("tensorboard", tmp_path / "d")
+    assert os.environ["TENSORBOARD_LOGGING_DIR"] == str(tmp_path / "d" / "tensorboard")
+    # a folder the user chose is kept
+    monkeypatch.setattr(os, "environ", {**os.environ, "TENSORBOARD_LOGGING_DIR": "/mine"})
+    trackers.report_to("tensorboard", tmp_path / "e")
+    assert os.environ["TENSORBOARD_LOGGING_DIR"] == "/mine"
 
 
 @pytest.mark.parametrize("name", [n for n in ("mlflow", "wandb", "trackio") if importlib.util.find_spec(n) is None])
