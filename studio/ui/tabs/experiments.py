@@ -204,7 +204,7 @@ def build(shared: Shared) -> None:
 
 def _compare_section(runs: list[str]):
     with gr.Row():
-        picked = gr.Dropdown(runs, value=runs[:2], multiselect=True, label="Runs to compare", scale=4,
+        picked = gr.Dropdown(runs, value=[], multiselect=True, label="Runs to compare", scale=4,
                              elem_id="exp-runs", info="Any runs, of any method (each draws what it logged).")
         axis = gr.Radio(["step", "tokens"], value="step", label="Axis", elem_id="exp-axis",
                         info="Optimizer steps, or tokens seen (runs with other batch sizes line up by data).")
