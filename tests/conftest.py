@@ -1,5 +1,11 @@
 """Shared fixtures: an isolated workspace per test, a session-wide studio home (so the bundled model
-is converted once per machine), and tiny random-weight Llama models built here for speed."""
+is converted once per machine), and tiny random-weight Llama models built here for speed.
+
+Parallel runs (pytest-xdist, `make test` uses `-n`): every worker process has its own session fixtures and
+its own tmp_path root, each test its own workspace (STUDIO_WORKSPACE), apps and servers take free ports
+(tests/app_launcher.py), the one shared folder, STUDIO_HOME, is a cache whose bundled-model conversion runs
+once under a file lock, and each worker's torch gets its share of the cores (OMP_NUM_THREADS, inherited by
+the workers and apps a test starts) instead of every worker spinning threads on all of them."""
 
 from __future__ import annotations
 
@@ -13,6 +19,25 @@ os.environ.setdefault("STUDIO_HOME", str(ROOT / ".cache" / "test-home"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for a hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ARTIFACTS = ROOT / "test-artifacts"
+XDIST_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if XDIST_WORKERS > 1:  # set before torch is imported: torch reads it once
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // XDIST_WORKERS)))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def bundled_converted() -> None:
+    """Convert the bundled model (once per STUDIO_HOME) before any test runs, under a file lock: parallel
+    workers (and parallel test runs sharing the home) would otherwise convert it at once into one folder.
+    Tests that call resolve("bundled") themselves, or start an app that does, need nothing more."""
+    from filelock import FileLock
+
+    from studio import paths
+    from studio.models import bundled_gguf, resolve
+
+    if bundled_gguf() is None:
+        return  # the bundled_dir fixture says what to install
+    with FileLock(str(paths.home() / "bundled-conversion.lock")):
+        resolve("bundled")
 
 
 @pytest.fixture(autouse=True)
@@ -58,3 +83,82 @@ def tiny_model_dir(tmp_path_factory, bundled_dir) -> Path:
 def other_tiny_model_dir(tmp_path_factory, bundled_dir) -> Path:
     """A second tiny model with a different shape: adapters trained for one must not fit the other."""
     return make_tiny_model(tmp_path_factory.mktemp("tiny2") / "tiny-llama-96", bundled_dir, hidden=96)
+
+
+# ---------------------------------------------------------------- parallel scheduling (pytest-xdist)
+
+SHARED_APP_GROUP = "ui-shared-app"  # the tests on the session app (app_url): one worker, one app
+DURATIONS = Path(__file__).with_name("durations.json")  # seconds per test file, measured (docs/testing.md)
+CACHE_KEY = "tuning-studio/test-seconds"  # seconds per test from this checkout's last runs (.pytest_cache)
+UNKNOWN_TEST_SECONDS = 3.0  # a test of a file never measured
+
+
+def _file_of(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
+def _test_of(nodeid: str) -> str:
+    """The test's id without the "@group" xdist's loadgroup appends to it."""
+    head, at, _ = nodeid.rpartition("@")
+    return head if at and "::" in head else nodeid
+
+
+def _group_of(item: pytest.Item) -> str:
+    """The xdist group a test runs in: its own marker's, the shared app's, else its file's (tests of one file
+    share module fixtures and some run in file order, like the browser walk, so a file stays on one worker)."""
+    marker = item.get_closest_marker("xdist_group")
+    if marker is not None:
+        return marker.args[0] if marker.args else marker.kwargs.get("name", "default")
+    return SHARED_APP_GROUP if "app_url" in item.fixturenames else _file_of(item.nodeid)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group markers
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under xdist (`make test`: --dist loadgroup --no-loadscope-reorder): mark each test with its group, and
+    send the longest groups first, so that no worker starts a long file while the others are nearly done."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return
+    estimate = _estimates(config, items)
+    group_seconds: dict[str, float] = {}
+    for item in items:
+        group = _group_of(item)
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(group))
+        group_seconds[group] = group_seconds.get(group, 0.0) + estimate(item)
+    items.sort(key=lambda item: -group_seconds[_group_of(item)])  # stable: file order kept inside a group
+
+
+def _estimates(config: pytest.Config, items: list[pytest.Item]):
+    """Seconds a test is expected to take: its own last time (.pytest_cache), else its share of its file's
+    measured time (tests/durations.json, for a fresh clone), else UNKNOWN_TEST_SECONDS."""
+    import json
+
+    per_file = json.loads(DURATIONS.read_text()) if DURATIONS.is_file() else {}
+    cached = config.cache.get(CACHE_KEY, {}) if config.cache is not None else {}
+    counts: dict[str, int] = {}
+    for item in items:
+        counts[_file_of(item.nodeid)] = counts.get(_file_of(item.nodeid), 0) + 1
+
+    def estimate(item: pytest.Item) -> float:
+        file = _file_of(item.nodeid)
+        if item.nodeid in cached:
+            return cached[item.nodeid]
+        return per_file[file] / counts[file] if file in per_file else UNKNOWN_TEST_SECONDS
+
+    return estimate
+
+
+_measured: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    test = _test_of(report.nodeid)
+    _measured[test] = _measured.get(test, 0.0) + report.duration  # setup + call + teardown
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Remember each test's time for the next run's order (the controller sees every worker's reports)."""
+    config = session.config
+    if hasattr(config, "workerinput") or config.cache is None or not _measured:
+        return
+    config.cache.set(CACHE_KEY, {**config.cache.get(CACHE_KEY, {}), **{t: round(s, 2) for t, s in _measured.items()}})

@@ -11,6 +11,7 @@ import shutil
 import time
 from pathlib import Path
 
+import app_launcher as launcher
 import pytest
 
 from studio import policy
@@ -20,17 +21,6 @@ SAMPLE = ROOT / "assets" / "hinglish_demo.jsonl"
 OWNER = {"adapter": "owner-adapter", "dataset": "owner-data", "run": "owner-run"}
 REFUSED_FOR_VISITORS = "off on this hosted studio"
 
-
-def _launcher():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("ui_launcher", Path(__file__).resolve().parent / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-launcher = _launcher()
 
 
 def random_lora(base_dir: Path, out: Path, seed: int = 0) -> Path:
