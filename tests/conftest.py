@@ -87,7 +87,6 @@ def other_tiny_model_dir(tmp_path_factory, bundled_dir) -> Path:
 
 # ---------------------------------------------------------------- parallel scheduling (pytest-xdist)
 
-SHARED_APP_GROUP = "ui-shared-app"  # the tests on the session app (app_url): one worker, one app
 DURATIONS = Path(__file__).with_name("durations.json")  # seconds per test file, measured (docs/testing.md)
 CACHE_KEY = "tuning-studio/test-seconds"  # seconds per test from this checkout's last runs (.pytest_cache)
 UNKNOWN_TEST_SECONDS = 3.0  # a test of a file never measured
@@ -97,35 +96,19 @@ def _file_of(nodeid: str) -> str:
     return nodeid.split("::", 1)[0]
 
 
-def _test_of(nodeid: str) -> str:
-    """The test's id without the "@group" xdist's loadgroup appends to it."""
-    head, at, _ = nodeid.rpartition("@")
-    return head if at and "::" in head else nodeid
-
-
-def _group_of(item: pytest.Item) -> str:
-    """The xdist group a test runs in: its own marker's, the shared app's, else its file's (tests of one file
-    share module fixtures and some run in file order, like the browser walk, so a file stays on one worker)."""
-    marker = item.get_closest_marker("xdist_group")
-    if marker is not None:
-        return marker.args[0] if marker.args else marker.kwargs.get("name", "default")
-    return SHARED_APP_GROUP if "app_url" in item.fixturenames else _file_of(item.nodeid)
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group markers
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under xdist (`make test`: --dist loadgroup --no-loadscope-reorder): mark each test with its group, and
-    send the longest groups first, so that no worker starts a long file while the others are nearly done."""
+    """Under xdist (`make test`: --dist loadfile --no-loadscope-reorder) the files go to the workers in
+    collection order, a file at a time (a file's tests share module fixtures, and some run in file order, like
+    the browser walk). Put the longest files first, so that no worker starts a long file when the others are
+    nearly done. Inside a file the order stays as written."""
     if "PYTEST_XDIST_WORKER" not in os.environ:
         return
     estimate = _estimates(config, items)
-    group_seconds: dict[str, float] = {}
+    file_seconds: dict[str, float] = {}
     for item in items:
-        group = _group_of(item)
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(group))
-        group_seconds[group] = group_seconds.get(group, 0.0) + estimate(item)
-    items.sort(key=lambda item: -group_seconds[_group_of(item)])  # stable: file order kept inside a group
+        file_seconds[_file_of(item.nodeid)] = file_seconds.get(_file_of(item.nodeid), 0.0) + estimate(item)
+    items.sort(key=lambda item: -file_seconds[_file_of(item.nodeid)])  # a stable sort
 
 
 def _estimates(config: pytest.Config, items: list[pytest.Item]):
@@ -134,7 +117,8 @@ def _estimates(config: pytest.Config, items: list[pytest.Item]):
     import json
 
     per_file = json.loads(DURATIONS.read_text()) if DURATIONS.is_file() else {}
-    cached = config.cache.get(CACHE_KEY, {}) if config.cache is not None else {}
+    cache = getattr(config, "cache", None)  # None with -p no:cacheprovider
+    cached = cache.get(CACHE_KEY, {}) if cache is not None else {}
     counts: dict[str, int] = {}
     for item in items:
         counts[_file_of(item.nodeid)] = counts.get(_file_of(item.nodeid), 0) + 1
@@ -152,13 +136,13 @@ _measured: dict[str, float] = {}
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    test = _test_of(report.nodeid)
-    _measured[test] = _measured.get(test, 0.0) + report.duration  # setup + call + teardown
+    _measured[report.nodeid] = _measured.get(report.nodeid, 0.0) + report.duration  # setup + call + teardown
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """Remember each test's time for the next run's order (the controller sees every worker's reports)."""
     config = session.config
-    if hasattr(config, "workerinput") or config.cache is None or not _measured:
+    cache = getattr(config, "cache", None)
+    if hasattr(config, "workerinput") or cache is None or not _measured:
         return
-    config.cache.set(CACHE_KEY, {**config.cache.get(CACHE_KEY, {}), **{t: round(s, 2) for t, s in _measured.items()}})
+    cache.set(CACHE_KEY, {**cache.get(CACHE_KEY, {}), **{t: round(s, 2) for t, s in _measured.items()}})
