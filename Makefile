@@ -8,8 +8,12 @@ STAMP := .venv/.installed
 run: $(STAMP)
 	$(PY) app.py
 
+# The suite in parallel worker processes (pytest-xdist): most tests wait on subprocesses, apps and the browser,
+# so TEST_WORKERS=3 on 2 cores finishes sooner than one process (docs/testing.md has the measurements). The tests
+# of a file stay on one worker, the longest files first (tests/conftest.py).
+TEST_WORKERS ?= 3
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=15 tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15 tests
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.train_bench --quick

@@ -7,14 +7,13 @@ are in test_training.py; docs/reliability.md lists them all.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import threading
 import time
-from pathlib import Path
 
 import pytest
+from app_launcher import start_app, stop_app
 
 from studio.jobs import manager
 from studio.jobs.events import read_events, read_status
@@ -23,17 +22,6 @@ from .training_helpers import prepare, tiny_spec
 
 GEN = [8, 0, 0.95, 50, 1.0, 0]  # chat: max new tokens, temperature (greedy), top-p, top-k, repetition, seed
 
-
-def _launcher():
-    """start_app / stop_app from tests/ui/conftest.py (not importable as a package module)."""
-    path = Path(__file__).resolve().parents[1] / "ui" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("ui_launcher", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.start_app, module.stop_app
-
-
-start_app, stop_app = _launcher()
 
 
 def _wait(predicate, timeout=300, what="condition"):

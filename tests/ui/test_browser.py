@@ -22,6 +22,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from app_launcher import kill_workers, start_app, stop_app
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / "test-artifacts" / "browser"
@@ -45,19 +46,8 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists() and not os.environ.g
                                 reason="chromium is not installed (.ci/run installs it)")
 
 
-def _launcher():
-    """start_app / stop_app from this folder's conftest (it is not importable as a package module)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("ui_launcher", Path(__file__).resolve().parent / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.start_app, module.stop_app, module.kill_workers
-
-
 @pytest.fixture(scope="module")
 def app(tmp_path_factory, bundled_dir):
-    start_app, stop_app, kill_workers = _launcher()
     ws = tmp_path_factory.mktemp("browser-ws")  # a fresh workspace: no dataset, run or adapter yet
     proc, url = start_app(ws)
     yield url, ws

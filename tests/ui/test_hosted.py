@@ -10,23 +10,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from app_launcher import start_app, stop_app
 
 from studio import hosted
 from studio.errors import StudioError
 from studio.jobs.events import read_status
-
-
-def _launcher():
-    """start_app / stop_app from this folder's conftest (it is not importable as a package module)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("ui_launcher", Path(__file__).resolve().parent / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.start_app, module.stop_app
-
-
-start_app, stop_app = _launcher()
 
 USER, PASSWORD = "alice", "wonderland-42"
 ROOT = Path(__file__).resolve().parents[2]

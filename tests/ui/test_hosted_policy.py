@@ -11,6 +11,7 @@ import shutil
 import time
 from pathlib import Path
 
+import app_launcher as launcher
 import pytest
 
 from studio import policy
@@ -20,17 +21,6 @@ SAMPLE = ROOT / "assets" / "hinglish_demo.jsonl"
 OWNER = {"adapter": "owner-adapter", "dataset": "owner-data", "run": "owner-run"}
 REFUSED_FOR_VISITORS = "off on this hosted studio"
 
-
-def _launcher():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("ui_launcher", Path(__file__).resolve().parent / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-launcher = _launcher()
 
 
 def random_lora(base_dir: Path, out: Path, seed: int = 0) -> Path:
@@ -134,20 +124,27 @@ def owner_workspace(tmp_path_factory, bundled_dir):
     return ws
 
 
-def test_a_visitor_of_a_public_demo_can_read_and_chat_and_nothing_else(owner_workspace):
+@pytest.fixture(scope="module")
+def public_demo(owner_workspace):
+    """One public demo (hosted, no accounts) on the owner's workspace for the endpoint battery and the browser
+    visit: (url, the owner's checksums taken before the app started). One app start and one model load."""
+    before = checksums(owner_workspace)
+    proc, url = launcher.start_app(owner_workspace, {"STUDIO_HOSTED": "1", "STUDIO_USERS": "",
+                                                     "STUDIO_RATE_LIMIT": "1000"})
+    yield url, before
+    launcher.stop_app(proc)
+    launcher.kill_workers(owner_workspace)
+
+
+def test_a_visitor_of_a_public_demo_can_read_and_chat_and_nothing_else(owner_workspace, public_demo):
     from gradio_client import Client
 
     ws = owner_workspace
-    before = checksums(ws)
-    proc, url = launcher.start_app(ws, {"STUDIO_HOSTED": "1", "STUDIO_USERS": "", "STUDIO_RATE_LIMIT": "1000"})
-    try:
-        client = Client(url, verbose=False)
-        outcomes = call_every_endpoint(client, ws, "bundled")
-        answer = client.predict("bundled", "fp32", OWNER["adapter"], "Say hi", "", 8, 0, 0.95, 50, 1.1, 0, [],
-                                api_name="/chat")
-    finally:
-        launcher.stop_app(proc)
-        launcher.kill_workers(ws)
+    url, before = public_demo
+    client = Client(url, verbose=False)
+    outcomes = call_every_endpoint(client, ws, "bundled")
+    answer = client.predict("bundled", "fp32", OWNER["adapter"], "Say hi", "", 8, 0, 0.95, 50, 1.1, 0, [],
+                            api_name="/chat")
     kinds = classes(outcomes)
     assert len(outcomes) > 90
     let_through = {n: o for n, o in outcomes.items() if kinds[n] not in (policy.READ, policy.CHAT)
@@ -236,10 +233,10 @@ def _open_registry(page) -> None:
     page.locator("#chat-adapters").wait_for()
 
 
-def test_browser_a_visitor_chats_with_a_published_adapter_and_sees_why_the_rest_is_off(owner_workspace):
+def test_browser_a_visitor_chats_with_a_published_adapter_and_sees_why_the_rest_is_off(owner_workspace,
+                                                                                        public_demo):
     ws = owner_workspace
-    before = checksums(ws)
-    proc, url = launcher.start_app(ws, {"STUDIO_HOSTED": "1", "STUDIO_USERS": ""})
+    url, before = public_demo
     manager, browser = _browser()
     try:
         page = _page(browser, url)
@@ -267,8 +264,6 @@ def test_browser_a_visitor_chats_with_a_published_adapter_and_sees_why_the_rest_
     finally:
         browser.close()
         manager.stop()
-        launcher.stop_app(proc)
-        launcher.kill_workers(ws)
     assert checksums(ws) == before
 
 

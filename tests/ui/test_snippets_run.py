@@ -12,20 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-
-def _launcher():
-    """start_app / stop_app / kill_workers from this folder's conftest (not importable as a module)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("ui_launcher", Path(__file__).resolve().parent / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-launcher = _launcher()
-start_app, stop_app, kill_workers = launcher.start_app, launcher.stop_app, launcher.kill_workers
+from app_launcher import kill_workers, start_app, stop_app
 
 
 def _blocks(markdown: str) -> dict[str, str]:
