@@ -126,7 +126,8 @@ def new_round(name: str, prompt: str, dataset: str, answers: dict[str, str], see
     folder = open_arena(name)
     policy.require_owner(folder, "play in", f"the arena {name}")
     models = list(answers)
-    random.Random(seed).shuffle(models)
+    played = len(list((folder / "rounds").glob("*.json")))  # a fixed seed still shuffles each round its own way
+    random.Random(None if seed is None else f"{seed}:{played}").shuffle(models)
     found = Round(uuid.uuid4().hex[:12], prompt, dataset or TYPED, tuple(models), tuple(answers[m] for m in models))
     write_json_atomic(folder / "rounds" / f"{found.id}.json", {**found.__dict__, "vote": None,
                                                                "created": time.strftime("%Y-%m-%d %H:%M:%S")})
