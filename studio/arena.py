@@ -71,6 +71,9 @@ def open_arena(name: str) -> Path:
     paths.check_name(name, "arena name")
     folder = arenas_dir() / name
     if not (folder / "arena.json").is_file():
+        if policy.actor().role == "visitor":
+            raise policy.AccessError("Votes are saved in an arena of your own, which a visitor of this public "
+                                     "demo does not have.", "Log in (the owner sets STUDIO_USERS) to play.")
         (folder / "rounds").mkdir(parents=True, exist_ok=True)
         policy.stamp(folder)
         write_json_atomic(folder / "arena.json", {"name": name, "created": time.strftime("%Y-%m-%d %H:%M:%S")})
