@@ -187,9 +187,9 @@ def _pickers(shared: Shared) -> tuple:
         with gr.Column(scale=1):
             draw = gr.Button("Draw from dataset", elem_id="arena-draw")
             ask = gr.Button("Get answers", variant="primary", elem_id="arena-ask")
-    with gr.Accordion("Generation settings", open=False):
-        system = gr.Textbox(label="System prompt (for every model)", elem_id="arena-system")
-        max_new = gr.Slider(1, 1024, value=128, step=1, label="Max new tokens", elem_id="arena-max-new")
+    with gr.Row():
+        max_new = gr.Slider(1, 1024, value=128, step=1, label="Max new tokens", elem_id="arena-max-new", scale=1)
+        system = gr.Textbox(label="System prompt (for every model; optional)", elem_id="arena-system", scale=3)
     return name, models, dataset, prompt, draw, ask, system, max_new
 
 
