@@ -117,17 +117,17 @@ def base_judge(engine, max_tokens: int = JUDGE_TOKENS) -> Judge:
 
 
 def make_judge(spec: str, key: str | None = None, engine_of: Callable[[], object] | None = None,
-               model: str | None = None) -> Judge:
+               model: str | None = None, max_tokens: int = JUDGE_TOKENS) -> Judge:
     """'base' (the loaded base judges; `engine_of` gives it) or an OpenAI-compatible URL."""
     spec = (spec or "").strip()
     if spec.lower() == "base":
         if engine_of is None:
             raise ConfigError("No base is loaded to judge with.", "Load a model first, or give a judge URL.")
-        return base_judge(engine_of())
+        return base_judge(engine_of(), max_tokens)
     if policy.hosted() and policy.actor().role not in ("local", "system", "admin"):
         raise policy.AccessError("This hosted studio judges with its own base only (a URL would make the "
                                  "server call out to any address).", "Use the judge 'base'.")
-    return endpoint_judge(spec, key, model)
+    return endpoint_judge(spec, key, model, max_tokens)
 
 
 # ---------------------------------------------------------------- prompts and parsing
