@@ -67,7 +67,8 @@ def folder_of(name: str) -> Path:
 
 
 def open_arena(name: str) -> Path:
-    """The arena's folder, made (and, hosted, stamped with its maker) when it does not exist yet."""
+    """The arena's folder, made (and, hosted, stamped with its maker) when it does not exist yet; refused
+    where the caller may not play in it (hosted: another user's arena)."""
     paths.check_name(name, "arena name")
     folder = arenas_dir() / name
     if not (folder / "arena.json").is_file():
@@ -77,7 +78,9 @@ def open_arena(name: str) -> Path:
         (folder / "rounds").mkdir(parents=True, exist_ok=True)
         policy.stamp(folder)
         write_json_atomic(folder / "arena.json", {"name": name, "created": time.strftime("%Y-%m-%d %H:%M:%S")})
-    return folder_of(name)
+    folder = folder_of(name)
+    policy.require_owner(folder, "play in", f"the arena {name}")
+    return folder
 
 
 def list_arenas() -> list[str]:
@@ -127,7 +130,6 @@ def check_models(models: list[str]) -> list[str]:
 def new_round(name: str, prompt: str, dataset: str, answers: dict[str, str], seed: int | None = None) -> Round:
     """Save a round with its answers shuffled (models hidden) and return it."""
     folder = open_arena(name)
-    policy.require_owner(folder, "play in", f"the arena {name}")
     models = list(answers)
     played = len(list((folder / "rounds").glob("*.json")))  # a fixed seed still shuffles each round its own way
     random.Random(None if seed is None else f"{seed}:{played}").shuffle(models)

@@ -96,11 +96,14 @@ def arena_ask(ref, quant, name, models, dataset, prompt, system, max_new, progre
     """Every chosen model answers; the answers show under letters, shuffled; the vote opens."""
     from studio.inference import GenerationSettings
 
+    name = (name or DEFAULT_ARENA).strip()
     try:
+        arena.check_models(list(models or []))
+        arena.open_arena(name)  # refuses before any generating where the caller may not play (hosted)
         engine = _engine(ref, quant, progress)
         answers = arena.answers(engine, prompt, list(models or []), GenerationSettings(max_new_tokens=int(max_new)),
                                 system or "")
-        found = arena.new_round((name or DEFAULT_ARENA).strip(), prompt, dataset or arena.TYPED, answers)
+        found = arena.new_round(name, prompt, dataset or arena.TYPED, answers)
     except StudioError as exc:
         raise gr.Error(str(exc)) from exc
     return (found.id, _answers_html(found), gr.Radio(choices=_vote_choices(found), value=None, interactive=True),
