@@ -415,8 +415,13 @@ def _cell(value, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
 def summary_line(s: dict) -> str:
-    words = [f"{s['votes']} votes in arena {s['arena']} ({s['dataset']}): {s['ties']} ties, {s['all_bad']} all bad"]
+    words = [f"{_count(s['votes'], 'vote')} in arena {s['arena']} ({s['dataset']}): {_count(s['ties'], 'tie')}, "
+             f"{s['all_bad']} all bad"]
     if s["verdicts"]:
         orders = "-" if s["orders_agree"] is None else f"{s['orders_agree']:.0%}"
         humans = "-" if s["agree_with_humans"] is None else f"{s['agree_with_humans']:.0%} of {s['with_humans']}"

@@ -114,3 +114,17 @@ def test_hosted_arenas_belong_to_their_maker(workspace, monkeypatch):
             arena.vote("alices", found.id, "A")
     with policy.acting_as(policy.for_user("alice")):
         assert arena.vote("alices", found.id, "A")["voter"] == "alice"
+
+
+def test_the_cli_prints_the_stored_leaderboard(capsys):
+    from studio.cli import main
+
+    for pick in ("med", "med", "hing"):
+        found = _round()
+        arena.vote("mine", found.id, "ABC"[found.models.index(pick)])
+    assert main(["eval", "arena", "--name", "mine", "--leaderboard"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[1].startswith("med") and "3 votes in arena mine (all): 0 ties, 0 all bad." in out
+    assert main(["eval", "arena", "--name", "mine", "--leaderboard", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["summary"]["votes"] == 3
+    assert main(["eval", "arena", "--name", "nope", "--leaderboard"]) == 2  # the error and its fix, no traceback

@@ -89,3 +89,18 @@ def test_a_judge_url_that_answers_nothing_says_what_to_check():
     assert "/v1" in err.value.fix
     with pytest.raises(ConfigError, match="neither 'base' nor"):
         judge.make_judge("my-judge")
+
+
+def test_playing_in_a_terminal_reads_votes_and_reveals_names(served, monkeypatch, capsys):
+    import io
+
+    from studio.cli import main
+
+    _, engine = served
+    monkeypatch.setattr("sys.stdin", io.StringIO("Z\nB\ntie\n"))  # a wrong key first: asked again
+    code = main(["eval", "arena", "--name", "cli", "--model", engine.ref, "--models", "base", "lora-one",
+                 "--prompt", "Hi", "--prompt", "Bye", "--rounds", "2", "--max-new-tokens", "3", "--seed", "1"])
+    out = capsys.readouterr().out
+    assert code == 0 and "--- answer A ---" in out and "--- answer B ---" in out
+    assert out.count("revealed: A = ") == 2 and "2 votes in arena cli (all): 1 tie, 0 all bad." in out
+    assert [v["vote"] for v in arena.votes("cli")] == ["B", "tie"]
