@@ -34,6 +34,7 @@ def add_kinds(kinds) -> None:
     p.add_argument("--rubric", default=None, help="a text file, one 'name: description' line per criterion "
                                                   "(default: helpfulness, correctness, system prompt)")
     p.add_argument("--mode", default="pairwise", choices=("pairwise", "single"))
+    p.add_argument("--judge-tokens", type=int, default=96, help="the longest judge reply (the verdict comes first)")
     p.add_argument("--new-rounds", type=int, default=0,
                    help="first ask this many new prompts (from --dataset or --prompt) of --models, unvoted")
     p.add_argument("--limit", type=int, default=None, help="judge at most this many rounds not judged yet")
@@ -140,7 +141,7 @@ def judge(args) -> int:
         for prompt, dataset in _prompts(args, args.new_rounds):
             _round(args, engine_of(), prompt, dataset)
     judge_model = judging.make_judge(args.judge, args.key or os.environ.get("STUDIO_JUDGE_KEY"), engine_of,
-                                     args.judge_model)
+                                     args.judge_model, args.judge_tokens)
     records = judging.judge_arena(args.name, judge_model, judging.load_rubric(args.rubric), args.mode, args.limit,
                                   args.system, progress=lambda f, m: print(f"[{f:4.0%}] {m}", file=sys.stderr))
     print(f"judged {len(records)} new {'pairs' if args.mode == 'pairwise' else 'answers'} with {judge_model.label}")

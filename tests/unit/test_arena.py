@@ -128,3 +128,16 @@ def test_the_cli_prints_the_stored_leaderboard(capsys):
     assert main(["eval", "arena", "--name", "mine", "--leaderboard", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["summary"]["votes"] == 3
     assert main(["eval", "arena", "--name", "nope", "--leaderboard"]) == 2  # the error and its fix, no traceback
+
+
+def test_the_judge_is_compared_with_the_votes_on_the_same_rounds():
+    human = [{"round": "r1", "models": ["x", "y"], "winner": "x", "vote": "A"},
+             {"round": "r2", "models": ["x", "y"], "winner": None, "vote": "tie"}]
+    judged = [{"round": "r1", "a": "y", "b": "x", "verdict": "b", "orders_agree": True},  # x wins: agrees
+              {"round": "r2", "a": "x", "b": "y", "verdict": "a", "orders_agree": True},  # the vote was a tie
+              {"round": "r3", "a": "x", "b": "y", "verdict": "tie", "orders_agree": False},  # no vote on r3
+              {"round": "r3", "a": "x", "b": "y", "verdict": None, "orders_agree": None}]  # unreadable
+    found = arena.agreement(human, judged)
+    assert found == {"verdicts": 4, "readable": 3, "both_orders": 3, "orders_agree": 2 / 3, "with_humans": 2,
+                     "agree_with_humans": 0.5}
+    assert arena.judge_games(judged) == [("y", "x", 0.0), ("x", "y", 1.0), ("x", "y", 0.5)]
