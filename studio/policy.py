@@ -87,6 +87,7 @@ ACTIONS: dict[str, tuple[str, str]] = {
     "arena_draw": (READ, "drawing a prompt"), "arena_ask": (CHAT, "asking the arena's models"),
     "arena_vote": (WRITE, "voting in arenas"), "arena_leaderboard": (READ, "showing the arena leaderboard"),
     "arena_open": (READ, "showing the arena leaderboard"), "arena_follow": (READ, "listing the arena's models"),
+    "arena_datasets": (READ, "listing the arena's datasets"),
     "arena_judge": (COMPUTE, "judging answers"),
     # Export tab
     "merge": (COMPUTE, "exporting files"), "zip_adapter": (COMPUTE, "exporting files"),

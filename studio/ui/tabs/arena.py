@@ -121,7 +121,8 @@ def arena_vote(name, round_id, choice, board_dataset):
     except StudioError as exc:
         raise gr.Error(str(exc)) from exc
     table, summary = _board(name, board_dataset)
-    return _reveal_html(record), None, gr.Radio(interactive=False), gr.Button(interactive=False), table, summary
+    return (_reveal_html(record), None, gr.Radio(interactive=False), gr.Button(interactive=False), table, summary,
+            gr.Dropdown(choices=_datasets(name)))
 
 
 def arena_leaderboard(name, dataset):
@@ -154,6 +155,11 @@ def arena_open():
     name = names[0] if names else DEFAULT_ARENA
     table, summary = _board(name, ALL)
     return gr.Dropdown(choices=names, value=name), table, summary, gr.Dropdown(choices=_datasets(name), value=ALL)
+
+
+def arena_datasets(name: str | None):
+    """The datasets the arena's votes were on, to filter the board by (all votes first)."""
+    return gr.Dropdown(choices=_datasets(name), value=ALL)
 
 
 def _datasets(name: str | None) -> list[str]:
@@ -238,7 +244,8 @@ def build(shared: Shared) -> None:
     ask.click(arena_ask, [*base, name, models, dataset, prompt, system, max_new],
               [round_id, answers, choice, vote_btn, reveal, name], api_name="arena_ask")
     vote_btn.click(arena_vote, [name, round_id, choice, board_dataset],
-                   [reveal, round_id, choice, vote_btn, table, summary], api_name="arena_vote")
+                   [reveal, round_id, choice, vote_btn, table, summary, board_dataset], api_name="arena_vote")
+    name.change(arena_datasets, name, board_dataset, api_name="arena_datasets")
     for source in (name.change, board_dataset.change):
         source(arena_leaderboard, [name, board_dataset], [table, summary], api_name="arena_leaderboard")
     judge_btn.click(arena_judge, [*base, name, spec, key, judge_model, rubric, mode, limit, board_dataset],
