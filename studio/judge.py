@@ -16,6 +16,7 @@ import itertools
 import re
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,8 +30,10 @@ correctness: its facts, reasoning, numbers and code are right; it does not inven
 system prompt: follows the system prompt (role, language, format, length) where one was given
 """
 JUDGE_TOKENS = 96  # the verdict comes first, one sentence of reasons after it
+PARALLEL = 4  # pairs judged at once (each asks both orders at once): 8 requests, the scheduler's default batch
 VERDICT_RE = re.compile(r"\[\[\s*(A|B|C|tie)\s*\]\]", re.IGNORECASE)
-LEAD_RE = re.compile(r"^\W*(?:verdict\s*:?\s*)?(?:answer\s+)?(A|B|C|tie)\b", re.IGNORECASE)
+# a reply that starts with the bare verdict: "B.", "Answer A is better", "Verdict: tie" (never "A fever is...")
+LEAD_RE = re.compile(r"^\W*(?:verdict\s*:?\s*)?(?:answer\s+)?(A|B|C|tie)\s*(?:$|[.,:;!)\]]|is\b)", re.IGNORECASE)
 SCORE_RE = r"{name}\s*[:=-]\s*\[*\s*(\d{{1,2}})(?:\s*/\s*10)?"
 
 
@@ -142,6 +145,13 @@ def _context(question: str, system: str) -> str:
     return f"{head}[User question]\n{question}"
 
 
+# One worked example before the real task: small judges copy the verdict format from it.
+EXAMPLE = [{"role": "user", "content": "Compare two assistant answers to the user's question.\n\n[User question]\n"
+            "What is 2 + 3?\n\n[Answer A]\n5\n\n[Answer B]\n6\n\nWhich answer is better overall? Start your reply "
+            "with the verdict: [[A]], [[B]] or [[C]] for a tie."},
+           {"role": "assistant", "content": "[[A]] A is correct: 2 + 3 is 5."}]
+
+
 def pairwise_messages(question: str, first: str, second: str, rubric: list[Criterion], system: str = "") -> list[dict]:
     """The judge's prompt for one order of a pair."""
     task = (f"Compare two assistant answers to the user's question using this rubric:\n{_criteria_lines(rubric)}"
@@ -149,7 +159,8 @@ def pairwise_messages(question: str, first: str, second: str, rubric: list[Crite
             "Which answer is better overall? Start your reply with the verdict: [[A]] if A is better, [[B]] if B "
             "is better, [[C]] for a tie. Then give one sentence of reasons.")
     return [{"role": "system", "content": "You are an impartial judge of answers. Ignore the order in which the "
-             "answers appear and their length; judge only by the rubric."}, {"role": "user", "content": task}]
+             "answers appear and their length; judge only by the rubric."}, *EXAMPLE,
+            {"role": "user", "content": task}]
 
 
 def single_messages(question: str, answer: str, rubric: list[Criterion], system: str = "") -> list[dict]:
@@ -202,8 +213,9 @@ def _mapped(letter: str | None, swapped: bool) -> str | None:
 def judge_pair(judge: Judge, question: str, a: tuple[str, str], b: tuple[str, str], rubric: list[Criterion],
                system: str = "") -> dict:
     """Both orders of one pair ((model, answer) each): the two verdicts, the combined one and the raw replies."""
-    raw = [judge.ask(pairwise_messages(question, a[1], b[1], rubric, system)),
-           judge.ask(pairwise_messages(question, b[1], a[1], rubric, system))]
+    with ThreadPoolExecutor(2) as pool:  # both orders at once: a batching server decodes them together
+        raw = list(pool.map(judge.ask, [pairwise_messages(question, a[1], b[1], rubric, system),
+                                        pairwise_messages(question, b[1], a[1], rubric, system)]))
     first, second = _mapped(parse_pairwise(raw[0]), False), _mapped(parse_pairwise(raw[1]), True)
     verdict, orders_agree = combine(first, second)
     return {"mode": "pairwise", "a": a[0], "b": b[0], "first": first, "second": second, "verdict": verdict,
@@ -251,16 +263,22 @@ def judge_arena(name: str, judge: Judge, rubric_text: str = DEFAULT_RUBRIC, mode
     folder = arena.folder_of(name)
     policy.require_owner(folder, "judge in", f"the arena {name}")
     jobs = _jobs(name, judge.label, mode, limit)
-    records = []
-    for done, (found, unit) in enumerate(jobs):
-        if progress is not None:
-            progress(done / max(1, len(jobs)), f"judging round {found['id']} ({done + 1}/{len(jobs)})")
+
+    def run(job: tuple[dict, tuple]) -> dict:
+        found, unit = job
         result = (judge_pair(judge, found["prompt"], unit[0], unit[1], rubric, system) if mode == "pairwise"
                   else judge_single(judge, found["prompt"], unit[0][0], unit[0][1], rubric, system))
         record = {"round": found["id"], "dataset": found["dataset"], "judge": judge.label,
                   "rubric": [c.name for c in rubric], "time": time.strftime("%Y-%m-%d %H:%M:%S"), **result}
-        arena.append_line(folder, "judge.jsonl", record)
-        records.append(record)
+        arena.append_line(folder, "judge.jsonl", record)  # kept as it comes: a stopped run loses nothing judged
+        return record
+
+    records = []
+    with ThreadPoolExecutor(PARALLEL) as pool:  # a few pairs at once, so a batching judge decodes them together
+        for done, record in enumerate(pool.map(run, jobs), 1):
+            records.append(record)
+            if progress is not None:
+                progress(done / len(jobs), f"judged {done} of {len(jobs)}")
     return records
 
 

@@ -6,6 +6,7 @@ import json
 import os
 import random
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 from studio.config import QUANT_MODES
 
@@ -138,8 +139,9 @@ def judge(args) -> int:
 
     if args.new_rounds:
         arena.check_models(args.models)
-        for prompt, dataset in _prompts(args, args.new_rounds):
-            _round(args, engine_of(), prompt, dataset)
+        asked = list(_prompts(args, args.new_rounds))
+        with ThreadPoolExecutor(2) as pool:  # two rounds at once: their answers decode in one batch
+            list(pool.map(lambda item: _round(args, engine_of(), *item), asked))
     judge_model = judging.make_judge(args.judge, args.key or os.environ.get("STUDIO_JUDGE_KEY"), engine_of,
                                      args.judge_model, args.judge_tokens)
     records = judging.judge_arena(args.name, judge_model, judging.load_rubric(args.rubric), args.mode, args.limit,

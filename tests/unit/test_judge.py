@@ -23,6 +23,7 @@ def test_the_default_rubric_has_the_three_criteria_and_a_bad_line_says_how_to_wr
     ("[[A]] A explains the cause.", "A"), ("The better one is [[B]].", "B"), ("[[C]] both fine", "tie"),
     ("[[tie]]", "tie"), ("B. It is shorter", "B"), ("Answer A is better", "A"), ("Verdict: b", "B"),
     ("Both answers are poor and I cannot choose.", None), ("", None), ("Assistant", None),
+    ("A fever is a rise in body temperature.", None), ("B vitamins help.", None),
 ])
 def test_verdicts_are_read_from_the_judges_reply(reply, verdict):
     assert judge.parse_pairwise(reply) == verdict
