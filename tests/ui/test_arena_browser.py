@@ -61,6 +61,7 @@ def _open(browser, url: str, tiny: Path):
     page.locator("#model-ref textarea").fill(str(tiny))
     page.locator("#model-ref textarea").press("Tab")
     page.wait_for_function(f"document.querySelector('#current-state').dataset.model === {json.dumps(str(tiny))}")
+    page.wait_for_timeout(3000)  # the new model's template line loads its tokenizer: a person reads it first
     page.get_by_role("tab", name="Arena").click()
     page.wait_for_selector("#arena-prompt textarea")
     return page
