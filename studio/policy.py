@@ -89,6 +89,12 @@ ACTIONS: dict[str, tuple[str, str]] = {
     "eval_perplexity": (COMPUTE, "evaluating"), "eval_battery": (COMPUTE, "evaluating"),
     "prune": (COMPUTE, "pruning"), "prune_sweep": (COMPUTE, "pruning"), "eval_task": (READ, "watching a task"),
     "eval_stop": (DESTRUCTIVE, "stopping tasks"), "_focus": (READ, "choosing the adapter in focus"),
+    # Arena tab (issue 27): playing generates (chat) into your own arena, voting writes to it
+    "arena_draw": (READ, "drawing a prompt"), "arena_ask": (CHAT, "asking the arena's models"),
+    "arena_vote": (WRITE, "voting in arenas"), "arena_leaderboard": (READ, "showing the arena leaderboard"),
+    "arena_open": (READ, "showing the arena leaderboard"), "arena_follow": (READ, "listing the arena's models"),
+    "arena_datasets": (READ, "listing the arena's datasets"),
+    "arena_judge": (COMPUTE, "judging answers"),
     # Export tab
     "merge": (COMPUTE, "exporting files"), "zip_adapter": (COMPUTE, "exporting files"),
     "push_to_hub": (COMPUTE, "exporting files"), "lora_gguf": (COMPUTE, "exporting files"),

@@ -9,6 +9,7 @@ import gradio as gr
 from studio import policy
 from studio.ui.guard import guard
 from studio.ui.shared import Current, Shared, first_current
+from studio.ui.tabs import arena as arena_tab
 from studio.ui.tabs import chat as chat_tab
 from studio.ui.tabs import data as data_tab
 from studio.ui.tabs import evaluate as evaluate_tab
@@ -19,7 +20,8 @@ from studio.ui.tabs import presets as presets_tab
 from studio.ui.tabs import train as train_tab
 
 # In workflow order: later tabs read components that earlier tabs made.
-TABS = (model_tab, data_tab, presets_tab, train_tab, experiments_tab, chat_tab, evaluate_tab, export_tab)
+TABS = (model_tab, data_tab, presets_tab, train_tab, experiments_tab, chat_tab, evaluate_tab, arena_tab,
+        export_tab)
 
 
 def hosted_mode() -> bool:

@@ -238,7 +238,8 @@ def test_4_train_picks_the_dataset_and_runs_to_the_end(page, app):
     assert re.fullmatch(r"run-\d{4}-\d{4}(-\d+)?", RUNS[0]), RUNS
     fill(page, "train-max-steps", str(MAX_STEPS))
     page.get_by_text("Settings for the next run", exact=False).first.click()  # the settings box: the typed steps
-    page.wait_for_function("() => /max_steps\\W+5\\b/.test((document.querySelector('#train-settings')?.innerText || ''))")
+    page.wait_for_function(  # the box renders a moment after its accordion opens
+        "() => /max_steps\\W+5\\b/.test(document.querySelector('#train-settings')?.innerText || '')")
     page.click("#train-start")
     wait_state(page, "run", RUNS[0])
     page.wait_for_function("v => document.querySelector('#train-name textarea, #train-name input').value !== v",
