@@ -16,7 +16,7 @@ def add(sub) -> None:
     p = sub.add_parser("eval", help="perplexity (and ROUGE battery) of the base and adapters on a dataset's eval split")
     p.add_argument("--model", default=default_ref, help="'bundled', a local folder, a .gguf file or a hub id")
     p.add_argument("--quant", default="fp32", choices=QUANT_MODES)
-    p.add_argument("--dataset", required=True, help="a prepared dataset (Data tab / `python -m studio data`)")
+    p.add_argument("--dataset", default=None, help="a prepared dataset (Data tab / `python -m studio data`)")
     p.add_argument("--adapter", action="append", default=[], help="an adapter name (repeat for several)")
     p.add_argument("--battery", type=int, default=0, help="also generate answers for this many eval prompts (ROUGE)")
     p.add_argument("--max-new-tokens", type=int, default=128)
@@ -26,6 +26,10 @@ def add(sub) -> None:
                    help="preference datasets: the DPO beta of the reward margin (base as the reference)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=evaluate)
+    kinds = p.add_subparsers(dest="eval_kind", metavar="KIND", help="or one of these evaluations")
+    from studio.commands.lm_eval import add_lm_eval
+
+    add_lm_eval(kinds)  # eval lm-eval
 
     p = sub.add_parser("prune", help="SparseGPT or magnitude pruning, or a perplexity-vs-sparsity sweep")
     p.add_argument("--model", default=default_ref)
@@ -97,8 +101,12 @@ def _print(data, as_json: bool, text: str) -> None:
 
 def evaluate(args) -> int:
     from studio.data.preference import dataset_kind
+    from studio.errors import ConfigError
     from studio.evaluation import compare_battery, compare_perplexity
 
+    if not args.dataset:
+        raise ConfigError("eval needs a dataset (or a kind: eval arena, eval judge).",
+                          "Pass --dataset NAME (a prepared dataset), or run e.g. `python -m studio eval arena --help`.")
     if dataset_kind(args.dataset) == "preference":
         return evaluate_preference(args)
     report = compare_perplexity(args.model, args.quant, args.dataset, args.adapter, args.batch_size,
