@@ -83,6 +83,7 @@ ACTIONS: dict[str, tuple[str, str]] = {
     "eval_perplexity": (COMPUTE, "evaluating"), "eval_battery": (COMPUTE, "evaluating"),
     "prune": (COMPUTE, "pruning"), "prune_sweep": (COMPUTE, "pruning"), "eval_task": (READ, "watching a task"),
     "eval_stop": (DESTRUCTIVE, "stopping tasks"), "_focus": (READ, "choosing the adapter in focus"),
+    "lm_eval": (COMPUTE, "evaluating"), "merge_adapters": (COMPUTE, "merging adapters"),  # issue 27
     # Export tab
     "merge": (COMPUTE, "exporting files"), "zip_adapter": (COMPUTE, "exporting files"),
     "push_to_hub": (COMPUTE, "exporting files"), "lora_gguf": (COMPUTE, "exporting files"),
