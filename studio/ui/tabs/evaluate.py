@@ -219,6 +219,7 @@ def _lm_eval_section() -> SimpleNamespace:
                     "Higher is better; ± is the standard error, so small tasks only show large differences.")
         with gr.Row():
             names = gr.Dropdown(sorted(available_tasks()), value=list(DEFAULT_TASKS), multiselect=True,
+                                allow_custom_value=True,
                                 label="Tasks", elem_id="lmeval-tasks", scale=2)
             limit = gr.Number(value=0, precision=0, label="Items per task", info="0 = all of each task.")
             chat = gr.Checkbox(label="Chat template", info="Wrap each item in the model's chat template.")

@@ -55,6 +55,7 @@ def section(shared: Shared, model_ref, cancel_btn):
         gr.Markdown(EXPLAIN)
         with gr.Row():
             inputs = gr.Dropdown(choices=list(current.adapters), value=[], multiselect=True, scale=2,
+                                 allow_custom_value=True,
                                  label="Adapters to merge (two or more, one base)", elem_id="merge-inputs")
             method = gr.Dropdown(list(METHODS), value="ties", label="Method", elem_id="merge-method")
         with gr.Row():
