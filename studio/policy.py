@@ -95,6 +95,7 @@ ACTIONS: dict[str, tuple[str, str]] = {
     "arena_open": (READ, "showing the arena leaderboard"), "arena_follow": (READ, "listing the arena's models"),
     "arena_datasets": (READ, "listing the arena's datasets"),
     "arena_judge": (COMPUTE, "judging answers"),
+    "lm_eval": (COMPUTE, "evaluating"), "merge_adapters": (COMPUTE, "merging adapters"),  # issue 27
     # Export tab
     "merge": (COMPUTE, "exporting files"), "zip_adapter": (COMPUTE, "exporting files"),
     "push_to_hub": (COMPUTE, "exporting files"), "lora_gguf": (COMPUTE, "exporting files"),

@@ -35,7 +35,7 @@ def add(sub) -> None:
     p.add_argument("--stats", action="store_true", help="print load and swap ms and tokens/s as JSON at the end")
     p.set_defaults(func=chat)
 
-    p = sub.add_parser("adapters", help="adapter registry: list, import, export, delete")
+    p = sub.add_parser("adapters", help="adapter registry: list, import, export, delete, merge")
     asub = p.add_subparsers(dest="adapters_command", required=True, metavar="ACTION")
     q = asub.add_parser("list", help="list run and imported adapters with their cards")
     q.add_argument("--json", action="store_true")
@@ -52,6 +52,9 @@ def add(sub) -> None:
     q.add_argument("name")
     q.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     q.set_defaults(func=delete_cmd)
+    from studio.commands.merge import add_merge
+
+    add_merge(asub)  # adapters merge
 
 
 def _settings(args) -> GenerationSettings:

@@ -30,6 +30,9 @@ def add(sub) -> None:
     from studio.commands.arena import add_kinds
 
     add_kinds(kinds)  # eval arena, eval judge
+    from studio.commands.lm_eval import add_lm_eval
+
+    add_lm_eval(kinds)  # eval lm-eval
 
     p = sub.add_parser("prune", help="SparseGPT or magnitude pruning, or a perplexity-vs-sparsity sweep")
     p.add_argument("--model", default=default_ref)

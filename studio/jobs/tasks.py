@@ -29,7 +29,7 @@ from studio.jobs import process
 from studio.jobs.events import ACTIVE, DEAD_AFTER_SEC, STOP_FILE, Status, read_status, write_status
 from studio.util import read_json, write_json_atomic
 
-KINDS = ("eval_perplexity", "eval_preference", "eval_battery", "prune", "prune_sweep")
+KINDS = ("eval_perplexity", "eval_preference", "eval_battery", "prune", "prune_sweep", "lm_eval", "merge_adapters")
 LOG = "task.log"
 KEEP_DAYS_DEFAULT = 14.0  # finished task folders older than this are deleted when a task starts
 
@@ -76,7 +76,7 @@ def _check_visible(args: dict) -> None:
     from studio.adapters import get_adapter
     from studio.data.store import _folder
 
-    for name in args.get("adapters") or []:
+    for name in (args.get("adapters") or []) + list((args.get("spec") or {}).get("inputs") or []):
         policy.require_name(name)
         get_adapter(name)  # another user's adapter: "there is no adapter named ..."
     dataset = args.get("dataset_name") or args.get("dataset")
@@ -180,6 +180,8 @@ def stop(folder: Path) -> str:
 
 def _call(kind: str, args: dict, progress, should_stop):
     """The function behind `kind`: the same ones `python -m studio eval` and `prune` call."""
+    if kind in ("lm_eval", "merge_adapters"):
+        return _call_lm_eval_or_merge(kind, args, progress, should_stop)
     if kind.startswith("eval_"):
         from studio import evaluation
 
@@ -195,6 +197,21 @@ def _call(kind: str, args: dict, progress, should_stop):
         return pruning.prune_and_save(spec=spec, **args, progress=progress, should_stop=should_stop)
     results = pruning.sweep(**args, progress=progress, should_stop=should_stop)
     return {"results": results, "folder": str(pruning.save_sweep(results))}
+
+
+def _call_lm_eval_or_merge(kind: str, args: dict, progress, should_stop):
+    """lm-eval benchmark tasks (studio.lmeval) and adapter merging (studio.merging), as `python -m studio eval
+    lm-eval` and `adapters merge` run them."""
+    if kind == "lm_eval":
+        from studio.lmeval import run_lm_eval
+
+        return run_lm_eval(**args, progress=progress, should_stop=should_stop)
+    from studio.merging import MergeSpec, merge
+
+    spec = args["spec"]
+    info = merge(MergeSpec(**{**spec, "inputs": tuple(spec["inputs"]), "weights": tuple(spec.get("weights") or ())}),
+                 ref=args.get("ref"), progress=progress)
+    return {"name": info.name, "path": str(info.path), "card": info.card}
 
 
 def run(folder: Path) -> int:

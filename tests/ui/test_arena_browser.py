@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 import pytest
+from app_launcher import start_app, stop_app
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
@@ -28,15 +29,6 @@ VOTES = ("A is best", "B is best", "Tie (equally good)", "A is best", "All bad",
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists() and not os.environ.get("CI"),
                                 reason="chromium is not installed (.ci/run installs it)")
-
-
-def _launcher():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("ui_launcher", Path(__file__).resolve().parent / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.start_app, module.stop_app
 
 
 def _random_lora(base: Path, out: Path, seed: int) -> None:
@@ -93,7 +85,6 @@ def _board(page) -> str:
 def test_vote_through_six_prompts_and_the_board_survives_a_restart(tmp_path, tiny_model_dir):
     from playwright.sync_api import sync_playwright
 
-    start_app, stop_app = _launcher()
     tiny = tiny_model_dir
     ws = tmp_path / "ws"
     for seed, name in enumerate(ADAPTERS, 1):

@@ -104,6 +104,26 @@ def run_battery(ref, quant, dataset, adapters, prompts, max_new_tokens, progress
     return show_battery(_follow(folder, progress))
 
 
+def show_lm_eval(report: dict) -> tuple:
+    """lm-eval scores: one row per (task, metric), base and adapters side by side."""
+    counts = ", ".join(f"{task}: {n} items" for task, n in report["samples"].items())
+    return (pd.DataFrame(report["table"]), f"lm-eval {report['lm_eval']}; {counts}; value ± standard error. "
+            f"Saved: {', '.join(report['saved_to'])}")
+
+
+def run_lm_eval(ref, quant, adapters, task_names, limit, chat_template, progress=gr.Progress()):
+    """Benchmark tasks through lm-eval (studio.lmeval) for the base and the chosen adapters, as a task."""
+    if not task_names:
+        raise gr.Error("Pick at least one benchmark task.")
+    try:
+        folder = tasks.start("lm_eval", ref=ref, quant=_quant(quant, adapters), tasks=list(task_names),
+                             adapters=list(adapters or []), limit=int(limit or 0) or None,
+                             chat_template=bool(chat_template))
+    except StudioError as exc:
+        raise gr.Error(str(exc)) from exc
+    return show_lm_eval(_follow(folder, progress))
+
+
 def run_sweep(ref, dataset, levels, calib_samples, eval_rows, progress=gr.Progress()):
     try:
         folder = tasks.start("prune_sweep", ref=ref, dataset=dataset or "builtin:pydoc",
@@ -126,8 +146,9 @@ def run_prune(ref, dataset, method, level, out_name, overwrite, progress=gr.Prog
 
 # where each kind's results go among the tab's result outputs (see `build`), and how they are drawn
 RESULTS = {"eval_perplexity": (show_perplexity, 0), "eval_preference": (show_perplexity, 0),
-           "eval_battery": (show_battery, 2), "prune": (show_prune, 5), "prune_sweep": (show_sweep, 6)}
-N_RESULTS = 9
+           "eval_battery": (show_battery, 2), "prune": (show_prune, 5), "prune_sweep": (show_sweep, 6),
+           "lm_eval": (show_lm_eval, 9)}
+N_RESULTS = 11
 
 
 def watch(seen: str | None):
@@ -187,6 +208,28 @@ def _pruning_section() -> SimpleNamespace:
                            sweep_table=sweep_table, sweep_plot=sweep_plot, sweep_info=sweep_info)
 
 
+def _lm_eval_section() -> SimpleNamespace:
+    """Benchmark tasks through EleutherAI's lm-eval: local task YAMLs, the base and the adapters chosen above."""
+    from studio.lmeval import DEFAULT_TASKS, USER_TASKS, available_tasks
+
+    with gr.Accordion("Benchmark tasks (lm-eval)", open=False):
+        gr.Markdown("Scores the base and the adapters chosen above on **lm-eval** tasks whose data is local: the "
+                    "studio's tiny tasks (`studio_tiny_mc`: 30 multiple-choice facts; `studio_tiny_arith`: 12 sums "
+                    f"answered by generation) and your own task YAMLs in the workspace's `{USER_TASKS}/` folder. "
+                    "Higher is better; ± is the standard error, so small tasks only show large differences.")
+        with gr.Row():
+            names = gr.Dropdown(sorted(available_tasks()), value=list(DEFAULT_TASKS), multiselect=True,
+                                allow_custom_value=True,
+                                label="Tasks", elem_id="lmeval-tasks", scale=2)
+            limit = gr.Number(value=0, precision=0, label="Items per task", info="0 = all of each task.")
+            chat = gr.Checkbox(label="Chat template", info="Wrap each item in the model's chat template.")
+        button = gr.Button("Run benchmark tasks", elem_id="lmeval-btn")
+        table = gr.Dataframe(headers=["task", "metric", "base"], label="lm-eval scores (higher is better)",
+                             elem_id="lmeval-table")
+        info = gr.Markdown(elem_id="lmeval-info")
+    return SimpleNamespace(names=names, limit=limit, chat=chat, button=button, table=table, info=info)
+
+
 def build(shared: Shared) -> None:
     from studio.ui.tabs.chat import AS_TRAINED
 
@@ -225,6 +268,7 @@ def build(shared: Shared) -> None:
                   [dataset, adapters], [adapters])
 
     prune = _pruning_section()
+    bench = _lm_eval_section()
 
     actions = [(ppl_btn, run_perplexity, [model_ref, quant, dataset, adapters, max_rows], [ppl_table, saved],
                 "eval_perplexity"),
@@ -233,13 +277,15 @@ def build(shared: Shared) -> None:
                (prune.prune_btn, run_prune, [model_ref, dataset, prune.method, prune.level, prune.out_name,
                                              prune.overwrite], prune.prune_info, "prune"),
                (prune.sweep_btn, run_sweep, [model_ref, dataset, prune.levels, prune.calib, prune.eval_rows],
-                [prune.sweep_table, prune.sweep_plot, prune.sweep_info], "prune_sweep")]
+                [prune.sweep_table, prune.sweep_plot, prune.sweep_info], "prune_sweep"),
+               (bench.button, run_lm_eval, [model_ref, quant, adapters, bench.names, bench.limit, bench.chat],
+                [bench.table, bench.info], "lm_eval")]
     for btn, fn, inputs, outputs, api in actions:  # no `cancels`: Stop asks the task, whose end the action shows
         cancellable(btn.click, fn, inputs, outputs, api, stop_btn)
     stop_btn.click(stop, None, None, api_name="eval_stop")
     seen = gr.State(None)  # "<task>:<state>" whose results this page has shown already
     results = [ppl_table, saved, battery_table, rouge_table, files, prune.prune_info, prune.sweep_table,
-               prune.sweep_plot, prune.sweep_info]
+               prune.sweep_plot, prune.sweep_info, bench.table, bench.info]
     gr.Timer(WATCH_SEC).tick(watch, seen, [seen, task_info, stop_btn, *results], show_progress="hidden",
                              api_name="eval_task")
 

@@ -150,4 +150,7 @@ def build(shared: Shared) -> None:
                (lora_btn, lora_gguf, [model_ref, adapter, out_name, overwrite], result, "lora_gguf"),
                (push_btn, push, [push_name, repo, token, public], push_info, "push_to_hub")]
     runs = [cancellable(btn.click, fn, inputs, outputs, api, cancel_btn) for btn, fn, inputs, outputs, api in actions]
+    from studio.ui.tabs.merge import section as merge_section
+
+    runs.append(merge_section(shared, model_ref, cancel_btn))  # adapters combined into a new adapter (issue 27)
     cancel_btn.click(None, None, None, cancels=runs)
