@@ -275,11 +275,12 @@ def build(specs: list[RewardSpec]) -> list[RewardFn]:
     return functions
 
 
-def check(specs: list[RewardSpec]) -> None:
-    """Everything about the rewards that can fail before the model loads: patterns, schema files, reward files."""
+def check(specs: list[RewardSpec], run_code: bool = False) -> None:
+    """Everything about the rewards that can fail before the model loads: patterns, schema files, reward files
+    (parsed; imported too with `run_code`, which only the worker asks for: user code never runs in the app)."""
     for spec in specs:
         if spec.preset == "file":
-            check_file(spec.path)
+            load_file(spec.path) if run_code else check_file(spec.path)
         elif spec.preset in ("regex", "json"):
             build_one(spec)
 

@@ -580,6 +580,11 @@ def is_preference_meta(meta: dict) -> bool:
 def check_method(meta: dict, method: str) -> None:
     """DataError when a dataset does not fit the training method (preference data for SFT, or the reverse)."""
     name = meta.get("name", "?")
+    if (method == "kto") != (meta.get("kind") == "kto"):  # unpaired good/bad answers (studio.data.kto)
+        what = "not KTO data: method kto needs" if method == "kto" else f"KTO data, which method {method} cannot read:"
+        raise DataError(f"The dataset {name!r} is {what} answers labelled good or bad.",
+                        "Train a KTO dataset (prepared from rows with kto_tag or label, e.g. assets/kto_demo.jsonl) "
+                        "with method kto, and other datasets with the other methods.")
     if method in PREFERENCE_METHODS and not is_preference_meta(meta):
         raise DataError(f"The dataset {name!r} is SFT data (one answer per conversation), not preference pairs: "
                         f"method {method} needs a chosen and a rejected answer for every prompt.",
