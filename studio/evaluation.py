@@ -284,6 +284,11 @@ def card_metrics(report: dict, name: str) -> dict:
         return {f"preference_accuracy[{dataset}]": res[name]["preference_accuracy"],
                 f"base_preference_accuracy[{dataset}]": res[BASE]["preference_accuracy"],
                 f"reward_margin[{dataset}]": res[name].get("mean_reward_margin")}
+    if report["kind"] == "reward":  # studio.reward_eval: held-out mean reward and exact match
+        res = report["results"]
+        return {f"mean_reward[{dataset}]": res[name]["mean_reward"],
+                f"exact_match[{dataset}]": res[name]["exact_match"],
+                f"base_exact_match[{dataset}]": res[BASE]["exact_match"]}
     return {f"{key}[{dataset}]": value for key, value in (report.get("rouge") or {}).get(name, {}).items()}
 
 
