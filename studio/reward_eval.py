@@ -73,11 +73,30 @@ def answers_of(engine, name: str, rows: list[dict], max_new_tokens: int, should_
         return list(pool.map(one, rows))
 
 
+def rewards_of_runs(adapters: list[str]) -> list[RewardSpec]:
+    """The rewards of the first adapter trained by a GRPO run (its spec.yaml); the default otherwise."""
+    from studio.adapters import get_adapter
+    from studio.config import RunSpec, load_yaml
+    from studio.paths import runs_dir
+    from studio.util import read_json
+
+    for name in adapters:
+        if name == BASE:
+            continue
+        run_id = read_json(get_adapter(name).path / "card.json", {}).get("run_id")
+        spec_file = runs_dir() / str(run_id) / "spec.yaml"
+        if run_id and spec_file.is_file():
+            spec = load_yaml(RunSpec, spec_file)
+            if spec.train.method == "grpo":
+                return spec.grpo.rewards
+    return DEFAULT_REWARDS
+
+
 def compare_rewards(ref: str, quant: str, dataset_name: str, adapters: list[str], specs: list[RewardSpec] | None = None,
                     split: str = "eval", max_rows: int | None = None, max_new_tokens: int = 64,
                     progress: Progress = _no_progress, should_stop: ShouldStop = _never, save: bool = True) -> dict:
     """Held-out mean reward and exact-match accuracy of the base and each adapter, with a table of the answers."""
-    specs = specs or DEFAULT_REWARDS
+    specs = specs or rewards_of_runs(adapters)
     rewards.check(specs)
     prompt_rows(dataset_name, split)  # refuse a dataset without the split before loading a model
     progress(0.02, f"Loading {ref} ({quant})...")
@@ -110,3 +129,29 @@ def summary_lines(report: dict) -> list[str]:
     lines.append(f"{rows} {report['split']} prompts of {report['dataset']}, greedy answers of at most "
                  f"{report['max_new_tokens']} tokens")
     return lines
+
+
+def preview_rewards(ref: str, dataset_name: str, specs: list[RewardSpec], prompts: int = 2, generations: int = 4,
+                    max_new_tokens: int = 64, temperature: float = 1.0, quant: str = "fp32",
+                    progress: Progress = _no_progress) -> list[dict]:
+    """Sampled answers to the first prompts of a dataset, scored by each reward: does the scoring make sense?"""
+    from studio.inference import GenerationSettings
+
+    rewards.check(specs)
+    rows = prompt_rows(dataset_name, "train")[:prompts]
+    progress(0.1, f"Loading {ref}...")
+    engine, _ = _engine_with(ref, quant, [])
+    jobs = [(row, seed) for row in rows for seed in range(generations)]
+
+    def sample(job: tuple[dict, int]) -> str:
+        settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, seed=job[1],
+                                      repetition_penalty=1.0)
+        return "".join(engine.answer(job[0]["prompt"], settings, None)).strip()
+
+    progress(0.3, f"Sampling {len(jobs)} answers...")
+    with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
+        answers = list(pool.map(sample, jobs))
+    scores = rewards.score(specs, [j[0]["prompt"] for j in jobs], answers, [j[0]["answer"] for j in jobs])
+    return [{"prompt": job[0]["prompt"][-1]["content"], "answer": answer, "reference": job[0]["answer"],
+             **{name: values[i] for name, values in scores.items()}}
+            for i, (job, answer) in enumerate(zip(jobs, answers, strict=True))]

@@ -29,7 +29,7 @@ from studio.jobs import process
 from studio.jobs.events import ACTIVE, DEAD_AFTER_SEC, STOP_FILE, Status, read_status, write_status
 from studio.util import read_json, write_json_atomic
 
-KINDS = ("eval_perplexity", "eval_preference", "eval_battery", "prune", "prune_sweep")
+KINDS = ("eval_perplexity", "eval_preference", "eval_battery", "eval_rewards", "prune", "prune_sweep")
 LOG = "task.log"
 KEEP_DAYS_DEFAULT = 14.0  # finished task folders older than this are deleted when a task starts
 
@@ -180,6 +180,10 @@ def stop(folder: Path) -> str:
 
 def _call(kind: str, args: dict, progress, should_stop):
     """The function behind `kind`: the same ones `python -m studio eval` and `prune` call."""
+    if kind == "eval_rewards":  # GRPO: held-out mean reward and exact match (studio.reward_eval)
+        from studio.reward_eval import compare_rewards
+
+        return compare_rewards(**args, progress=progress, should_stop=should_stop)
     if kind.startswith("eval_"):
         from studio import evaluation
 

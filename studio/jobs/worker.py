@@ -306,7 +306,7 @@ def speed_up_cpu(model, spec: RunSpec) -> list[str]:
     if spec.train.packing and spec.train.method not in ("grpo", "kto"):  # their rows are padded, and GRPO samples
         changes.append(("attention per packed sequence", cpu_speed.use_packed_attention))
     changes.append(("16-bit dropout masks, one per shared input", cpu_speed.share_dropout_masks))
-    if autocast_bf16(spec):
+    if autocast_bf16(spec) and spec.train.method != "grpo":  # GRPO also generates, outside autocast
         changes.append(("frozen weights in bf16", cpu_speed.store_frozen_in_bf16))
         changes.append(("LoRA inputs kept in bf16", cpu_speed.keep_lora_inputs))
     return [name for name, change in changes if _try_change(name, change, model)]

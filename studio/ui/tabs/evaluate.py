@@ -104,6 +104,25 @@ def run_battery(ref, quant, dataset, adapters, prompts, max_new_tokens, progress
     return show_battery(_follow(folder, progress))
 
 
+def show_rewards(report: dict) -> tuple:
+    """Mean reward and exact match per model, and the answers side by side with the reference."""
+    table = fmt.table(pd.DataFrame([{"model": name, "mean reward": r["mean_reward"], "exact match": r["exact_match"],
+                                     **r["per_reward"], "prompts": r["rows"]}
+                                    for name, r in report["results"].items()]))
+    return table, pd.DataFrame(report["rows"])
+
+
+def run_rewards(ref, quant, dataset, adapters, max_rows, max_new_tokens, progress=gr.Progress()):
+    """Held-out mean reward and exact-match accuracy (GRPO data), with the first GRPO adapter's rewards."""
+    try:
+        folder = tasks.start("eval_rewards", ref=ref, quant=_quant(quant, adapters), dataset_name=_need(dataset),
+                             adapters=list(adapters or []), max_rows=int(max_rows) or None,
+                             max_new_tokens=int(max_new_tokens))
+    except StudioError as exc:
+        raise gr.Error(str(exc)) from exc
+    return show_rewards(_follow(folder, progress))
+
+
 def run_sweep(ref, dataset, levels, calib_samples, eval_rows, progress=gr.Progress()):
     try:
         folder = tasks.start("prune_sweep", ref=ref, dataset=dataset or "builtin:pydoc",
@@ -126,8 +145,9 @@ def run_prune(ref, dataset, method, level, out_name, overwrite, progress=gr.Prog
 
 # where each kind's results go among the tab's result outputs (see `build`), and how they are drawn
 RESULTS = {"eval_perplexity": (show_perplexity, 0), "eval_preference": (show_perplexity, 0),
-           "eval_battery": (show_battery, 2), "prune": (show_prune, 5), "prune_sweep": (show_sweep, 6)}
-N_RESULTS = 9
+           "eval_battery": (show_battery, 2), "prune": (show_prune, 5), "prune_sweep": (show_sweep, 6),
+           "eval_rewards": (show_rewards, 9)}
+N_RESULTS = 11
 
 
 def watch(seen: str | None):
@@ -156,6 +176,8 @@ EXPLAIN = """Measure the base and your adapters on a saved dataset's **eval spli
   score below the base. It is masked exactly like training (only the answers count).
 - **Battery**: each model answers the same held-out questions; **ROUGE** (0 to 1) measures how much of the
   reference answer's wording it reproduces. Higher is better.
+- **Held-out reward** (GRPO): each model answers the held-out questions; the GRPO run's rewards score them
+  (mean reward) and **exact match** is the share whose final answer equals the reference's. Higher is better.
 
 Results are saved with each adapter's run and added to its card. **Next:** the **Export** tab."""
 PPL_COLUMNS = ["model", "perplexity", "loss", "tokens", "rows"]
@@ -209,6 +231,7 @@ def build(shared: Shared) -> None:
     with gr.Row():
         ppl_btn = gr.Button("Perplexity", variant="primary", elem_id="eval-ppl-btn")
         battery_btn = gr.Button("Battery (answers + ROUGE)", elem_id="eval-battery-btn")
+        reward_btn = gr.Button("Held-out reward (GRPO)", elem_id="eval-reward-btn")
         stop_btn = gr.Button("Stop", variant="stop", elem_id="eval-stop", interactive=False)
     ppl_table = gr.Dataframe(headers=PPL_COLUMNS, label="Perplexity (lower is better)", elem_id="eval-ppl")
     saved = gr.Markdown(elem_id="eval-saved")
@@ -217,6 +240,10 @@ def build(shared: Shared) -> None:
     battery_table = gr.Dataframe(headers=["question", "reference", "model", "answer"], label="Answers side by side",
                                  elem_id="eval-battery", wrap=True)
     files = gr.File(label="Battery as CSV and JSONL", file_count="multiple", elem_id="eval-files")
+    reward_table = gr.Dataframe(label="Held-out mean reward and exact match (higher is better)",
+                                elem_id="eval-reward")
+    reward_answers = gr.Dataframe(label="Held-out answers (reward evaluation)", wrap=True,
+                                  elem_id="eval-reward-answers")
     task_info = gr.Markdown(elem_id="eval-task")
     dataset.input(shared.set("dataset"), [shared.current, dataset], shared.current)
     adapters.input(_focus, [shared.current, adapters], shared.current, show_progress="hidden")
@@ -230,6 +257,8 @@ def build(shared: Shared) -> None:
                 "eval_perplexity"),
                (battery_btn, run_battery, [model_ref, quant, dataset, adapters, prompts, max_new],
                 [battery_table, rouge_table, files], "eval_battery"),
+               (reward_btn, run_rewards, [model_ref, quant, dataset, adapters, max_rows, max_new],
+                [reward_table, reward_answers], "evaluate_rewards"),
                (prune.prune_btn, run_prune, [model_ref, dataset, prune.method, prune.level, prune.out_name,
                                              prune.overwrite], prune.prune_info, "prune"),
                (prune.sweep_btn, run_sweep, [model_ref, dataset, prune.levels, prune.calib, prune.eval_rows],
@@ -239,7 +268,7 @@ def build(shared: Shared) -> None:
     stop_btn.click(stop, None, None, api_name="eval_stop")
     seen = gr.State(None)  # "<task>:<state>" whose results this page has shown already
     results = [ppl_table, saved, battery_table, rouge_table, files, prune.prune_info, prune.sweep_table,
-               prune.sweep_plot, prune.sweep_info]
+               prune.sweep_plot, prune.sweep_info, reward_table, reward_answers]
     gr.Timer(WATCH_SEC).tick(watch, seen, [seen, task_info, stop_btn, *results], show_progress="hidden",
                              api_name="eval_task")
 
