@@ -134,10 +134,10 @@ def prepare(path, model_ref: str, name: str, eval_split: float = 0.1, seed: int 
     import shutil
 
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from studio import policy
     from studio.data import store
+    from studio.data.preference import write_splits
     from studio.util import write_json_atomic
 
     if not 0 <= eval_split < 1:
@@ -149,13 +149,7 @@ def prepare(path, model_ref: str, name: str, eval_split: float = 0.1, seed: int 
                         "Label some answers true (good) and some false (bad).")
     table = pa.table({"prompt": [json.dumps(r["prompt"], ensure_ascii=False) for r in report.rows],
                       "completion": [r["completion"] for r in report.rows], "label": [r["label"] for r in report.rows]})
-    train_idx, eval_idx = render.split_indices(len(report.rows), eval_split, seed)
-    tmp = target.with_name(f".{target.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    pq.write_table(table.take(pa.array(train_idx, pa.int64())), tmp / "train.parquet")
-    if eval_idx:
-        pq.write_table(table.take(pa.array(eval_idx, pa.int64())), tmp / "eval.parquet")
+    tmp, train_idx, eval_idx = write_splits(table, target, eval_split, seed)
     write_json_atomic(tmp / "meta.json", _meta(name, path, model_ref, report, eval_split, seed, train_idx, eval_idx))
     policy.stamp(tmp)
     if target.exists():

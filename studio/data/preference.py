@@ -524,9 +524,6 @@ def prepare(path, model_ref: str, name: str, max_len: int = 1024, eval_split: fl
     an existing one): train.parquet, eval.parquet, problems.jsonl, meta.json with kind 'preference'."""
     import shutil
 
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     from studio.data import store
     from studio.util import write_json_atomic
 
@@ -540,14 +537,7 @@ def prepare(path, model_ref: str, name: str, max_len: int = 1024, eval_split: fl
         reasons = "; ".join(f"row {p.row}: {p.reason}" for p in report.problems[:3])
         raise DataError(f"No usable preference pair in {Path(path).name} ({reasons}).",
                         "Fix the rows listed in the problems, or raise the max length.")
-    table = _table(kept)
-    train_idx, eval_idx = render.split_indices(len(kept), eval_split, seed)
-    tmp = target.with_name(f".{target.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    pq.write_table(table.take(pa.array(train_idx, pa.int64())), tmp / "train.parquet")
-    if eval_idx:
-        pq.write_table(table.take(pa.array(eval_idx, pa.int64())), tmp / "eval.parquet")
+    tmp, train_idx, eval_idx = write_splits(_table(kept), target, eval_split, seed)
     with open(tmp / "problems.jsonl", "w", encoding="utf-8") as f:
         f.writelines(json.dumps(p.as_dict(), ensure_ascii=False) + "\n" for p in report.problems)
     meta = {"name": name, "kind": KIND, "source_file": str(Path(path).resolve()),
@@ -571,6 +561,23 @@ def prepare(path, model_ref: str, name: str, max_len: int = 1024, eval_split: fl
     tmp.replace(target)
     progress(1.0, f"saved {len(kept):,} pairs")
     return target
+
+
+def write_splits(table, target: Path, eval_split: float, seed: int) -> tuple[Path, list[int], list[int]]:
+    """A seeded train/eval split of a pyarrow table written to a fresh .<name>.tmp folder beside `target`."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    train_idx, eval_idx = render.split_indices(len(table), eval_split, seed)
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    pq.write_table(table.take(pa.array(train_idx, pa.int64())), tmp / "train.parquet")
+    if eval_idx:
+        pq.write_table(table.take(pa.array(eval_idx, pa.int64())), tmp / "eval.parquet")
+    return tmp, train_idx, eval_idx
 
 
 def is_preference_meta(meta: dict) -> bool:

@@ -183,6 +183,12 @@ Results are saved with each adapter's run and added to its card. **Next:** the *
 PPL_COLUMNS = ["model", "perplexity", "loss", "tokens", "rows"]
 
 
+def _reward_outputs() -> tuple:
+    """The held-out reward evaluation's tables: the scores per model, and the answers."""
+    return (gr.Dataframe(label="Held-out mean reward and exact match (higher is better)", elem_id="eval-reward"),
+            gr.Dataframe(label="Held-out answers (reward evaluation)", wrap=True, elem_id="eval-reward-answers"))
+
+
 def _pruning_section() -> SimpleNamespace:
     """The pruning accordion's inputs, buttons and outputs (wired to their tasks in `build`)."""
     with gr.Accordion("Pruning: SparseGPT vs magnitude", open=False):
@@ -240,10 +246,7 @@ def build(shared: Shared) -> None:
     battery_table = gr.Dataframe(headers=["question", "reference", "model", "answer"], label="Answers side by side",
                                  elem_id="eval-battery", wrap=True)
     files = gr.File(label="Battery as CSV and JSONL", file_count="multiple", elem_id="eval-files")
-    reward_table = gr.Dataframe(label="Held-out mean reward and exact match (higher is better)",
-                                elem_id="eval-reward")
-    reward_answers = gr.Dataframe(label="Held-out answers (reward evaluation)", wrap=True,
-                                  elem_id="eval-reward-answers")
+    reward_table, reward_answers = _reward_outputs()
     task_info = gr.Markdown(elem_id="eval-task")
     dataset.input(shared.set("dataset"), [shared.current, dataset], shared.current)
     adapters.input(_focus, [shared.current, adapters], shared.current, show_progress="hidden")
