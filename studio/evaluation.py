@@ -44,8 +44,10 @@ def _stop_if(should_stop: ShouldStop) -> None:
 def split_rows(dataset: str, split: str = "eval", tokenizer=None) -> list[dict]:
     """Rows (input_ids, assistant_masks, messages) of a prepared dataset's split, refusing a missing split
     (and, given the model's tokenizer, a dataset prepared for another tokenizer)."""
+    from studio.data.preference import refuse_kto_for_scoring
     from studio.data.store import check_tokenizer, load_prepared
 
+    refuse_kto_for_scoring(dataset)
     prepared = load_prepared(dataset)
     if tokenizer is not None:
         check_tokenizer(prepared.meta, tokenizer)

@@ -633,11 +633,21 @@ def load(name: str) -> PreparedPairs:
 
 
 def dataset_kind(name: str) -> str:
-    """'preference' or 'sft' for a prepared dataset name (without loading it)."""
+    """'preference', 'kto' or 'sft' for a prepared dataset name (without loading it)."""
     from studio.data import store
     from studio.util import read_json
 
-    return KIND if is_preference_meta(read_json(store._folder(name) / "meta.json", {})) else "sft"
+    meta = read_json(store._folder(name) / "meta.json", {})
+    return KIND if is_preference_meta(meta) else "kto" if meta.get("kind") == "kto" else "sft"
+
+
+def refuse_kto_for_scoring(name: str) -> None:
+    """Perplexity and the battery need one reference answer per row; KTO rows are answers marked good or bad."""
+    if dataset_kind(name) == "kto":
+        raise DataError(f"The dataset {name!r} is KTO data (answers labelled good or bad): it has no one reference "
+                        "answer per question to measure against.",
+                        "Compare a KTO adapter on a question/answer dataset: Held-out reward (e.g. arith-heldout from "
+                        "assets/arithmetic_heldout.jsonl), perplexity or the battery.")
 
 
 def file_is_preference(path) -> bool:
