@@ -20,11 +20,15 @@ QUANT_MODES = ("4bit", "8bit", "bf16", "fp16", "fp32")
 PRECISIONS = ("bf16", "fp16", "fp32")
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
 OPTIMIZERS = ("paged_adamw_8bit", "adamw_8bit", "adamw_torch", "adamw_torch_fused", "sgd")
-METHODS = ("sft", "dpo", "orpo")  # supervised answers, or preference pairs (chosen vs rejected)
+# supervised answers; preference pairs (chosen vs rejected); rewarded generations; thumbs up/down answers
+METHODS = ("sft", "dpo", "orpo", "grpo", "kto")
 METHOD_HELP = {
     "method": "sft: learn the answers of a conversation dataset. dpo: learn to prefer the chosen answer over the "
               "rejected one, against a frozen reference (the base with the adapter off). orpo: SFT on the chosen "
-              "answer plus an odds-ratio penalty on the rejected one, no reference pass.",
+              "answer plus an odds-ratio penalty on the rejected one, no reference pass. grpo: the model "
+              "answers each prompt several times, reward functions score the answers and it learns from the better "
+              "ones (prompt-only data: the dataset's answers are the references the rewards compare against). kto: "
+              "learn from unpaired answers marked good or bad (thumbs up/down), against the base as reference.",
     "beta": "DPO: how far the tuned model may move from the reference; higher keeps it closer. 0.1 is TRL's default; "
             "0.05-0.5 is the usual range.",
     "orpo_lambda": "ORPO: weight of the odds-ratio (preference) term next to the SFT loss on the chosen answer "
@@ -118,6 +122,93 @@ class TrainSpec:
         check_trackers(self.report_to)
 
 
+REWARD_PRESETS = ("numeric_match", "exact_match", "regex", "length", "json", "judge", "file")
+EXTRACTIONS = ("last_number", "boxed", "answer_tag")  # where the final answer sits in a completion
+REWARD_HELP = {
+    "preset": "numeric_match / exact_match: 1 when the final answer equals the dataset's answer (as a number / as "
+              "text), else 0. regex: 1 when the pattern is found. length: 1 at the target length in words, falling "
+              "to 0 at twice or zero it. json: 1 for valid JSON (matching the schema file, when given). judge: an "
+              "LLM behind an OpenAI-compatible endpoint scores the answer 0-10 against the rubric (scaled to 0-1). "
+              "file: reward(prompts, completions, **row) -> list[float] from your Python file (off when hosted).",
+    "extract": "Where the final answer is read: last_number (the last number in the answer), boxed (\\boxed{...}) "
+               "or answer_tag (<answer>...</answer>).",
+    "weight": "How much this reward counts in the sum the model learns from.",
+}
+
+
+@dataclass(frozen=True)
+class RewardSpec:
+    """One reward function of a GRPO run (`studio.rewards` builds it); the fields a preset does not use stay empty."""
+
+    preset: str = field(default="numeric_match", metadata={"help": REWARD_HELP["preset"]})
+    weight: float = field(default=1.0, metadata={"help": REWARD_HELP["weight"]})
+    extract: str = field(default="last_number", metadata={"help": REWARD_HELP["extract"]})  # match presets
+    pattern: str = ""  # regex: a Python regular expression searched in the answer
+    target: int = 50  # length: the answer length in words that scores 1
+    schema: str = ""  # json: an optional JSON Schema file the answer must match
+    endpoint: str = ""  # judge: the base URL of an OpenAI-compatible API, e.g. http://127.0.0.1:7860/v1
+    model: str = ""  # judge: the model name to ask for
+    rubric: str = ""  # judge: what a good answer looks like, in words
+    api_key_env: str = ""  # judge: the environment variable that holds the API key (never the key itself)
+    path: str = ""  # file: a Python file defining reward(prompts, completions, **row)
+
+    def validate(self) -> None:
+        _choice("reward.preset", self.preset, REWARD_PRESETS)
+        _choice("reward.extract", self.extract, EXTRACTIONS)
+        _between("reward.weight", self.weight, -100.0, 100.0)
+        needs = {"regex": ("pattern", "a pattern such as '\\d+'"), "judge": ("endpoint", "http://127.0.0.1:7860/v1"),
+                 "file": ("path", "my_reward.py")}
+        if self.preset in needs and not getattr(self, needs[self.preset][0]).strip():
+            key, example = needs[self.preset]
+            raise ConfigError(f"The {self.preset} reward has no {key}.", f"Set {key}: {example}.")
+        if self.preset == "judge" and not self.rubric.strip():
+            raise ConfigError("The judge reward has no rubric.", "Set rubric: what a good answer looks like.")
+        _positive("reward.target", self.target)
+
+
+def _default_rewards() -> list[RewardSpec]:
+    return [RewardSpec()]
+
+
+GRPO_HELP = {
+    "num_generations": "Answers sampled per prompt; each is scored against the others of its group. It must divide "
+                       "the effective batch (micro batch x accumulation x processes).",
+    "max_completion_length": "The longest answer generated, in tokens. Generation dominates a GRPO step's time.",
+    "beta": "How strongly the model is held near the base (KL penalty). 0 turns the reference pass off.",
+    "temperature": "Sampling temperature of the generations; too low and a group's answers are all alike.",
+}
+
+
+@dataclass(frozen=True)
+class GrpoSpec:
+    num_generations: int = field(default=4, metadata={"help": GRPO_HELP["num_generations"]})
+    max_completion_length: int = field(default=64, metadata={"help": GRPO_HELP["max_completion_length"]})
+    beta: float = field(default=0.04, metadata={"help": GRPO_HELP["beta"]})
+    temperature: float = field(default=1.0, metadata={"help": GRPO_HELP["temperature"]})
+    rewards: list[RewardSpec] = field(default_factory=_default_rewards)
+
+    def validate(self) -> None:
+        if self.num_generations < 2:
+            raise ConfigError(f"grpo.num_generations is {self.num_generations}; GRPO compares answers within a group.",
+                              "Set grpo.num_generations to 2 or more (4 is usual).")
+        _positive("grpo.max_completion_length", self.max_completion_length)
+        _between("grpo.beta", self.beta, 0.0, 10.0)
+        _between("grpo.temperature", self.temperature, 0.01, 5.0)
+        if not self.rewards:
+            raise ConfigError("grpo.rewards is empty: nothing would score the answers.",
+                              "Add one, e.g. rewards: [{preset: numeric_match, weight: 1.0}].")
+
+
+@dataclass(frozen=True)
+class KtoSpec:
+    desirable_weight: float = 1.0  # weight of the loss on answers marked good (raise it when they are rare)
+    undesirable_weight: float = 1.0  # weight of the loss on answers marked bad
+
+    def validate(self) -> None:
+        _between("kto.desirable_weight", self.desirable_weight, 0.0, 100.0)
+        _between("kto.undesirable_weight", self.undesirable_weight, 0.0, 100.0)
+
+
 @dataclass(frozen=True)
 class Preset:
     """A named bundle of settings for a memory budget (presets/*.yaml)."""
@@ -153,6 +244,21 @@ class RunSpec:
     dataset_sha256: str = ""
     parent_run: str = field(default="", metadata={"help": METHOD_HELP["parent_run"]})
     parent_step: int = field(default=0, metadata={"help": METHOD_HELP["parent_step"]})
+    grpo: GrpoSpec = field(default_factory=GrpoSpec)  # method grpo only
+    kto: KtoSpec = field(default_factory=KtoSpec)  # method kto only
+
+    @staticmethod
+    def normalize(data: dict) -> dict:
+        """A top-level `method: grpo` (the short form scripts write) is train.method."""
+        if not isinstance(data, dict) or "method" not in data:
+            return data
+        data = dict(data)
+        train = dict(data.get("train") or {})
+        method = data.pop("method")
+        if "method" in train and train["method"] != method:
+            raise ConfigError(f"method is {method!r} but train.method is {train['method']!r}.", "Keep one of them.")
+        data["train"] = {**train, "method": method}
+        return data
 
     def validate(self) -> None:
         from studio.paths import check_name
@@ -164,6 +270,22 @@ class RunSpec:
         self.model.validate()
         self.lora.validate()
         self.train.validate()
+        self.grpo.validate()
+        self.kto.validate()
+        self._check_method_batch()
+
+    def _check_method_batch(self) -> None:
+        t = self.train
+        batch = t.micro_batch * t.grad_accum * self.num_processes
+        if t.method == "grpo" and batch % self.grpo.num_generations:
+            raise ConfigError(f"grpo.num_generations ({self.grpo.num_generations}) does not divide the effective batch "
+                              f"({t.micro_batch} x {t.grad_accum} accumulation x {self.num_processes} processes = "
+                              f"{batch}): every prompt's group of answers must sit in one batch.",
+                              f"Set train.grad_accum to a multiple of {self.grpo.num_generations}, or "
+                              "grpo.num_generations to a divisor of the batch.")
+        if t.method == "kto" and t.micro_batch < 2:
+            raise ConfigError("KTO needs at least 2 rows per pass (train.micro_batch): its KL estimate pairs each "
+                              "answer with another row's prompt.", "Set train.micro_batch: 2 (or more).")
 
 
 # ---------------------------------------------------------------- loading and saving
@@ -173,6 +295,8 @@ def from_dict(cls: type, data: Any, where: str = ""):
     """Build dataclass `cls` from a plain dict, checking keys, types and ranges."""
     if data is None:
         data = {}
+    if hasattr(cls, "normalize"):
+        data = cls.normalize(data)
     if not isinstance(data, dict):
         raise ConfigError(f"{where or cls.__name__} should be a mapping, got {type(data).__name__}.",
                           "Write it as 'key: value' lines.")
@@ -195,6 +319,10 @@ def from_dict(cls: type, data: Any, where: str = ""):
 def _coerce(hint: Any, value: Any, key: str):
     if dataclasses.is_dataclass(hint):
         return from_dict(hint, value, key)
+    if typing.get_origin(hint) is list and dataclasses.is_dataclass(typing.get_args(hint)[0]):
+        if not isinstance(value, list):
+            raise ConfigError(f"Setting {key!r} should be a list, got {value!r}.", f"Write {key} as a '- ...' list.")
+        return [from_dict(typing.get_args(hint)[0], item, f"{key}[{i}]") for i, item in enumerate(value)]
     if hint is bool:
         if isinstance(value, bool):
             return value

@@ -44,8 +44,10 @@ def _stop_if(should_stop: ShouldStop) -> None:
 def split_rows(dataset: str, split: str = "eval", tokenizer=None) -> list[dict]:
     """Rows (input_ids, assistant_masks, messages) of a prepared dataset's split, refusing a missing split
     (and, given the model's tokenizer, a dataset prepared for another tokenizer)."""
+    from studio.data.preference import refuse_kto_for_scoring
     from studio.data.store import check_tokenizer, load_prepared
 
+    refuse_kto_for_scoring(dataset)
     prepared = load_prepared(dataset)
     if tokenizer is not None:
         check_tokenizer(prepared.meta, tokenizer)
@@ -284,6 +286,11 @@ def card_metrics(report: dict, name: str) -> dict:
         return {f"preference_accuracy[{dataset}]": res[name]["preference_accuracy"],
                 f"base_preference_accuracy[{dataset}]": res[BASE]["preference_accuracy"],
                 f"reward_margin[{dataset}]": res[name].get("mean_reward_margin")}
+    if report["kind"] == "reward":  # studio.reward_eval: held-out mean reward and exact match
+        res = report["results"]
+        return {f"mean_reward[{dataset}]": res[name]["mean_reward"],
+                f"exact_match[{dataset}]": res[name]["exact_match"],
+                f"base_exact_match[{dataset}]": res[BASE]["exact_match"]}
     return {f"{key}[{dataset}]": value for key, value in (report.get("rouge") or {}).get(name, {}).items()}
 
 

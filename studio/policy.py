@@ -67,7 +67,10 @@ ACTIONS: dict[str, tuple[str, str]] = {
     # Train tab
     "what_will_train": (READ, "showing the run's settings"), "run_status": (READ, "watching a run"),
     "poll": (READ, "watching a run"), "controls": (READ, "showing a run's buttons"),
-    "preference_status": (READ, "showing the method"), "fresh_run_name": (READ, "suggesting a run name"),
+    "preference_status": (READ, "showing the method"), "method_fields": (READ, "showing the method's fields"),
+    "grpo_status": (READ, "watching a GRPO run"), "grpo_shown": (READ, "showing the method"),
+    "preview_rewards": (COMPUTE, "sampling answers to preview rewards"),
+    "evaluate_rewards": (COMPUTE, "evaluating held-out rewards"), "fresh_run_name": (READ, "suggesting a run name"),
     "effective_settings": (READ, "showing the run's settings"),
     "start_training": (COMPUTE, "training"), "resume_training": (COMPUTE, "training"),
     "stop_training": (DESTRUCTIVE, "stopping runs"), "delete": (DESTRUCTIVE, "deleting runs"),

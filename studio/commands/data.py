@@ -48,9 +48,10 @@ def add(sub) -> None:
 
 
 def _format_args(p) -> None:
-    p.add_argument("--kind", default="auto", choices=("auto", "sft", "preference"),
-                   help="sft: conversations with one answer each; preference: prompt + chosen + rejected answers "
-                        "(for method dpo/orpo); auto: preference when the rows hold chosen and rejected")
+    p.add_argument("--kind", default="auto", choices=("auto", "sft", "preference", "kto"),
+                   help="sft: conversations with one answer each (also GRPO's prompts); preference: prompt + chosen "
+                        "+ rejected answers (for method dpo/orpo); kto: answers labelled good/bad (kto_tag or label, "
+                        "for method kto); auto: preference when the rows hold chosen and rejected, kto when a label")
     p.add_argument("--format", default=None, choices=FORMAT_CHOICES + PREFERENCE_FORMATS,
                    help="force a format instead of detecting it (preference: trl, hh, sharegpt, ultrafeedback, mapped)")
     p.add_argument("--map", default=None, metavar="prompt=COL,response=COL[,system=COL]",
@@ -110,9 +111,35 @@ def _is_preference(args) -> bool:
     return found and args.kind == "auto"
 
 
+def _is_kto(args) -> bool:
+    from studio.data import kto
+
+    return args.kind == "kto" or (args.kind == "auto" and kto.file_is_kto(args.file))
+
+
+def kto_summary(args) -> int:
+    """Inspect (and with a name, prepare) a KTO file: format, good/bad counts, problems."""
+    from studio.data import kto
+
+    if getattr(args, "name", None):
+        folder = kto.prepare(args.file, args.model, args.name, args.eval_split, args.seed, args.overwrite)
+        c = json.loads((folder / "meta.json").read_text())["counts"]
+        print(f"saved {folder}: {c['train']} train and {c['eval']} eval answers ({c['desirable']} good, "
+              f"{c['undesirable']} bad, {c['rows_invalid']} invalid). Train it with method kto.")
+        return 0
+    report = kto.inspect_file(args.file)
+    print(f"kind        KTO answers labelled good/bad (train with method kto)\nformat      "
+          f"{report.detection.format}: {report.detection.evidence}\ncounts      {report.counts}")
+    for problem in report.problems[:10]:
+        print(f"problem     row {problem['row']}: {problem['reason']}")
+    return 0
+
+
 def inspect(args) -> int:
     from studio.data import store
 
+    if _is_kto(args):
+        return kto_summary(args)
     if _is_preference(args):
         return inspect_preference(args)
 
@@ -239,6 +266,8 @@ def prepare(args) -> int:
     from studio.data import store
     from studio.util import read_json
 
+    if _is_kto(args):
+        return kto_summary(args)
     if _is_preference(args):
         return prepare_preference(args)
     folder = store.prepare(args.file, args.model, args.name, max_len=args.max_len, eval_split=args.eval_split,

@@ -24,6 +24,11 @@ def add(sub) -> None:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--beta", type=float, default=0.1,
                    help="preference datasets: the DPO beta of the reward margin (base as the reference)")
+    p.add_argument("--rewards", action="store_true",
+                   help="held-out mean reward and exact-match accuracy of generated answers (GRPO datasets)")
+    p.add_argument("--reward-config", default=None,
+                   help="a run YAML whose grpo.rewards score the answers (default: numeric_match, last number)")
+    p.add_argument("--split", default="eval", choices=("eval", "train"), help="--rewards: the split to answer")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=evaluate)
     kinds = p.add_subparsers(dest="eval_kind", metavar="KIND", help="or one of these evaluations")
@@ -112,6 +117,8 @@ def evaluate(args) -> int:
                           "Pass --dataset NAME (a prepared dataset), or run e.g. `python -m studio eval arena --help`.")
     if dataset_kind(args.dataset) == "preference":
         return evaluate_preference(args)
+    if args.rewards:
+        return evaluate_rewards(args)
     report = compare_perplexity(args.model, args.quant, args.dataset, args.adapter, args.batch_size,
                                 args.max_rows, _progress)
     lines = [f"{'model':24} {'perplexity':>10} {'loss':>8} {'tokens':>7}"]
@@ -126,6 +133,18 @@ def evaluate(args) -> int:
     saved = report["saved_to"] + report.get("battery", {}).get("saved_to", [])
     lines += ["", "saved: " + ", ".join(saved)]
     _print(report, args.json, "\n".join(lines))
+    return 0
+
+
+def evaluate_rewards(args) -> int:
+    """Held-out mean reward and exact-match accuracy of the base and each adapter (GRPO data)."""
+    from studio.config import RunSpec, load_yaml
+    from studio.reward_eval import compare_rewards, summary_lines
+
+    specs = load_yaml(RunSpec, args.reward_config).grpo.rewards if args.reward_config else None
+    report = compare_rewards(args.model, args.quant, args.dataset, args.adapter, specs, args.split, args.max_rows,
+                             args.max_new_tokens, _progress)
+    _print(report, args.json, "\n".join([*summary_lines(report), "", "saved: " + ", ".join(report["saved_to"])]))
     return 0
 
 

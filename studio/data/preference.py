@@ -524,9 +524,6 @@ def prepare(path, model_ref: str, name: str, max_len: int = 1024, eval_split: fl
     an existing one): train.parquet, eval.parquet, problems.jsonl, meta.json with kind 'preference'."""
     import shutil
 
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     from studio.data import store
     from studio.util import write_json_atomic
 
@@ -540,14 +537,7 @@ def prepare(path, model_ref: str, name: str, max_len: int = 1024, eval_split: fl
         reasons = "; ".join(f"row {p.row}: {p.reason}" for p in report.problems[:3])
         raise DataError(f"No usable preference pair in {Path(path).name} ({reasons}).",
                         "Fix the rows listed in the problems, or raise the max length.")
-    table = _table(kept)
-    train_idx, eval_idx = render.split_indices(len(kept), eval_split, seed)
-    tmp = target.with_name(f".{target.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    pq.write_table(table.take(pa.array(train_idx, pa.int64())), tmp / "train.parquet")
-    if eval_idx:
-        pq.write_table(table.take(pa.array(eval_idx, pa.int64())), tmp / "eval.parquet")
+    tmp, train_idx, eval_idx = write_splits(_table(kept), target, eval_split, seed)
     with open(tmp / "problems.jsonl", "w", encoding="utf-8") as f:
         f.writelines(json.dumps(p.as_dict(), ensure_ascii=False) + "\n" for p in report.problems)
     meta = {"name": name, "kind": KIND, "source_file": str(Path(path).resolve()),
@@ -573,6 +563,23 @@ def prepare(path, model_ref: str, name: str, max_len: int = 1024, eval_split: fl
     return target
 
 
+def write_splits(table, target: Path, eval_split: float, seed: int) -> tuple[Path, list[int], list[int]]:
+    """A seeded train/eval split of a pyarrow table written to a fresh .<name>.tmp folder beside `target`."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    train_idx, eval_idx = render.split_indices(len(table), eval_split, seed)
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    pq.write_table(table.take(pa.array(train_idx, pa.int64())), tmp / "train.parquet")
+    if eval_idx:
+        pq.write_table(table.take(pa.array(eval_idx, pa.int64())), tmp / "eval.parquet")
+    return tmp, train_idx, eval_idx
+
+
 def is_preference_meta(meta: dict) -> bool:
     return meta.get("kind") == KIND
 
@@ -580,6 +587,11 @@ def is_preference_meta(meta: dict) -> bool:
 def check_method(meta: dict, method: str) -> None:
     """DataError when a dataset does not fit the training method (preference data for SFT, or the reverse)."""
     name = meta.get("name", "?")
+    if (method == "kto") != (meta.get("kind") == "kto"):  # unpaired good/bad answers (studio.data.kto)
+        what = "not KTO data: method kto needs" if method == "kto" else f"KTO data, which method {method} cannot read:"
+        raise DataError(f"The dataset {name!r} is {what} answers labelled good or bad.",
+                        "Train a KTO dataset (prepared from rows with kto_tag or label, e.g. assets/kto_demo.jsonl) "
+                        "with method kto, and other datasets with the other methods.")
     if method in PREFERENCE_METHODS and not is_preference_meta(meta):
         raise DataError(f"The dataset {name!r} is SFT data (one answer per conversation), not preference pairs: "
                         f"method {method} needs a chosen and a rejected answer for every prompt.",
@@ -621,11 +633,21 @@ def load(name: str) -> PreparedPairs:
 
 
 def dataset_kind(name: str) -> str:
-    """'preference' or 'sft' for a prepared dataset name (without loading it)."""
+    """'preference', 'kto' or 'sft' for a prepared dataset name (without loading it)."""
     from studio.data import store
     from studio.util import read_json
 
-    return KIND if is_preference_meta(read_json(store._folder(name) / "meta.json", {})) else "sft"
+    meta = read_json(store._folder(name) / "meta.json", {})
+    return KIND if is_preference_meta(meta) else "kto" if meta.get("kind") == "kto" else "sft"
+
+
+def refuse_kto_for_scoring(name: str) -> None:
+    """Perplexity and the battery need one reference answer per row; KTO rows are answers marked good or bad."""
+    if dataset_kind(name) == "kto":
+        raise DataError(f"The dataset {name!r} is KTO data (answers labelled good or bad): it has no one reference "
+                        "answer per question to measure against.",
+                        "Compare a KTO adapter on a question/answer dataset: Held-out reward (e.g. arith-heldout from "
+                        "assets/arithmetic_heldout.jsonl), perplexity or the battery.")
 
 
 def file_is_preference(path) -> bool:

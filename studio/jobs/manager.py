@@ -65,6 +65,10 @@ def create(spec: RunSpec) -> Path:
         raise RunError(f"The dataset {spec.dataset!r} does not exist.",
                        "Prepare it in the Data tab (or `python -m studio data prepare`) first.")
     check_method(read_json(paths.datasets_dir() / spec.dataset / "meta.json", {}), spec.train.method)  # SFT vs DPO
+    if spec.train.method == "grpo":  # patterns, schema files, reward files (parsed here, imported by the worker)
+        from studio import rewards
+
+        rewards.check(spec.grpo.rewards)
     spec = replace(spec, dataset_sha256=prepared_sha256(spec.dataset))
     policy.check_run_quota([policy.owner_of(p)["owner"] for p in _active_runs()])  # hosted: runs per user
     _check_start_adapter(spec)

@@ -29,7 +29,8 @@ from studio.jobs import process
 from studio.jobs.events import ACTIVE, DEAD_AFTER_SEC, STOP_FILE, Status, read_status, write_status
 from studio.util import read_json, write_json_atomic
 
-KINDS = ("eval_perplexity", "eval_preference", "eval_battery", "prune", "prune_sweep", "lm_eval", "merge_adapters")
+KINDS = ("eval_perplexity", "eval_preference", "eval_battery", "eval_rewards", "prune", "prune_sweep", "lm_eval",
+         "merge_adapters")
 LOG = "task.log"
 KEEP_DAYS_DEFAULT = 14.0  # finished task folders older than this are deleted when a task starts
 
@@ -182,6 +183,10 @@ def _call(kind: str, args: dict, progress, should_stop):
     """The function behind `kind`: the same ones `python -m studio eval` and `prune` call."""
     if kind in ("lm_eval", "merge_adapters"):
         return _call_lm_eval_or_merge(kind, args, progress, should_stop)
+    if kind == "eval_rewards":  # GRPO: held-out mean reward and exact match (studio.reward_eval)
+        from studio.reward_eval import compare_rewards
+
+        return compare_rewards(**args, progress=progress, should_stop=should_stop)
     if kind.startswith("eval_"):
         from studio import evaluation
 

@@ -303,10 +303,10 @@ def speed_up_cpu(model, spec: RunSpec) -> list[str]:
     from studio.jobs import cpu_speed
 
     changes = []
-    if spec.train.packing:
+    if spec.train.packing and spec.train.method not in ("grpo", "kto"):  # their rows are padded, and GRPO samples
         changes.append(("attention per packed sequence", cpu_speed.use_packed_attention))
     changes.append(("16-bit dropout masks, one per shared input", cpu_speed.share_dropout_masks))
-    if autocast_bf16(spec):
+    if autocast_bf16(spec) and spec.train.method != "grpo":  # GRPO also generates, outside autocast
         changes.append(("frozen weights in bf16", cpu_speed.store_frozen_in_bf16))
         changes.append(("LoRA inputs kept in bf16", cpu_speed.keep_lora_inputs))
     return [name for name, change in changes if _try_change(name, change, model)]
@@ -395,6 +395,7 @@ def make_callback(run_dir: Path, status: Status, is_main: bool):
     import torch
     from transformers import TrainerCallback
 
+    from studio.jobs.grpo import log_fields as grpo_log_fields
     from studio.jobs.preference import log_fields as preference_log_fields
     from studio.util import rss_mb
 
@@ -429,7 +430,8 @@ def make_callback(run_dir: Path, status: Status, is_main: bool):
                      "tokens_per_sec": round(tokens / elapsed, 1), "memory_mb": round(memory, 1),
                      "tokens": int(state.num_input_tokens_seen or 0) or None,  # the compare view's token axis
                      "eta_sec": eta_fields(self.eta.estimate(state.max_steps)).get("eta_sec")}
-            event.update(preference_log_fields(logs))  # dpo / orpo: reward margin and accuracy, train and eval
+            event.update(preference_log_fields(logs))  # dpo / orpo / kto: reward margin and accuracy, train and eval
+            event.update(grpo_log_fields(logs))  # grpo: mean reward, per reward function, KL, completion length
             append_event(run_dir, {k: v for k, v in event.items() if v is not None})
             status.update(step=state.global_step, total_steps=state.max_steps, tokens_per_sec=event["tokens_per_sec"])
 
@@ -587,6 +589,10 @@ def train(run_dir: Path, foreground: bool = False, status: Status | None = None)
 def setup(spec: RunSpec, run_dir: Path, status: Status, foreground: bool, is_main: bool):
     """(trainer, prepared dataset, eval dataset or None, callback): the model with LoRA, the data, the trainer."""
     plan = recorded_pass_plan(spec, run_dir)
+    if spec.train.method == "grpo":  # a bad reward (pattern, schema, reward file) fails before the model loads
+        from studio import rewards
+
+        rewards.check(spec.grpo.rewards, run_code=True)
     model, loaded = build_model(spec, plan.gradient_checkpointing)
     if _device() == "cpu":
         changes = speed_up_cpu(model, spec)
@@ -596,13 +602,11 @@ def setup(spec: RunSpec, run_dir: Path, status: Status, foreground: bool, is_mai
             changes.append("no gradient checkpointing (a pass fits in free RAM without it)")
         print(f"[studio] CPU fast path: {', '.join(changes) or 'nothing applies'}", flush=True)
     callback = make_callback(run_dir, status, is_main)
-    if spec.train.method != "sft":  # dpo / orpo: TRL's preference trainers on prepared pairs (jobs/preference.py)
-        from studio.jobs.preference import make_trainer
-
+    if spec.train.method != "sft":  # dpo / orpo / kto / grpo: TRL's trainers (jobs/preference.py, kto.py, grpo.py)
         def args_for(has_eval: bool) -> dict:
             return base_args(spec, run_dir, has_eval, foreground, plan)
 
-        prepared, eval_ds, trainer = make_trainer(spec, model, loaded.tokenizer, args_for, [callback])
+        prepared, eval_ds, trainer = method_trainer(spec, model, loaded.tokenizer, args_for, [callback], run_dir)
     else:
         prepared, train_ds, eval_ds = load_data(spec, loaded.tokenizer)
         args = training_args(spec, run_dir, eval_ds is not None, foreground, plan)
@@ -611,6 +615,21 @@ def setup(spec: RunSpec, run_dir: Path, status: Status, foreground: bool, is_mai
     if spec.accelerate_config:
         print(f"[studio] {launch_note(spec, trainer.accelerator.distributed_type.name)}", flush=True)
     return trainer, prepared, eval_ds, callback
+
+
+def method_trainer(spec: RunSpec, model, tokenizer, args_for, callbacks: list, run_dir: Path):
+    """(prepared, eval dataset or None, trainer) of a method other than SFT."""
+    if spec.train.method == "grpo":
+        from studio.jobs import grpo
+
+        return grpo.make_trainer(spec, model, tokenizer, args_for, callbacks, run_dir)
+    if spec.train.method == "kto":
+        from studio.jobs import kto
+
+        return kto.make_trainer(spec, model, tokenizer, args_for, callbacks)
+    from studio.jobs.preference import make_trainer
+
+    return make_trainer(spec, model, tokenizer, args_for, callbacks)
 
 
 def run_steps(trainer, run_dir: Path, status: Status, is_main: bool):
@@ -648,7 +667,11 @@ def final_metrics(trainer, spec: RunSpec, result, eval_ds) -> dict:
         step = trainer.state.global_step
         done = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h and h.get("step") == step]
         metrics["eval_loss"] = round(done[-1] if done else trainer.evaluate()["eval_loss"], 4)
-    if spec.train.method != "sft":
+    if spec.train.method == "grpo":
+        from studio.jobs.grpo import final_metrics as grpo_metrics
+
+        metrics.update(grpo_metrics(trainer))  # the last mean reward, KL and completion length
+    elif spec.train.method != "sft":
         from studio.jobs.preference import final_metrics as preference_metrics
 
         metrics.update(preference_metrics(trainer))  # reward margin and accuracy (train, eval)

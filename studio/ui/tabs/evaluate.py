@@ -124,6 +124,25 @@ def run_lm_eval(ref, quant, adapters, task_names, limit, chat_template, progress
     return show_lm_eval(_follow(folder, progress))
 
 
+def show_rewards(report: dict) -> tuple:
+    """Mean reward and exact match per model, and the answers side by side with the reference."""
+    table = fmt.table(pd.DataFrame([{"model": name, "mean reward": r["mean_reward"], "exact match": r["exact_match"],
+                                     **r["per_reward"], "prompts": r["rows"]}
+                                    for name, r in report["results"].items()]))
+    return table, pd.DataFrame(report["rows"])
+
+
+def run_rewards(ref, quant, dataset, adapters, max_rows, max_new_tokens, progress=gr.Progress()):
+    """Held-out mean reward and exact-match accuracy (GRPO data), with the first GRPO adapter's rewards."""
+    try:
+        folder = tasks.start("eval_rewards", ref=ref, quant=_quant(quant, adapters), dataset_name=_need(dataset),
+                             adapters=list(adapters or []), max_rows=int(max_rows) or None,
+                             max_new_tokens=int(max_new_tokens))
+    except StudioError as exc:
+        raise gr.Error(str(exc)) from exc
+    return show_rewards(_follow(folder, progress))
+
+
 def run_sweep(ref, dataset, levels, calib_samples, eval_rows, progress=gr.Progress()):
     try:
         folder = tasks.start("prune_sweep", ref=ref, dataset=dataset or "builtin:pydoc",
@@ -147,8 +166,8 @@ def run_prune(ref, dataset, method, level, out_name, overwrite, progress=gr.Prog
 # where each kind's results go among the tab's result outputs (see `build`), and how they are drawn
 RESULTS = {"eval_perplexity": (show_perplexity, 0), "eval_preference": (show_perplexity, 0),
            "eval_battery": (show_battery, 2), "prune": (show_prune, 5), "prune_sweep": (show_sweep, 6),
-           "lm_eval": (show_lm_eval, 9)}
-N_RESULTS = 11
+           "lm_eval": (show_lm_eval, 9), "eval_rewards": (show_rewards, 11)}
+N_RESULTS = 13
 
 
 def watch(seen: str | None):
@@ -177,9 +196,17 @@ EXPLAIN = """Measure the base and your adapters on a saved dataset's **eval spli
   score below the base. It is masked exactly like training (only the answers count).
 - **Battery**: each model answers the same held-out questions; **ROUGE** (0 to 1) measures how much of the
   reference answer's wording it reproduces. Higher is better.
+- **Held-out reward** (GRPO): each model answers the held-out questions; the GRPO run's rewards score them
+  (mean reward) and **exact match** is the share whose final answer equals the reference's. Higher is better.
 
 Results are saved with each adapter's run and added to its card. **Next:** the **Export** tab."""
 PPL_COLUMNS = ["model", "perplexity", "loss", "tokens", "rows"]
+
+
+def _reward_outputs() -> tuple:
+    """The held-out reward evaluation's tables: the scores per model, and the answers."""
+    return (gr.Dataframe(label="Held-out mean reward and exact match (higher is better)", elem_id="eval-reward"),
+            gr.Dataframe(label="Held-out answers (reward evaluation)", wrap=True, elem_id="eval-reward-answers"))
 
 
 def _pruning_section() -> SimpleNamespace:
@@ -252,6 +279,7 @@ def build(shared: Shared) -> None:
     with gr.Row():
         ppl_btn = gr.Button("Perplexity", variant="primary", elem_id="eval-ppl-btn")
         battery_btn = gr.Button("Battery (answers + ROUGE)", elem_id="eval-battery-btn")
+        reward_btn = gr.Button("Held-out reward (GRPO)", elem_id="eval-reward-btn")
         stop_btn = gr.Button("Stop", variant="stop", elem_id="eval-stop", interactive=False)
     ppl_table = gr.Dataframe(headers=PPL_COLUMNS, label="Perplexity (lower is better)", elem_id="eval-ppl")
     saved = gr.Markdown(elem_id="eval-saved")
@@ -260,6 +288,7 @@ def build(shared: Shared) -> None:
     battery_table = gr.Dataframe(headers=["question", "reference", "model", "answer"], label="Answers side by side",
                                  elem_id="eval-battery", wrap=True)
     files = gr.File(label="Battery as CSV and JSONL", file_count="multiple", elem_id="eval-files")
+    reward_table, reward_answers = _reward_outputs()
     task_info = gr.Markdown(elem_id="eval-task")
     dataset.input(shared.set("dataset"), [shared.current, dataset], shared.current)
     adapters.input(_focus, [shared.current, adapters], shared.current, show_progress="hidden")
@@ -274,6 +303,8 @@ def build(shared: Shared) -> None:
                 "eval_perplexity"),
                (battery_btn, run_battery, [model_ref, quant, dataset, adapters, prompts, max_new],
                 [battery_table, rouge_table, files], "eval_battery"),
+               (reward_btn, run_rewards, [model_ref, quant, dataset, adapters, max_rows, max_new],
+                [reward_table, reward_answers], "evaluate_rewards"),
                (prune.prune_btn, run_prune, [model_ref, dataset, prune.method, prune.level, prune.out_name,
                                              prune.overwrite], prune.prune_info, "prune"),
                (prune.sweep_btn, run_sweep, [model_ref, dataset, prune.levels, prune.calib, prune.eval_rows],
@@ -285,7 +316,7 @@ def build(shared: Shared) -> None:
     stop_btn.click(stop, None, None, api_name="eval_stop")
     seen = gr.State(None)  # "<task>:<state>" whose results this page has shown already
     results = [ppl_table, saved, battery_table, rouge_table, files, prune.prune_info, prune.sweep_table,
-               prune.sweep_plot, prune.sweep_info, bench.table, bench.info]
+               prune.sweep_plot, prune.sweep_info, bench.table, bench.info, reward_table, reward_answers]
     gr.Timer(WATCH_SEC).tick(watch, seen, [seen, task_info, stop_btn, *results], show_progress="hidden",
                              api_name="eval_task")
 

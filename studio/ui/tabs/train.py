@@ -56,7 +56,7 @@ def _config_choices() -> list[str]:
 
 
 def start(name, dataset, model_ref, settings, max_steps, processes=1, accelerate_config=NO_CONFIG, method="sft",
-          beta=0.1, orpo_lambda=0.1, from_adapter=""):
+          beta=0.1, orpo_lambda=0.1, from_adapter="", *grpo_kto):
     from studio.jobs import launch_configs, manager
     from studio.jobs.events import read_status
     from studio.ui.tabs.train_method import with_method
@@ -70,6 +70,10 @@ def start(name, dataset, model_ref, settings, max_steps, processes=1, accelerate
         spec = manager.make_spec(name, dataset, model_ref, settings, int(max_steps or 0) or None,
                                  int(processes or 1), config)
         spec = with_method(spec, method, beta, orpo_lambda, from_adapter)
+        if grpo_kto:  # generations, answer length, KL beta, temperature, rewards, KTO weights (train_grpo)
+            from studio.ui.tabs.train_grpo import with_grpo_kto
+
+            spec = with_grpo_kto(spec, *grpo_kto)
         path = manager.start(spec)
     except StudioError as exc:
         raise gr.Error(str(exc)) from exc
@@ -296,7 +300,8 @@ def build(shared: Shared) -> None:
         shared.model_ref.change(_template_line, shared.model_ref, template_line, show_progress="hidden")
     from studio.ui.tabs import train_method
 
-    method_inputs = train_method.controls()  # method (sft / dpo / orpo), beta, ORPO lambda, starting adapter
+    method_inputs = train_method.controls()  # method, beta, ORPO lambda, starting adapter, GRPO / KTO fields
+    train_method.reward_preview(dataset, model, method_inputs)  # GRPO: score sampled answers before training
     with gr.Accordion("Settings for the next run (from the Presets tab)", open=False):
         settings_view = gr.JSON(value=settings.value, elem_id="train-settings")
     settings.change(lambda s: gr.Number(info=max_steps_info(s)), settings, max_steps, show_progress="hidden")
@@ -356,4 +361,5 @@ def _wire(shared, settings, summary, dataset, model, name, max_steps, processes,
     timer.tick(controls, run, [stop_btn, resume_btn, delete_btn], show_progress="hidden")
     from studio.ui.tabs import train_method
 
-    train_method.preference_plot(run, POLL_SEC)  # reward margin and accuracy of dpo / orpo runs, live
+    train_method.preference_plot(run, POLL_SEC)  # reward margin and accuracy of dpo / orpo / kto runs, live
+    train_method.grpo_plots(run, POLL_SEC)  # grpo: reward per function, KL, length, newest completions

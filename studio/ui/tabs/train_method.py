@@ -1,5 +1,6 @@
-"""The Train tab's method controls (sft / dpo / orpo with beta, ORPO's lambda, a starting adapter) and the live
-plot of DPO/ORPO's reward margin and preference accuracy. Help text comes from studio.config's field metadata."""
+"""The Train tab's method controls (sft / dpo / orpo / grpo / kto with beta, ORPO's lambda, a starting adapter;
+GRPO / KTO fields in train_grpo.py) and the live plot of DPO/ORPO/KTO's reward margin and preference accuracy.
+Help text comes from studio.config's field metadata."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def _adapter_choices() -> list[str]:
 
 
 def controls() -> list:
-    """[method, beta, orpo_lambda, from_adapter] components, in the order `train.start` takes them."""
+    """[method, beta, orpo_lambda, from_adapter, GRPO and KTO fields] components, in `train.start`'s order."""
     defaults = {f.name: f.default for f in dataclasses.fields(RunSpec().train)}
     with gr.Row():
         method = gr.Radio(list(METHODS), value="sft", label="Method", info=METHOD_HELP["method"],
@@ -40,7 +41,9 @@ def controls() -> list:
         start_from = gr.Dropdown(_adapter_choices(), value="", label="Start from adapter (optional)",
                                  info=METHOD_HELP["from_adapter"], allow_custom_value=True,
                                  elem_id="train-from-adapter")
-    return [method, beta, orpo_lambda, start_from]
+    from studio.ui.tabs import train_grpo
+
+    return [method, beta, orpo_lambda, start_from, *train_grpo.controls(method)]  # + GRPO / KTO fields
 
 
 def preference_frame(events: list[dict]) -> pd.DataFrame | None:
@@ -66,7 +69,7 @@ def preference_status(run_id):
 
 
 def shown_for(run_id):
-    """The plot only for a DPO / ORPO run: an SFT run has no reward margin, so no empty box under its table."""
+    """The plot only for a DPO / ORPO / KTO run: SFT and GRPO have no reward margin, so no empty box."""
     from studio.config import load_yaml
     from studio.errors import StudioError
     from studio.jobs import manager
@@ -75,7 +78,7 @@ def shown_for(run_id):
         method = load_yaml(RunSpec, manager.run_dir(run_id) / "spec.yaml").train.method if run_id else "sft"
     except StudioError:
         method = "sft"
-    return gr.LinePlot(visible=method != "sft")
+    return gr.LinePlot(visible=method in ("dpo", "orpo", "kto"))
 
 
 def preference_plot(run, poll_sec: float) -> None:
@@ -84,3 +87,15 @@ def preference_plot(run, poll_sec: float) -> None:
     run.change(preference_status, run, plot, api_name="preference_status")
     run.change(shown_for, run, plot, show_progress="hidden", api_visibility="private")
     gr.Timer(poll_sec).tick(preference_status, run, plot, show_progress="hidden")
+
+
+def reward_preview(dataset, model, method_inputs: list) -> None:
+    from studio.ui.tabs import train_grpo
+
+    train_grpo.preview_button(dataset, model, method_inputs[4:])
+
+
+def grpo_plots(run, poll_sec: float) -> None:
+    from studio.ui.tabs import train_grpo
+
+    train_grpo.grpo_plots(run, poll_sec)
