@@ -326,7 +326,7 @@ def table(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.serve_bench", description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="bundled")
-    parser.add_argument("--quant", default="fp32", help="the studio's and generate's weights: fp32 or bf16")
+    parser.add_argument("--quant", help="the studio's and generate's weights (default: what `studio serve` picks)")
     parser.add_argument("--requests", type=int, default=16, help="requests per cell")
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch and llama-server alike")
@@ -337,6 +337,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", help="adapters and GGUFs, made once (.cache/bench/serve/MODEL)")
     parser.add_argument("--out", help="write the full result as JSON here (the table goes to stdout)")
     args = parser.parse_args(argv)
+    if args.quant is None:
+        from studio.inference import serving_quant
+
+        args.quant = serving_quant()
     result = bench(args)
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
