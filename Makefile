@@ -16,9 +16,10 @@ bench: $(STAMP)
 
 # The serving table of docs/serving.md (studio, llama-server, plain generate; llama.cpp built by
 # ../shared/tools/llama-cpp.sh or the commands in docs/serving.md), in one run.
+THREADS ?= 2
 bench-serve: $(STAMP)
 	uptime
-	$(PY) -m benchmarks.serve_bench --llama-server --threads 2 --out bench-results.serve.json
+	$(PY) -m benchmarks.serve_bench --llama-server --threads $(THREADS) --quant bf16 fp32 --out bench-results.serve.json
 	uptime
 
 lint: $(STAMP)

@@ -256,29 +256,35 @@ def measure(target, jobs: list[tuple[str, str]], clients: int, max_tokens: int) 
             "load": [round(load, 2), round(os.getloadavg()[0], 2)], "texts": [r["text"] for r in rows]}
 
 
+def studio_server(args, quant: str, adapters: dict[str, Path]) -> Server:
+    """The studio's engine in `quant` with both adapters attached, behind its real /v1 routes."""
+    from studio.inference import Engine
+    from studio.serving.local import start_server
+
+    engine = Engine(args.model, quant, max_batch=8)
+    for name, path in adapters.items():
+        engine.load_adapter(name, path)
+    _, url = start_server(engine, adapters)
+    base = Path(args.model).name if Path(args.model).exists() else args.model
+    return Server(f"studio serve ({engine.quant}, {args.threads} threads)", url, {"base": base, "A": "A", "B": "B"})
+
+
 def targets(args, workdir: Path) -> tuple[list, dict[str, Path]]:
     """Every target, started and warmed up: the studio's server first."""
-    from studio.inference import Engine
     from studio.models import resolve
-    from studio.serving.local import random_adapters, start_server
+    from studio.serving.local import random_adapters
 
     model_dir = Path(resolve(args.model))
     adapters = {a: workdir / a for a in ADAPTERS}
     if not all((p / "adapter_config.json").is_file() for p in adapters.values()):
         adapters = random_adapters(str(model_dir), workdir, ADAPTERS)
-    engine = Engine(args.model, args.quant, max_batch=8)
-    for name, path in adapters.items():
-        engine.load_adapter(name, path)
-    _, url = start_server(engine, adapters)
-    studio = Server(f"studio serve ({engine.quant}, {args.threads} threads)", url,
-                    {"base": Path(args.model).name if Path(args.model).exists() else args.model, "A": "A", "B": "B"})
-    found: list = [studio]
+    found: list = [studio_server(args, quant, adapters) for quant in args.quant]
     if args.llama_server:
         base, loras = gguf_files(model_dir, adapters, workdir)
         found.append(start_llama(llama_bin(args.llama_bin), base, loras, args.threads, workdir / "llama-server.log"))
     found += [peer(u) for u in args.peer]
     if not args.no_generate:
-        found.append(Generate(args.model, args.quant, adapters))
+        found.append(Generate(args.model, args.quant[0], adapters))
     for target in found:  # warm-up: first-call set-up (and lazy compiles) is not decode speed
         target.run(jobs_for(("base", "A", "B"), 3), 1, 8)
     return found, adapters
@@ -326,7 +332,8 @@ def table(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.serve_bench", description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="bundled")
-    parser.add_argument("--quant", help="the studio's and generate's weights (default: what `studio serve` picks)")
+    parser.add_argument("--quant", nargs="+", help="the studio's weights, one server each (default: what "
+                                                   "`studio serve` picks); plain generate uses the first")
     parser.add_argument("--requests", type=int, default=16, help="requests per cell")
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch and llama-server alike")
@@ -340,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quant is None:
         from studio.inference import serving_quant
 
-        args.quant = serving_quant()
+        args.quant = [serving_quant()]
     result = bench(args)
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

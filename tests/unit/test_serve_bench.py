@@ -31,7 +31,7 @@ def test_bench_measures_every_cell_for_the_studio_a_peer_and_plain_generate(tiny
         studio, other, generate = (cell["targets"][label] for label in result["labels"])
         assert studio["tokens"] > 0 and studio["tok_s"] > 0
         assert studio["texts"] == other["texts"]  # the same engine behind the peer: the same greedy answers
-        if cell["clients"] == 1:  # one at a time, no padding: plain generate writes the very same answers
+        if cell["cell"] == "1 client, base":  # one at a time, no padding: generate writes the very same answers
             assert studio["texts"] == generate["texts"]
     table = serve_bench.table(result)
     assert "8 clients, base + 2 LoRAs mixed" in table and "plain model.generate" in table
