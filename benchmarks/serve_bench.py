@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -344,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", help="adapters and GGUFs, made once (.cache/bench/serve/MODEL)")
     parser.add_argument("--out", help="write the full result as JSON here (the table goes to stdout)")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed bench still stops its llama-server
     if args.quant is None:
         from studio.inference import serving_quant
 
