@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 STAMP := .venv/.installed
 
-.PHONY: run test bench lint install clean-venv gguf-tools
+.PHONY: run test bench bench-serve lint install clean-venv gguf-tools
 
 run: $(STAMP)
 	$(PY) app.py
@@ -17,6 +17,14 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.train_bench --quick
+
+# The serving table of docs/serving.md (studio, llama-server, plain generate; llama.cpp built by
+# ../shared/tools/llama-cpp.sh or the commands in docs/serving.md), in one run.
+THREADS ?= 2
+bench-serve: $(STAMP)
+	uptime
+	$(PY) -m benchmarks.serve_bench --llama-server --threads $(THREADS) --quant bf16 fp32 --out bench-results.serve.json
+	uptime
 
 lint: $(STAMP)
 	$(PY) -m ruff check studio tests benchmarks app.py

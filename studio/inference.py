@@ -660,6 +660,21 @@ KV_MEMORY_SHARE = 4  # the KV cache may take a quarter of the memory free after 
 ADAPTER_BYTES = 256 * 2 ** 20  # a generous LoRA (r=64 on every projection of a 7B base) for the default limit
 
 
+def serving_quant() -> str:
+    """How a dedicated server (`studio serve`, the serving benchmark) holds a 16/32-bit base unless told:
+    bf16 where the hardware computes it natively (a CUDA GPU with bf16; a CPU with AVX512-BF16 or AMX, where
+    oneDNN runs bf16 matmuls), else fp32. Measured in docs/serving.md: on such a CPU a batch of 8 rows decodes
+    about 1.5-1.8x faster in bf16, a single row about 10% slower. Greedy answers in bf16 differ from fp32
+    ones, so compare answers within one dtype. The app (Model tab) keeps its own choice (fp32 by default)."""
+    import torch
+
+    from studio.models import cpu_has_bf16
+
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_has_bf16() else "fp32"
+
+
 def default_kv_tokens(model, device) -> int:
     """The KV-cache budget in tokens: a quarter of the free memory over the bytes one token's cache takes."""
     config = model.config.get_text_config(decoder=True)

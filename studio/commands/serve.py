@@ -15,7 +15,9 @@ def add(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to accept other machines (set STUDIO_API_KEYS)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--model", default=default_model_ref(), help="'bundled', a local folder or a hub id")
-    p.add_argument("--quant", default="fp32", choices=QUANT_MODES, help="how to hold the base weights")
+    p.add_argument("--quant", default=None, choices=QUANT_MODES,
+                   help="how to hold the base weights (default: bf16 where the CPU or GPU computes it natively, "
+                        "else fp32)")
     p.add_argument("--adapters", nargs="*", default=[], metavar="NAME[=FOLDER]",
                    help="adapters to load at start: registry names, or NAME=FOLDER (all registry adapters "
                         "are served anyway, loaded on first request)")
@@ -39,6 +41,10 @@ def serve(args) -> int:
     from studio.serving.server import parse_adapters
 
     adapters = parse_adapters(args.adapters)
+    if args.quant is None:
+        from studio.inference import serving_quant
+
+        args.quant = serving_quant()
     if args.max_batch < 1 or args.max_queue < 1:
         raise ConfigError("--max-batch and --max-queue must be at least 1.", "Pass e.g. --max-batch 8 --max-queue 64.")
     if (args.max_kv_tokens or 1) < 1 or (args.max_adapters or 1) < 1:

@@ -87,6 +87,7 @@ class Request:
         self.first_token_s: float | None = None  # seconds from submit to the first token
         self.finished_s: float | None = None
         self.generator = None  # a torch.Generator, seeded, when sampling
+        self.detok: _Detokenizer | None = None  # the answer's text, decoded a few tokens at a time
 
     def cancel(self) -> None:
         """The reader went away: the row is dropped at the next step."""
@@ -293,6 +294,42 @@ def _reset(request: Request) -> None:
     request.tokens.clear()
     request.first_token_s = None
     request.generator = None
+    request.detok, request.text, request.sent = None, "", 0
+
+
+def _record(request: Request, token: int) -> int:
+    request.tokens.append(token)
+    if request.first_token_s is None:
+        request.first_token_s = time.perf_counter() - request.submitted
+    return token
+
+
+class _Detokenizer:
+    """The text of a growing answer, one token at a time, decoding only a short window each step (the tokens
+    since the last emitted text, with the ones before them for context such as a leading space), never the
+    whole answer again. A token that ends in half a character waits for the next (as transformers' streamers)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.prefix = 0  # the window starts here (context, already emitted)
+        self.read = 0  # ids before this are emitted
+
+    def add(self, token: int, final: bool = False) -> str:
+        self.ids.append(token)
+        return self._advance(final)
+
+    def flush(self) -> str:
+        """What is still held back (half a character at the end of an answer)."""
+        return self._advance(True)
+
+    def _advance(self, final: bool) -> str:
+        before = self.tokenizer.decode(self.ids[self.prefix:self.read], skip_special_tokens=True)
+        now = self.tokenizer.decode(self.ids[self.prefix:], skip_special_tokens=True)
+        if len(now) <= len(before) or (now.endswith("\ufffd") and not final):
+            return ""
+        self.prefix, self.read = self.read, len(self.ids)
+        return now[len(before):]
 
 
 def _fail(request: Request, exc: BaseException) -> None:
@@ -321,7 +358,6 @@ class _Batch:
         self.mask = None  # [rows, cache length]: 1 where a row has a real token
         self.positions = None  # [rows]: the position id of each row's next token
         self.last = None  # [rows]: each row's latest token, not yet in the cache
-        self.seen: list = []  # per row: prompt + answer ids, for the repetition penalty
 
     # ------------------------------------------------ admission
 
@@ -357,20 +393,16 @@ class _Batch:
                     request.generator.seed()  # no seed asked for: a fresh random one
                 else:
                     request.generator.manual_seed(request.sampling.seed)
-        seen = [torch.tensor(r.prompt_ids, device=device) for r in requests]
-        logits = out.logits[:, -1].float()
-        last = torch.tensor([self._pick(r, seen[i], logits[i]) for i, r in enumerate(requests)], device=device)
-        seen = [torch.cat([s, last[i:i + 1]]) for i, s in enumerate(seen)]
-        self._join(requests, _cache_of(out), mask, mask.sum(-1), last, seen)
+        last = torch.tensor(self._pick_rows(requests, out.logits[:, -1], alone=False), device=device)
+        self._join(requests, _cache_of(out), mask, mask.sum(-1), last)
         for request in requests:
             self._emit_alone(request)
 
-    def _join(self, requests, cache, mask, positions, last, seen) -> None:
+    def _join(self, requests, cache, mask, positions, last) -> None:
         import torch
 
         if not self.rows:
-            self.rows, self.cache, self.mask, self.positions, self.last, self.seen = (
-                list(requests), cache, mask, positions, last, seen)
+            self.rows, self.cache, self.mask, self.positions, self.last = list(requests), cache, mask, positions, last
             return
         old, new = self.mask.shape[1], mask.shape[1]
         width = max(old, new)
@@ -383,7 +415,6 @@ class _Batch:
         self.positions = torch.cat([self.positions, positions])
         self.last = torch.cat([self.last, last])
         self.rows += requests
-        self.seen += seen
 
     # ------------------------------------------------ decoding
 
@@ -414,11 +445,8 @@ class _Batch:
             raise
         self.mask, self.cache = mask, _cache_of(out)
         self.positions = self.positions + 1
-        logits = out.logits[:, -1].float()
-        picked = [self._pick_alone(r, self.seen[i], logits[i]) for i, r in enumerate(self.rows)]
-        self.last = torch.tensor(picked, device=self.mask.device)
-        for i, request in enumerate(self.rows):
-            self.seen[i] = torch.cat([self.seen[i], self.last[i:i + 1]])
+        self.last = torch.tensor(self._pick_rows(self.rows, out.logits[:, -1], alone=True), device=self.mask.device)
+        for request in self.rows:
             if not request.done:
                 self._emit_alone(request)
 
@@ -428,9 +456,25 @@ class _Batch:
             if getattr(layer, "keys", None) is not None and layer.keys.shape[-2] > length:
                 layer.keys, layer.values = layer.keys[:, :, :length], layer.values[:, :, :length]
 
-    def _pick_alone(self, request: Request, seen, logits) -> int:
+    def _pick_rows(self, rows: list[Request], logits, alone: bool) -> list[int]:
+        """Every row's next token: the greedy rows (no penalty) with one argmax over the batch, the others each
+        with its own settings. `alone`: a row whose pick fails ends by itself (else the failure is raised)."""
+        logits = logits.float()
+        plain = [r.sampling.temperature <= 0 and r.sampling.repetition_penalty == 1.0 for r in rows]
+        greedy = logits.argmax(-1).tolist() if any(plain) else []
+        picked = []
+        for i, request in enumerate(rows):
+            if plain[i]:
+                picked.append(_record(request, greedy[i]))
+            elif alone:
+                picked.append(self._pick_alone(request, logits[i]))
+            else:
+                picked.append(self._pick(request, logits[i]))
+        return picked
+
+    def _pick_alone(self, request: Request, logits) -> int:
         try:
-            return self._pick(request, seen, logits)
+            return self._pick(request, logits)
         except Exception as exc:  # noqa: BLE001 - this row alone ends
             _fail(request, exc)
             return self.engine.pad_id
@@ -456,23 +500,23 @@ class _Batch:
             layer.batch_select_indices(at)
         part.rows = [self.rows[i] for i in index]
         part.mask, part.positions, part.last = self.mask[at], self.positions[at], self.last[at]
-        part.seen = [self.seen[i] for i in index]
         return part
 
     def absorb(self, parts: list[_Batch]) -> None:
         """Become the join of `parts` (after each stepped, or failed, on its own)."""
-        self.rows, self.cache, self.mask, self.positions, self.last, self.seen = [], None, None, None, None, []
+        self._clear()
         for part in parts:
             part.drop_finished()
             if part.rows:
-                self._join(part.rows, part.cache, part.mask, part.positions, part.last, part.seen)
+                self._join(part.rows, part.cache, part.mask, part.positions, part.last)
 
-    def _pick(self, request: Request, seen, logits) -> int:
+    def _pick(self, request: Request, logits) -> int:
         """The row's next token (as transformers' processors would: penalty, temperature, top-k, top-p)."""
         import torch
 
         s = request.sampling
         if s.repetition_penalty != 1.0:
+            seen = torch.tensor(request.prompt_ids + request.tokens, device=logits.device)
             score = logits.gather(0, seen)
             score = torch.where(score < 0, score * s.repetition_penalty, score / s.repetition_penalty)
             logits = logits.scatter(0, seen, score)
@@ -488,25 +532,28 @@ class _Batch:
                 drop[-1] = False  # keep at least one token
                 logits = logits.masked_fill(drop.scatter(0, index, drop), float("-inf"))
             token = int(torch.multinomial(logits.softmax(-1), 1, generator=request.generator))
-        request.tokens.append(token)
-        if request.first_token_s is None:
-            request.first_token_s = time.perf_counter() - request.submitted
-        return token
+        return _record(request, token)
 
     def _emit(self, request: Request) -> None:
-        """Stream the new text of `request` and finish it where it ends."""
+        """Stream the new text of `request` and finish it where it ends (the text decoded incrementally)."""
         token = request.tokens[-1]
         if request.cancelled.is_set():
             return _finish(request, "cancelled")
+        if request.detok is None:
+            request.detok = _Detokenizer(self.engine.tokenizer)
         ended = token in self.engine.stop_ids
-        answer = request.tokens[:-1] if ended else request.tokens
-        text = self.engine.tokenizer.decode(answer, skip_special_tokens=True)
-        cut = min((i for i in (text.find(stop) for stop in request.sampling.stop if stop) if i >= 0), default=-1)
-        if cut >= 0:
-            text, ended = text[:cut], True
-        request.text = text
         full = ended or len(request.tokens) >= request.sampling.max_new_tokens
-        safe = len(text) if full else _safe_length(text, request.sampling.stop)
+        before = len(request.text)
+        text = request.text + (request.detok.flush() if ended else request.detok.add(token, final=full))
+        stops = request.sampling.stop
+        if stops:
+            longest = max(len(stop) for stop in stops)
+            start = max(0, before - longest + 1)  # a stop string that ends in the new text starts after here
+            cut = min((i for i in (text.find(stop, start) for stop in stops if stop) if i >= 0), default=-1)
+            if cut >= 0:
+                text, ended, full = text[:cut], True, True
+        request.text = text
+        safe = len(text) if full else _safe_length(text, stops)
         if safe > request.sent:
             request.sink.put((request, "text", text[request.sent:safe]))
             request.sent = safe
@@ -528,14 +575,12 @@ class _Batch:
         if len(keep) == len(self.rows):
             return
         if not keep:
-            self.rows, self.cache, self.mask, self.positions, self.last, self.seen = [], None, None, None, None, []
-            return
+            return self._clear()
         index = torch.tensor(keep, device=self.mask.device)
         for layer in self.cache.layers:
             layer.batch_select_indices(index)
         self.mask, self.positions, self.last = self.mask[index], self.positions[index], self.last[index]
         self.rows = [self.rows[i] for i in keep]
-        self.seen = [self.seen[i] for i in keep]
         first = int(self.mask.any(0).float().argmax())  # leading columns that are padding in every row
         if first > 0 and self.joinable():
             for layer in self.cache.layers:
@@ -545,7 +590,10 @@ class _Batch:
     def fail(self, admitted: list[Request], exc: BaseException) -> None:
         for request in {id(r): r for r in self.rows + admitted}.values():
             _fail(request, exc)
-        self.rows, self.cache, self.mask, self.positions, self.last, self.seen = [], None, None, None, None, []
+        self._clear()
+
+    def _clear(self) -> None:
+        self.rows, self.cache, self.mask, self.positions, self.last = [], None, None, None, None
 
 
 def _cache_of(out):

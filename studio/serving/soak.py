@@ -131,7 +131,7 @@ def soak(args) -> dict:
 
     from studio.adapters import delete_adapter, import_adapter
     from studio.inference import Engine
-    from studio.serving.bench import random_adapters, start_server
+    from studio.serving.local import random_adapters, start_server
 
     scratch = Path(tempfile.mkdtemp(prefix="studio-soak-"))
     os.environ["STUDIO_WORKSPACE"] = str(scratch / "ws")
