@@ -272,7 +272,18 @@ class Engine:
         re-import, a retrained run) detach the old weights, ending their requests with a message, and
         attach the new. Past `max_adapters`, the least recently used adapter no request is using is
         detached first. The check runs while others generate; only the attach waits for the current step.
+        Files that vanish meanwhile (the adapter deleted, or a run retrained under its name) end the request
+        with HTTP 409, like an adapter replaced while it answers.
         """
+        try:
+            return self._load_adapter(name, path)
+        except FileNotFoundError as exc:
+            raise AdapterChanged(
+                f"The adapter {name!r} changed on disk while it was being loaded ({Path(exc.filename or '').name} "
+                "is missing: deleted, or being written by a new run).",
+                "Send the request again in a moment; if the adapter was deleted, pick another.") from exc
+
+    def _load_adapter(self, name: str, path: str | Path | None) -> float:
         from studio import policy
         from studio.adapters import get_adapter, validate_adapter
 

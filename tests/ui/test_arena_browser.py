@@ -74,7 +74,7 @@ def _play(page, prompt: str, vote: str, played: int) -> None:
     page.wait_for_selector("#arena-revealed")
     revealed = page.locator("#arena-revealed").inner_text()
     assert all(n in revealed for n in NAMES), revealed
-    page.wait_for_function(f"document.querySelector('#arena-summary').innerText.includes('{played} votes')")
+    page.wait_for_function(f"document.querySelector('#arena-summary').innerText.includes('{played} vote')")
 
 
 def _board(page) -> str:

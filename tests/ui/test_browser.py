@@ -277,13 +277,16 @@ def test_4b_a_second_run_without_typing_a_name_stopped_and_resumed(page, app):
     name = value(page, "train-name")
     assert name and name != RUNS[0], (name, RUNS)
     RUNS.append(name)
-    fill(page, "train-max-steps", str(MAX_STEPS + 1))  # one more step: room to press Stop halfway
+    fill(page, "train-max-steps", str(MAX_STEPS + 5))  # room to press Stop halfway, even on a loaded machine
     page.click("#train-start")
     wait_state(page, "run", name)
     wait_progress(page, "running", 1)
     shot(page, "walk-06b-second-run-running", "#train-progress")
     page.click("#train-stop")
-    wait_progress(page, "stopped")
+    page.wait_for_function("() => ['stopped', 'completed'].includes(document.querySelector('#train-progress')"
+                           "?.dataset.state)", timeout=LONG_MS)
+    assert "stopped" in page.inner_text("#train-progress"), \
+        f"the run ended before the Stop landed: {page.inner_text('#train-progress')}"
     assert len(status_lines(page)) == 1 and "stopping" not in page.inner_text("#train-progress-box")
     page.click("#train-resume")
     wait_progress(page, "completed")

@@ -257,6 +257,18 @@ def _lm_eval_section() -> SimpleNamespace:
     return SimpleNamespace(names=names, limit=limit, chat=chat, button=button, table=table, info=info)
 
 
+def _result_outputs() -> tuple:
+    """Perplexity (and where it was saved), ROUGE, the battery's answers and its files."""
+    ppl_table = gr.Dataframe(headers=PPL_COLUMNS, label="Perplexity (lower is better)", elem_id="eval-ppl")
+    saved = gr.Markdown(elem_id="eval-saved")
+    rouge_table = gr.Dataframe(headers=["model", "rouge1", "rouge2", "rougeL"], elem_id="eval-rouge",
+                               label="Mean ROUGE F1 (higher is better)")
+    battery_table = gr.Dataframe(headers=["question", "reference", "model", "answer"], label="Answers side by side",
+                                 elem_id="eval-battery", wrap=True)
+    files = gr.File(label="Battery as CSV and JSONL", file_count="multiple", elem_id="eval-files")
+    return ppl_table, saved, rouge_table, battery_table, files
+
+
 def build(shared: Shared) -> None:
     from studio.ui.tabs.chat import AS_TRAINED
 
@@ -281,13 +293,7 @@ def build(shared: Shared) -> None:
         battery_btn = gr.Button("Battery (answers + ROUGE)", elem_id="eval-battery-btn")
         reward_btn = gr.Button("Held-out reward (GRPO)", elem_id="eval-reward-btn")
         stop_btn = gr.Button("Stop", variant="stop", elem_id="eval-stop", interactive=False)
-    ppl_table = gr.Dataframe(headers=PPL_COLUMNS, label="Perplexity (lower is better)", elem_id="eval-ppl")
-    saved = gr.Markdown(elem_id="eval-saved")
-    rouge_table = gr.Dataframe(headers=["model", "rouge1", "rouge2", "rougeL"], elem_id="eval-rouge",
-                               label="Mean ROUGE F1 (higher is better)")
-    battery_table = gr.Dataframe(headers=["question", "reference", "model", "answer"], label="Answers side by side",
-                                 elem_id="eval-battery", wrap=True)
-    files = gr.File(label="Battery as CSV and JSONL", file_count="multiple", elem_id="eval-files")
+    ppl_table, saved, rouge_table, battery_table, files = _result_outputs()
     reward_table, reward_answers = _reward_outputs()
     task_info = gr.Markdown(elem_id="eval-task")
     dataset.input(shared.set("dataset"), [shared.current, dataset], shared.current)
