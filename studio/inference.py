@@ -673,17 +673,14 @@ ADAPTER_BYTES = 256 * 2 ** 20  # a generous LoRA (r=64 on every projection of a 
 
 def serving_quant() -> str:
     """How a dedicated server (`studio serve`, the serving benchmark) holds a 16/32-bit base unless told:
-    bf16 where the hardware computes it natively (a CUDA GPU with bf16; a CPU with AVX512-BF16 or AMX, where
-    oneDNN runs bf16 matmuls), else fp32. Measured in docs/serving.md: on such a CPU a batch of 8 rows decodes
-    about 1.5-1.8x faster in bf16, a single row about 10% slower. Greedy answers in bf16 differ from fp32
-    ones, so compare answers within one dtype. The app (Model tab) keeps its own choice (fp32 by default)."""
+    bf16 on a CUDA GPU that computes it, else fp32. On a CPU with AVX512-BF16 and AMX, bf16 measured no faster
+    than fp32 for the bundled 135M model (docs/serving.md: 8.3 vs 9.4 tok/s for one client, 41.0 vs 42.0 for
+    eight, in one run), so a CPU keeps fp32 and its answers; `--quant bf16` still chooses it."""
     import torch
-
-    from studio.models import cpu_has_bf16
 
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if cpu_has_bf16() else "fp32"
+    return "fp32"
 
 
 def default_kv_tokens(model, device) -> int:
