@@ -425,3 +425,36 @@ def test_9_preference_pairs_then_a_dpo_run(page, app):
     shot(page, "walk-11-dpo-completed", "#train-progress")
     assert page.console_errors == [], page.console_errors
     assert app_warnings(page) == [], app_warnings(page)[:5]
+
+
+GRPO_RUN = "walk-grpo"
+
+
+def test_10_a_grpo_run_from_the_train_tab_with_live_reward_curves(page, app):
+    """GRPO from the Train tab on the walk's conversation data: two answers per prompt, scored by the default
+    rewards; the reward, KL and length curves and the newest completions show once it has trained."""
+    tab(page, "Train")
+    box = page.locator("#train-dataset input")
+    box.click()
+    box.fill(DATASET)
+    box.press("Enter")
+    page.wait_for_function("v => document.querySelector('#train-dataset input')?.value === v", arg=DATASET)
+    page.locator("#train-method").get_by_text("grpo", exact=True).click()
+    page.wait_for_selector("#train-grpo", state="visible")
+    fill(page, "train-grpo-generations", "2")
+    fill(page, "train-grpo-max-len", "8")
+    fill(page, "train-name", GRPO_RUN)
+    fill(page, "train-max-steps", "2")
+    page.click("#train-start")
+    wait_state(page, "run", GRPO_RUN)
+    page.wait_for_function("""() => { const p = document.querySelector('#train-progress')?.dataset;
+        return p?.state === 'completed' && p?.step === '2'; }""", timeout=LONG_MS)
+    page.wait_for_selector("#train-grpo-curves canvas, #train-grpo-curves svg")  # the reward curves
+    page.wait_for_function(  # the newest answers and their scores, per reward function
+        "() => /numeric_match/.test(document.querySelector('#train-grpo-completions')?.innerText || '')")
+    _, ws = app
+    card = json.loads((ws / "runs" / GRPO_RUN / "adapter" / "card.json").read_text())
+    assert card["train"]["method"] == "grpo", card["train"]
+    assert '"reward"' in (ws / "runs" / GRPO_RUN / "events.jsonl").read_text()
+    shot(page, "walk-12-grpo-completed", "#train-grpo-curves")
+    assert page.console_errors == [], page.console_errors

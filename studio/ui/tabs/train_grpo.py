@@ -142,7 +142,8 @@ def grpo_status(run_id):
 def grpo_plots(run, poll_sec: float) -> None:
     with gr.Group(visible=False, elem_id="train-grpo-curves") as box:
         with gr.Row():
-            rewards = gr.LinePlot(None, x="step", y="value", color="series", height=220, elem_id="train-grpo-rewards",
+            rewards = gr.LinePlot(None, x="step", y="value", color="series", height=220,
+                                  elem_id="train-grpo-reward-plot",
                                   title="GRPO: mean reward per function (and the weighted total)")
             kl = gr.LinePlot(None, x="step", y="value", height=220, elem_id="train-grpo-kl", title="GRPO: KL to base")
             length = gr.LinePlot(None, x="step", y="value", height=220, elem_id="train-grpo-length",
