@@ -81,7 +81,18 @@ def wire_current(demo: gr.Blocks, shared: Shared, summary: gr.HTML) -> None:
     gr.Timer(REFRESH_SEC).tick(reread, shared.current, shared.current, show_progress="hidden")
 
 
+def resolve_lazy_imports() -> None:
+    """transformers 5 resolves its names on first use; two request threads doing that at once can fail with
+    "cannot import name 'AutoTokenizer' from 'transformers'", so the app resolves them once, before serving."""
+    import transformers
+
+    for name in ("AutoConfig", "AutoTokenizer", "AutoModelForCausalLM", "BitsAndBytesConfig",
+                 "TextIteratorStreamer", "DynamicCache", "Trainer", "TrainerCallback"):
+        getattr(transformers, name)
+
+
 def launch(host: str = "127.0.0.1", port: int = 7860) -> None:
+    resolve_lazy_imports()
     demo = build_app()
     from studio.hosted import launch_options
     from studio.serving.server import mount

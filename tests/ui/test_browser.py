@@ -158,9 +158,11 @@ def status_lines(page) -> list[str]:
     return page.locator("#train-progress").all_inner_texts()
 
 
-def wait_progress(page, state_: str, step: int | None = None, timeout_ms: int = LONG_MS) -> None:
-    page.wait_for_function("""([s, n]) => { const p = document.querySelector('#train-progress')?.dataset;
-        return p?.state === s && (n === null || Number(p.step) >= n); }""", arg=[state_, step], timeout=timeout_ms)
+def wait_progress(page, state_: str, step: int | None = None, timeout_ms: int = LONG_MS, run: str | None = None):
+    """Until the status line (of `run`, when given) is in `state_` at `step` or later."""
+    page.wait_for_function("""([s, n, r]) => { const p = document.querySelector('#train-progress')?.dataset;
+        return p?.state === s && (n === null || Number(p.step) >= n) && (r === null || p.run === r); }""",
+                           arg=[state_, step, run], timeout=timeout_ms)
 
 
 # ---------------------------------------------------------------- the walk
@@ -281,15 +283,15 @@ def test_4b_a_second_run_without_typing_a_name_stopped_and_resumed(page, app):
     page.click("#train-start")
     wait_state(page, "run", name)
     wait_progress(page, "running", 1)
+    page.click("#train-stop")  # at once: on a loaded machine the run's steps may outpace a slow screenshot
     shot(page, "walk-06b-second-run-running", "#train-progress")
-    page.click("#train-stop")
     page.wait_for_function("() => ['stopped', 'completed'].includes(document.querySelector('#train-progress')"
                            "?.dataset.state)", timeout=LONG_MS)
     assert "stopped" in page.inner_text("#train-progress"), \
         f"the run ended before the Stop landed: {page.inner_text('#train-progress')}"
     assert len(status_lines(page)) == 1 and "stopping" not in page.inner_text("#train-progress-box")
     page.click("#train-resume")
-    wait_progress(page, "completed")
+    wait_progress(page, "completed", run=name)
     lines = status_lines(page)
     assert len(lines) == 1 and lines[0].startswith("completed") and "running" not in lines[0], lines
     log = value(page, "train-log")
@@ -413,9 +415,7 @@ def test_9_preference_pairs_then_a_dpo_run(page, app):
     fill(page, "train-max-steps", "2")
     page.click("#train-start")
     wait_state(page, "run", DPO_RUN)
-    # completed at step 2 (the first run's progress, completed at step 5, may still be on screen a moment)
-    page.wait_for_function("""() => { const p = document.querySelector('#train-progress')?.dataset;
-        return p?.state === 'completed' && p?.step === '2'; }""", timeout=LONG_MS)
+    wait_progress(page, "completed", 2, run=DPO_RUN)  # this run's line, not the last run's still on screen
     page.wait_for_selector("#train-preference canvas, #train-preference svg")  # margin / accuracy, live
     assert "reward margin" in page.inner_text("#train-stats")
     _, ws = app
@@ -447,8 +447,7 @@ def test_10_a_grpo_run_from_the_train_tab_with_live_reward_curves(page, app):
     fill(page, "train-max-steps", "2")
     page.click("#train-start")
     wait_state(page, "run", GRPO_RUN)
-    page.wait_for_function("""() => { const p = document.querySelector('#train-progress')?.dataset;
-        return p?.state === 'completed' && p?.step === '2'; }""", timeout=LONG_MS)
+    wait_progress(page, "completed", 2, run=GRPO_RUN)  # not the DPO run's line, also completed at step 2
     page.wait_for_selector("#train-grpo-curves canvas, #train-grpo-curves svg")  # the reward curves
     page.wait_for_function(  # the newest answers and their scores, per reward function
         "() => /numeric_match/.test(document.querySelector('#train-grpo-completions')?.innerText || '')")

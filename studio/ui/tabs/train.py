@@ -7,6 +7,7 @@ loses nothing: the worker keeps training and the tab picks it up again.
 
 from __future__ import annotations
 
+import html
 import time
 from dataclasses import replace
 
@@ -119,7 +120,8 @@ def delete(run_id, confirmed):
     return f"Deleted {run_id}."
 
 
-def progress_html(status: dict) -> str:
+def progress_html(status: dict, run_id: str = "") -> str:
+    """The run's one status line; `data-run` names the run it is about (a new run's line replaces the last one's)."""
     if not status:
         return ("<div id='train-progress' data-state='' data-step='0'>No run selected yet: choose a dataset and "
                 "press <b>Start training</b>.</div>")
@@ -129,7 +131,8 @@ def progress_html(status: dict) -> str:
     eta_text = f" · {left}" if (left := runlog.time_left(status)) else ""
     steps = f"step {step} of {total}" if total else "waiting for the first step"
     note = " ".join(x for x in (status.get("message", ""), status.get("fix") or "", _next_step(status)) if x)
-    return (f"<div id='train-progress' data-state='{state}' data-step='{step}'>"
+    return (f"<div id='train-progress' data-run='{html.escape(run_id, quote=True)}' data-state='{state}' "
+            f"data-step='{step}'>"
             f"<b>{state}</b> · {steps}{eta_text}"
             f"<div style='background:#ddd;border-radius:4px;height:14px;margin-top:4px'>"
             f"<div style='background:#f97316;width:{share:.1%};height:14px;border-radius:4px'></div></div>"
@@ -225,7 +228,7 @@ def poll(run_id):
     total = status.get("total_steps")
     stats = "\n\n".join(x for x in (run_spec_line(path, events, total), stats_line(events)) if x)
     log = runlog.human_log(events, total, status.get("message", ""), LOG_LINES)
-    return table, progress_html(status), stats, loss_chart(events), log, log_tail(path, LOG_LINES, quiet=True)
+    return table, progress_html(status, run_id), stats, loss_chart(events), log, log_tail(path, LOG_LINES, quiet=True)
 
 
 def controls(run_id):
