@@ -133,7 +133,8 @@ def test_a_full_queue_answers_429_and_a_client_that_leaves_frees_its_slot(tiny_m
     try:
         client = server.client()
         long = client.chat.completions.create(model="base", messages=ASK, max_tokens=1900, temperature=0, stream=True)
-        next(iter(long))
+        next(iter(long))  # the stream's first chunk may come before the scheduler has taken the request in
+        _until(lambda: engine.scheduler.running == 1 and engine.scheduler.waiting == 0)
         waiting = client.chat.completions.create(model="base", messages=ASK, max_tokens=5, temperature=0,
                                                  stream=True)
         _until(lambda: engine.scheduler.waiting == 1)
