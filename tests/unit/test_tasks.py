@@ -65,3 +65,19 @@ def test_a_failing_task_says_what_went_wrong_and_how_to_fix_it(tiny_model_dir):
     final = tasks.wait(folder, timeout=300)
     assert final["state"] == "failed"
     assert "no-such-dataset" in tasks.describe(final) and "Fix: Prepare it first" in tasks.describe(final)
+
+
+def test_a_wrong_model_path_is_refused_before_a_task_process_starts(tmp_path, workspace):
+    """A folder that is not a model (an adapter's, say) is said at Start, in the app, with its fix; no task
+    folder and no process is made for it (the process would need seconds to import torch and say the same)."""
+    from studio.errors import ModelError
+
+    not_a_model = tmp_path / "my-adapter"
+    not_a_model.mkdir()
+    (not_a_model / "adapter_config.json").write_text("{}")
+    for ref, words in ((str(not_a_model), "has no config.json"), (str(tmp_path / "gone"), "does not exist"),
+                       (str(tmp_path / "gone.gguf"), "GGUF file")):
+        with pytest.raises(ModelError, match=words) as refused:
+            tasks.start("eval_perplexity", ref=ref, quant="fp32", dataset_name="d", adapters=[], max_rows=1)
+        assert refused.value.fix
+    assert not (workspace / "tasks").exists() or not any((workspace / "tasks").iterdir())
