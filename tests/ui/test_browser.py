@@ -263,7 +263,7 @@ def test_4_train_picks_the_dataset_and_runs_to_the_end(page, app):
     # the log box shows its newest line (once the last update is laid out)
     page.wait_for_function("""() => { const t = document.querySelector('#train-log textarea');
         return t.scrollTop + t.clientHeight >= t.scrollHeight - 4; }""",
-                           timeout=15_000)
+                           timeout=60_000)
     stats = page.inner_text("#train-stats")
     assert "loss" in stats and DATASET in stats and "learning rate 0 " not in stats + " "
     assert len(status_lines(page)) == 1
@@ -377,7 +377,7 @@ def test_8_reload_keeps_everything_and_no_console_errors(page, app):
     assert (s["dataset"], s["run"], s["adapter"]) == (DATASET, run(), adapter())
     tab(page, "Train")
     page.wait_for_function("() => document.querySelector('#train-progress')?.dataset.state === 'completed'",
-                           timeout=30_000)
+                           timeout=60_000)
     assert value(page, "train-run") == run() and value(page, "train-dataset") == DATASET  # no typing needed
     assert value(page, "train-name") not in RUNS  # a fresh name after the reload too
     tab(page, "Chat")
@@ -385,7 +385,7 @@ def test_8_reload_keeps_everything_and_no_console_errors(page, app):
     tab(page, "Data")  # the saved datasets are listed after a reload
     # (the table also keeps hidden copies of its cells for measuring: read its text, not a cell's visibility)
     page.wait_for_function("v => document.querySelector('#data-saved-list')?.innerText.includes(v)", arg=DATASET,
-                           timeout=30_000)
+                           timeout=60_000)
     shot(page, "walk-09b-data-after-reload", "#data-saved-list")
     assert page.console_errors == [], page.console_errors
     assert app_warnings(page) == [], app_warnings(page)[:5]
