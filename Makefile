@@ -23,7 +23,7 @@ bench: $(STAMP)
 THREADS ?= 2
 bench-serve: $(STAMP)
 	uptime
-	$(PY) -m benchmarks.serve_bench --llama-server --threads $(THREADS) --quant bf16 fp32 --out bench-results.serve.json
+	$(PY) -m benchmarks.serve_bench --llama-server --threads $(THREADS) --quant fp32 q8 --llama-quant f16 q8_0 --out bench-results.serve.json
 	uptime
 
 lint: $(STAMP)

@@ -169,7 +169,19 @@ def gguf_files(model_dir: Path, adapters: dict[str, Path], cache: Path) -> tuple
     return base, loras
 
 
-def start_llama(folder: Path, base: Path, loras: list[Path], threads: int, log: Path) -> Server:
+def quantized(folder: Path, base: Path, kind: str) -> Path:
+    """`base` (f16) quantized to `kind` (e.g. q8_0) with llama.cpp's own llama-quantize (cached beside it)."""
+    if kind == "f16":
+        return base
+    out = base.with_name(f"base.{kind}.gguf")
+    if not out.is_file():
+        print(f"[bench] llama-quantize {base} -> {out} ({kind.upper()})", flush=True)
+        subprocess.run([str(folder / "llama-quantize"), str(base), str(out), kind.upper()], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return out
+
+
+def start_llama(folder: Path, base: Path, loras: list[Path], threads: int, log: Path, kind: str = "f16") -> Server:
     from studio.serving.local import free_port
 
     port = free_port()
@@ -188,7 +200,7 @@ def start_llama(folder: Path, base: Path, loras: list[Path], threads: int, log: 
                 raise SystemExit(f"llama-server exited (see {log})") from None
             time.sleep(0.5)
     server = peer(f"http://127.0.0.1:{port}/v1")
-    server.label, server.process = f"llama-server -np 8 (f16, -t {threads})", process
+    server.label, server.process = f"llama-server -np 8 ({kind}, -t {threads})", process
     return server
 
 
@@ -282,7 +294,10 @@ def targets(args, workdir: Path) -> tuple[list, dict[str, Path]]:
     found: list = [studio_server(args, quant, adapters) for quant in args.quant]
     if args.llama_server:
         base, loras = gguf_files(model_dir, adapters, workdir)
-        found.append(start_llama(llama_bin(args.llama_bin), base, loras, args.threads, workdir / "llama-server.log"))
+        folder = llama_bin(args.llama_bin)
+        for kind in args.llama_quant:
+            found.append(start_llama(folder, quantized(folder, base, kind), loras, args.threads,
+                                     workdir / f"llama-server.{kind}.log", kind))
     found += [peer(u) for u in args.peer]
     if not args.no_generate:
         found.append(Generate(args.model, args.quant[0], adapters))
@@ -323,10 +338,11 @@ def table(result: dict) -> str:
     for label in result["labels"]:
         got = [c["targets"][label] for c in cells]
         lines.append(f"| {label} | " + " | ".join(f"{g['tok_s']} tok/s (load {g['load'][0]})" for g in got) + " |")
-    studio, llama = result["labels"][0], next((x for x in result["labels"] if x.startswith("llama")), None)
-    if llama:
-        ratios = [c["targets"][studio]["tok_s"] / max(c["targets"][llama]["tok_s"], 1e-9) for c in cells]
-        lines.append("| studio / llama-server | " + " | ".join(f"{r:.2f}x" for r in ratios) + " |")
+    studios = [x for x in result["labels"] if x.startswith("studio")]
+    for llama in [x for x in result["labels"] if x.startswith("llama")]:
+        for studio in studios:
+            ratios = [c["targets"][studio]["tok_s"] / max(c["targets"][llama]["tok_s"], 1e-9) for c in cells]
+            lines.append(f"| {studio} / {llama} | " + " | ".join(f"{r:.2f}x" for r in ratios) + " |")
     return "\n".join(lines)
 
 
@@ -339,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch and llama-server alike")
     parser.add_argument("--llama-server", action="store_true", help="start llama-server on the studio's GGUF export")
+    parser.add_argument("--llama-quant", nargs="+", default=["f16"], metavar="KIND",
+                        help="one llama-server each on the f16 GGUF or a llama-quantize of it (f16 q8_0 ...)")
     parser.add_argument("--llama-bin", help="the folder with llama-server (default: STUDIO_LLAMA_BIN, ~/.cache/...)")
     parser.add_argument("--peer", action="append", default=[], metavar="URL", help="another OpenAI-compatible server")
     parser.add_argument("--no-generate", action="store_true", help="leave out the plain model.generate row")

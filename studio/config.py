@@ -17,6 +17,10 @@ import yaml
 from studio.errors import ConfigError
 
 QUANT_MODES = ("4bit", "8bit", "bf16", "fp16", "fp32")
+# what a base can be held in to answer (Model tab, `studio serve`): q8 = int8 weights on a CPU (studio/q8.py),
+# faster to decode but not trainable, so run specs keep QUANT_MODES
+SERVING_QUANTS = (*QUANT_MODES, "q8")
+QUANTIZED = ("4bit", "8bit", "q8")  # weights in integer codes: adapters stay unmerged on them
 PRECISIONS = ("bf16", "fp16", "fp32")
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
 OPTIMIZERS = ("paged_adamw_8bit", "adamw_8bit", "adamw_torch", "adamw_torch_fused", "sgd")

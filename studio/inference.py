@@ -25,6 +25,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+from studio.config import QUANTIZED
 from studio.errors import AdapterError, ConfigError, StudioError
 
 MAX_PROMPT_CHARS = 32_000  # longer prompts are refused: they would only be truncated by the context
@@ -454,7 +455,7 @@ class Engine:
         if self._folded == peft_name:
             return  # already active and merged: no swap at all
         self._unfold()  # PEFT would unmerge by subtraction, which drifts: put the base tensors back
-        if self.model.active_adapter != peft_name or self.quant not in ("4bit", "8bit"):
+        if self.model.active_adapter != peft_name or self.quant not in QUANTIZED:
             start = time.perf_counter()
             self.model.set_adapter(peft_name, inference_mode=True)
             self.swap_ms.append((time.perf_counter() - start) * 1000)
@@ -491,7 +492,7 @@ class Engine:
         import torch
         from peft.tuners.lora import LoraLayer
 
-        if self.quant in ("4bit", "8bit"):
+        if self.quant in QUANTIZED:
             return
         layers = [m for m in self.model.modules() if isinstance(m, LoraLayer) and peft_name in m.lora_A]
         if any(peft_name in m.lora_variant or m.lora_bias[peft_name] for m in layers):

@@ -21,7 +21,7 @@ from pathlib import Path
 import psutil
 
 from studio import paths
-from studio.config import QUANT_MODES
+from studio.config import SERVING_QUANTS
 from studio.errors import ModelError
 from studio.hosted import checked_model_ref
 from studio.util import Progress, read_json, write_json_atomic
@@ -257,8 +257,10 @@ def compute_dtype(device: str):
 
 
 def quantization_config(quant: str, device: str):
-    if quant not in QUANT_MODES:
-        raise ModelError(f"Unknown quantization mode {quant!r}.", f"Use one of: {', '.join(QUANT_MODES)}.")
+    if quant not in SERVING_QUANTS:
+        raise ModelError(f"Unknown quantization mode {quant!r}.", f"Use one of: {', '.join(SERVING_QUANTS)}.")
+    if quant == "q8":
+        _check_q8(device)
     if quant not in ("4bit", "8bit"):
         return None
     _check_bitsandbytes(quant)
@@ -268,6 +270,15 @@ def quantization_config(quant: str, device: str):
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                               bnb_4bit_compute_dtype=compute_dtype(device))
+
+
+def _check_q8(device: str) -> None:
+    from studio import q8
+
+    why = "it is the CPU serving mode" if not device.startswith("cpu") else q8.supported()
+    if why:
+        raise ModelError(f"q8 (int8 weights) cannot load here: {why}.",
+                         "Choose bf16 on a GPU, or fp32 on a CPU.")
 
 
 def _check_bitsandbytes(quant: str) -> None:
@@ -308,7 +319,7 @@ def _config_or_none(path: str):
 
 def load_model(ref: str = BUNDLED, quant: str = "fp32", device: str | None = None,
                trust_remote_code: bool = False, progress: Progress = _no_progress) -> LoadedModel:
-    """Load a causal LM and its tokenizer in one of QUANT_MODES on `device` (default: best there is)."""
+    """Load a causal LM and its tokenizer in one of SERVING_QUANTS on `device` (default: best there is)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -337,6 +348,10 @@ def load_model(ref: str = BUNDLED, quant: str = "fp32", device: str | None = Non
     from studio import templates
 
     templates.prepare_model(model, tokenizer)  # fallback markers get rows; generation stops on every end of turn
+    if quant == "q8":
+        from studio import q8
+
+        q8.quantize(model)
     model.eval()
     progress(1.0, f"Loaded {ref} in {time.time() - start:.1f} s.")
     return LoadedModel(model, tokenizer, ref, path, quant, device, time.time() - start)

@@ -204,13 +204,18 @@ PROMPTS = ["Tell me a story about the sea.", "What is two plus two?", "Name thre
            "Write a haiku about autumn leaves falling slowly.", "Hi", "Why is the sky blue? Explain briefly."]
 
 
-def _references(served):
-    """Plain transformers for the base, and vanilla PEFT with one adapter each: the answers alone."""
+def _references(served, quant: str = "fp32"):
+    """Plain transformers for the base, and vanilla PEFT with one adapter each: the answers alone (in q8, the
+    same int8 weights the engine holds)."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
+    from studio.models import load_model
+
     def base():
+        if quant == "q8":
+            return load_model(str(served.model_dir), quant, "cpu").model
         return AutoModelForCausalLM.from_pretrained(served.model_dir, dtype=torch.float32).eval()
 
     models = {None: base()}
@@ -239,6 +244,26 @@ def _top_two_gap(model, prompt_ids: list[int], prefix: list[int]) -> float:
 
 
 def test_eight_concurrent_clients_each_get_their_own_adapters_answer_token_for_token(served, monkeypatch):
+    _check_purity(served, monkeypatch, "fp32")
+
+
+def test_purity_holds_on_int8_weights(served, monkeypatch):
+    """The fast CPU path (`--quant q8`, studio/q8.py): the same 8 clients on an engine with int8 weights, every
+    answer token for token what the q8 base (or it with one adapter, through vanilla PEFT) gives alone."""
+    from studio.q8 import Int8Linear
+
+    engine = Engine(str(served.model_dir), "q8")
+    assert sum(isinstance(m, Int8Linear) for m in engine.model.modules()) == 2 * 7 + 1  # 2 layers x 7, and the head
+    server = ThreadServer(engine, served.adapters)
+    server.model_dir, server.adapters = served.model_dir, served.adapters
+    try:
+        _check_purity(server, monkeypatch, "q8")
+        assert engine.stats()["folded"] is None and not engine.fold_ms  # adapters never merged into int8 codes
+    finally:
+        server.stop()
+
+
+def _check_purity(served, monkeypatch, quant: str) -> None:
     engine, clients, rounds, max_new = served.engine, 8, 3, 16
     ran = []  # every request as the engine ran it
     submit = engine.submit
@@ -269,7 +294,7 @@ def test_eight_concurrent_clients_each_get_their_own_adapters_answer_token_for_t
     assert not errors, errors
     assert len(answers) == len(ran) == clients * rounds
     assert max(engine.scheduler.rows_per_step) >= 4 and engine.mixed_steps > mixed_before  # really batched, mixed
-    references = _references(served)
+    references = _references(served, quant)
     near_ties = []
     for request in ran:
         model = references[request.adapter]
@@ -284,5 +309,5 @@ def test_eight_concurrent_clients_each_get_their_own_adapters_answer_token_for_t
         adapter = None if model == "tools-llama" else model
         assert any(r.adapter == adapter and r.text == text and prompt in engine.tokenizer.decode(r.prompt_ids)
                    for r in ran)
-    print(f"\n[purity] {len(ran)} requests, largest batch {max(engine.scheduler.rows_per_step)}, "
+    print(f"\n[purity {quant}] {len(ran)} requests, largest batch {max(engine.scheduler.rows_per_step)}, "
           f"mixed steps {engine.mixed_steps - mixed_before}, near-ties {near_ties}")

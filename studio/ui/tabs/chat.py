@@ -15,7 +15,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from studio.config import QUANT_MODES
+from studio.config import SERVING_QUANTS
 from studio.errors import StudioError
 from studio.hosted import require_login
 from studio.inference import BASE_LABEL, GenerationSettings
@@ -437,10 +437,10 @@ def build(shared: Shared) -> None:
                 "attach beside it and swap in milliseconds. **Compare** asks both sides the same prompt with the "
                 "same seed (greedy by default), streaming at the same time.")
     with gr.Row():
-        precision = gr.Dropdown([AS_TRAINED, *QUANT_MODES], value=AS_TRAINED, label="Precision of the base",
+        precision = gr.Dropdown([AS_TRAINED, *SERVING_QUANTS], value=AS_TRAINED, label="Precision of the base",
                                 elem_id="chat-precision", scale=1,
                                 info="By default the base is loaded the way the adapter was trained (from its "
-                                     "card); pick another to override.")
+                                     "card); pick another to override (q8: int8 weights, the fastest on a CPU).")
         to_load = gr.CheckboxGroup(names, label="Adapters to load now (otherwise each loads when first used)",
                                    elem_id="chat-load-list", scale=3)
         load_btn = gr.Button("Load base + adapters", elem_id="chat-load", scale=1)
