@@ -185,9 +185,11 @@ def start_llama(folder: Path, base: Path, loras: list[Path], threads: int, log: 
     from studio.serving.local import free_port
 
     port = free_port()
-    cmd = [str(folder / "llama-server"), "-m", str(base), *sum((["--lora", str(p)] for p in loras), []),
+    # one --lora with a comma-separated list: this llama.cpp keeps only the last of repeated --lora flags.
+    # --no-repack for quantized files: repacking Q8_0 for AMX dies with an illegal instruction on this CPU.
+    cmd = [str(folder / "llama-server"), "-m", str(base), "--lora", ",".join(str(p) for p in loras),
            "--lora-init-without-apply", "-np", "8", "-c", "8192", "-t", str(threads), "-tb", str(threads),
-           "--host", "127.0.0.1", "--port", str(port)]
+           *([] if kind == "f16" else ["--no-repack"]), "--host", "127.0.0.1", "--port", str(port)]
     print("[bench] $", " ".join(cmd), flush=True)
     process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log.open("w"))
     for _ in range(1200):
@@ -201,6 +203,10 @@ def start_llama(folder: Path, base: Path, loras: list[Path], threads: int, log: 
             time.sleep(0.5)
     server = peer(f"http://127.0.0.1:{port}/v1")
     server.label, server.process = f"llama-server -np 8 ({kind}, -t {threads})", process
+    if sorted(server.lora_ids or {}) != sorted(ADAPTERS):  # else a LoRA request would silently run the base
+        server.stop()
+        raise SystemExit(f"llama-server loaded the LoRAs {sorted(server.lora_ids or {})}, not {list(ADAPTERS)} "
+                         f"(see {log})")
     return server
 
 
@@ -291,7 +297,18 @@ def targets(args, workdir: Path) -> tuple[list, dict[str, Path]]:
     adapters = {a: workdir / a for a in ADAPTERS}
     if not all((p / "adapter_config.json").is_file() for p in adapters.values()):
         adapters = random_adapters(str(model_dir), workdir, ADAPTERS)
-    found: list = [studio_server(args, quant, adapters) for quant in args.quant]
+    found: list = []
+    try:
+        _start_targets(args, workdir, model_dir, adapters, found)
+    except BaseException:
+        for target in found:  # a target that fails to start stops the ones already running
+            getattr(target, "stop", lambda: None)()
+        raise
+    return found, adapters
+
+
+def _start_targets(args, workdir: Path, model_dir: Path, adapters: dict[str, Path], found: list) -> None:
+    found += [studio_server(args, quant, adapters) for quant in args.quant]
     if args.llama_server:
         base, loras = gguf_files(model_dir, adapters, workdir)
         folder = llama_bin(args.llama_bin)
@@ -303,7 +320,6 @@ def targets(args, workdir: Path) -> tuple[list, dict[str, Path]]:
         found.append(Generate(args.model, args.quant[0], adapters))
     for target in found:  # warm-up: first-call set-up (and lazy compiles) is not decode speed
         target.run(jobs_for(("base", "A", "B"), 3), 1, 8)
-    return found, adapters
 
 
 def bench(args) -> dict:

@@ -8,7 +8,9 @@ Here each `nn.Linear` (the output head included) keeps its weight as int8 with o
 stays in fp32. PEFT's LoRA layers wrap these like any linear layer, so adapters, mixed-adapter batches and
 adapter hot-swap work unchanged (adapters are never merged into int8 weights: that would round them away).
 
-Answers are close to fp32's but not equal, as with any quantization: docs/serving.md measures both.
+Answers are close to fp32's but not equal: per-row scales (the only kind the kernel takes) lose more than
+llama.cpp's Q8_0 blocks of 32, most on small models (docs/serving.md measures speed and agreement), so fp32
+stays the CPU default and q8 is a choice of speed over exact answers.
 Serving only: a q8 base cannot be trained (the int8 kernel has no backward), so training keeps QUANT_MODES.
 """
 
