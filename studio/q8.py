@@ -1,4 +1,4 @@
-"""`q8`: weight-only int8 linear layers for serving on a CPU (the `--quant q8` of `studio serve` and the Model tab).
+"""`q8`: weight-only int8 linear layers for serving on a CPU (`studio serve --quant q8`, the Chat tab's precision).
 
 Decoding one token of a small model on a CPU reads every weight once and does little else with it, so its speed
 is set by how many bytes the weights take: fp32 reads 4 bytes per weight, llama.cpp's f16 2, its Q8_0 about 1.
@@ -49,7 +49,7 @@ class Int8Linear(nn.Linear):
         return out.reshape(*shape[:-1], self.out_features)
 
     def dequantized(self) -> torch.Tensor:
-        """The weight this layer computes with, in fp32 (for tests and exports)."""
+        """The weight this layer computes with, in fp32 (what the tests compare against)."""
         return self.qweight.float() * self.scales.float()[:, None]
 
     def extra_repr(self) -> str:
