@@ -30,7 +30,6 @@ import json
 import os
 import platform
 import random
-import resource
 import shutil
 import subprocess
 import sys
@@ -271,7 +270,10 @@ def timer_callback(timer: StepTimer, base=None):
 def _peak_memory() -> dict:
     import torch
 
-    peak = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}  # KiB on Linux
+    # VmHWM is this process's own peak; ru_maxrss would carry the parent's across exec (Linux).
+    with open("/proc/self/status") as status:
+        hwm_kib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    peak = {"peak_rss_mb": round(hwm_kib / 1024, 1)}
     if torch.cuda.is_available():
         peak["cuda_max_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         peak["cuda_max_reserved_mb"] = round(torch.cuda.max_memory_reserved() / 2**20, 1)
