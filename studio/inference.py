@@ -241,7 +241,11 @@ class Engine:
         self._folders: dict[str, Path] = {}  # name -> folder, for adapters given by path (serve --adapters)
         self._used: dict[str, float] = {}  # name -> when a request last asked for it (least recently used goes)
         self._scheduler = None
+        self._batched = None  # the stacked LoRA of the last mixed batch's adapters (studio.serving.lora_batch)
+        self._batched_refused: tuple | None = None  # adapters the stacked LoRA cannot serve (PEFT's route)
+        self._lora_off = False  # PEFT's LoRA layers switched off while the stacked LoRA serves a mixed batch
         self.mixed_steps = 0  # forwards that ran more than one adapter (or adapters and the base) together
+        self.stacked_steps = 0  # mixed forwards served by the stacked LoRA (the others: PEFT's adapter_names)
         self.stop_ids = frozenset(stop_token_ids(self.tokenizer, self.loaded.model))
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.stop_ids)
         self.cache_arg = _cache_arg(self.loaded.model)  # the forward's name for the KV cache
@@ -314,6 +318,7 @@ class Engine:
                 self._loads += 1
                 peft_name = f"adapter_{self._loads}"  # PEFT names become module keys: no '.' or ':'
                 self._unfold()  # PEFT's load ends in set_adapter, which would unmerge by subtraction
+                self._drop_batched()
                 self._attach(folder, peft_name)
                 self._peft_names[name], self._keys[name] = peft_name, key
             elapsed = (time.perf_counter() - start) * 1000
@@ -381,6 +386,7 @@ class Engine:
             del self._peft_names[name]
             self._keys.pop(name, None)
             self._unfold()
+            self._drop_batched()
             self.model.delete_adapter(peft_name)
             self.load_ms.pop(name, None)
             if not self._peft_names:
@@ -417,7 +423,9 @@ class Engine:
             self._scheduler.stop(EngineClosed(f"The model {self.ref} was unloaded to make room for another.",
                                               "Send the request again (it loads the model again)."))
         with self.lock:
-            self._originals, self._merged_weights = [], {}
+            if self._batched is not None:
+                self._batched.close()
+            self._originals, self._merged_weights, self._batched = [], {}, None
             self.model = self.loaded = None
         gc.collect()
         if self.device_type == "cuda":
@@ -440,6 +448,7 @@ class Engine:
             self._peft_name(adapter)  # load outside the step lock
         with self.lock:
             if adapter is None:
+                self._peft_route()
                 self._unfold()
                 if self._peft_names:
                     with self.model.disable_adapter():
@@ -452,6 +461,7 @@ class Engine:
 
     def _activate(self, peft_name: str) -> None:
         """Make `peft_name` the active adapter, merged where possible (no-op when it already is)."""
+        self._peft_route()
         if self._folded == peft_name:
             return  # already active and merged: no swap at all
         self._unfold()  # PEFT would unmerge by subtraction, which drifts: put the base tensors back
@@ -476,7 +486,47 @@ class Engine:
             return {}
         self._unfold()
         self.mixed_steps += 1
-        return {"adapter_names": [self._peft_names[a] if a is not None else BASE_PEFT_NAME for a in rows]}
+        names = [self._peft_names[a] if a is not None else None for a in rows]
+        batched = self._batched_lora(tuple(sorted({self._peft_names[a] for a in kinds if a is not None})))
+        if batched is None:  # an adapter PEFT's route must serve (DoRA, modules_to_save, ...)
+            self._peft_route()
+            return {"adapter_names": [name or BASE_PEFT_NAME for name in names]}
+        if not self._lora_off:
+            self.model.base_model.disable_adapter_layers()  # the layers run their base weights; the hooks add
+            self._lora_off = True
+        batched.set_rows(names)
+        self.stacked_steps += 1
+        return {}
+
+    def _batched_lora(self, adapters: tuple[str, ...]):
+        """The stacked LoRA of `adapters` (built once per set of adapters), or None for PEFT's route."""
+        from studio.serving.lora_batch import BatchedLora
+
+        gone = [name for name in adapters if name not in self.model.peft_config]
+        if gone:  # deleted from the model under running rows (a bug, or a fault test): those rows fail, alone
+            raise KeyError(f"The adapter {gone[0]} is no longer attached to the model.")
+        if self._batched is not None and self._batched.adapters != adapters:
+            self._batched.close()
+            self._batched = None
+        if self._batched is None and self._batched_refused != adapters:
+            self._batched = BatchedLora.build(self.model, adapters)
+            self._batched_refused = None if self._batched is not None else adapters
+        return self._batched
+
+    def _peft_route(self) -> None:
+        """PEFT's own adapter routes for what follows: the stacked LoRA's hooks idle, PEFT's layers on."""
+        if self._batched is not None:
+            self._batched.idle()
+        if self._lora_off:
+            self.model.base_model.enable_adapter_layers()
+            self._lora_off = False
+
+    def _drop_batched(self) -> None:
+        """Adapters attached or detached: the stacks are rebuilt at the next mixed step."""
+        self._peft_route()
+        if self._batched is not None:
+            self._batched.close()
+        self._batched, self._batched_refused = None, None
 
     # ------------------------------------------------ merged decoding
 

@@ -268,7 +268,7 @@ def _check_purity(served, monkeypatch, quant: str) -> None:
     ran = []  # every request as the engine ran it
     submit = engine.submit
     monkeypatch.setattr(engine, "submit", lambda *a, **k: ran.append(r := submit(*a, **k)) or r)
-    mixed_before = engine.mixed_steps
+    mixed_before, stacked_before = engine.mixed_steps, engine.stacked_steps
     answers: list[tuple[str, str, str]] = []
     barrier = threading.Barrier(clients)
     errors: list[BaseException] = []
@@ -294,6 +294,7 @@ def _check_purity(served, monkeypatch, quant: str) -> None:
     assert not errors, errors
     assert len(answers) == len(ran) == clients * rounds
     assert max(engine.scheduler.rows_per_step) >= 4 and engine.mixed_steps > mixed_before  # really batched, mixed
+    assert engine.stacked_steps > stacked_before  # through the stacked LoRA (studio/serving/lora_batch.py)
     references = _references(served, quant)
     near_ties = []
     for request in ran:
