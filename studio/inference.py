@@ -475,19 +475,25 @@ class Engine:
         """Put the weights in the state that serves `batch` (the adapters of every running row) and return
         the forward kwargs for `rows` (the rows of this forward). Called under `lock`.
 
-        One adapter for every row: it is active (and merged where `_fold` allows). Otherwise every adapter
-        stays unmerged and PEFT routes each row through its own (`adapter_names`, "__base__" = base).
+        One adapter for every row of a 16/32-bit base: it is active and merged where `_fold` allows. Otherwise
+        (several adapters, or a quantized base that never merges) PEFT's LoRA layers are switched off and the
+        stacked LoRA (studio/serving/lora_batch.py) adds each row's own adapter, or nothing for a base row;
+        an adapter it cannot stack keeps PEFT's route (`adapter_names`, "__base__" = base).
         """
         if not self._peft_names:
             return {}
         kinds = set(batch)
-        if len(kinds) == 1 and None not in kinds:
+        single = len(kinds) == 1 and None not in kinds
+        if single and self.quant not in QUANTIZED:
             self._activate(self._peft_names[batch[0]])
             return {}
         self._unfold()
-        self.mixed_steps += 1
         names = [self._peft_names[a] if a is not None else None for a in rows]
         batched = self._batched_lora(tuple(sorted({self._peft_names[a] for a in kinds if a is not None})))
+        if batched is None and single:  # a quantized base: PEFT's active adapter, unmerged
+            self._activate(self._peft_names[batch[0]])
+            return {}
+        self.mixed_steps += not single
         if batched is None:  # an adapter PEFT's route must serve (DoRA, modules_to_save, ...)
             self._peft_route()
             return {"adapter_names": [name or BASE_PEFT_NAME for name in names]}

@@ -111,3 +111,18 @@ def test_a_detach_and_a_new_adapter_rebuild_the_stacks(tiny_model_dir, adapters)
         assert engine.prepare_step(["wide", "again"], ["wide", "again"]) == {}
     assert engine.stacked_steps == 2
     assert engine._batched.adapters == tuple(sorted([engine._peft_names["wide"], engine._peft_names["again"]]))
+
+
+def test_one_adapter_on_int8_weights_takes_the_stacked_route(tiny_model_dir, adapters):
+    """A q8 base never merges an adapter, so every row on one adapter is served stacked too (the same logits as
+    PEFT's active, unmerged adapter)."""
+    engine = Engine(str(tiny_model_dir), "q8")
+    engine.load_adapter("wide", adapters["wide"])
+    ids = torch.randint(0, 1000, (3, 6), generator=torch.Generator().manual_seed(2))
+    with engine.lock:
+        stacked = _forward(engine, ids, engine.prepare_step(["wide"] * 3, ["wide"] * 3))
+        assert engine.stacked_steps == 1 and engine.mixed_steps == 0  # one adapter: not a mixed step
+    with engine.use("wide") as model, torch.inference_mode():
+        reference = model(input_ids=ids).logits
+    assert engine.stats()["folded"] is None
+    torch.testing.assert_close(stacked, reference, rtol=1e-3, atol=1e-3)  # bf16 activations on int8 weights
