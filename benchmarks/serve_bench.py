@@ -5,7 +5,8 @@ Four cells, each the same `--requests` greedy chat requests of `--max-tokens` to
 the official `openai` client (one thread per client, each taking the next request when free):
   1 client, base | 8 clients, base | 1 client, LoRA (adapter A) | 8 clients, base + 2 LoRAs mixed (base/A/B)
 Targets, run one after another inside each cell (interleaved, so they share the machine's load):
-- studio: the real /v1 routes under uvicorn in this process (the engine the app and `studio serve` use);
+- studio: `python -m studio serve` in its own process, one per `--quant` (as a user runs it; in this process its
+  scheduler thread would share GNU OpenMP's thread pools with plain generate's, which slows both: studio/util.py);
 - llama-server (`--llama-server`): started here on the studio's own f16 GGUF export of the same model, with
   the two adapters as GGUF LoRAs (llama.cpp's converter; `--lora-init-without-apply`, picked per request with
   the `lora` field), `-np 8` and the same thread count;
@@ -275,17 +276,31 @@ def measure(target, jobs: list[tuple[str, str]], clients: int, max_tokens: int) 
             "load": [round(load, 2), round(os.getloadavg()[0], 2)], "texts": [r["text"] for r in rows]}
 
 
-def studio_server(args, quant: str, adapters: dict[str, Path]) -> Server:
-    """The studio's engine in `quant` with both adapters attached, behind its real /v1 routes."""
-    from studio.inference import Engine
-    from studio.serving.local import start_server
+def studio_server(args, quant: str, adapters: dict[str, Path], log: Path) -> Server:
+    """`python -m studio serve` in its own process (as a user runs it, and as llama-server runs), in `quant`,
+    with both adapters attached and `--threads` torch threads."""
+    from studio.serving.local import free_port
 
-    engine = Engine(args.model, quant, max_batch=8)
-    for name, path in adapters.items():
-        engine.load_adapter(name, path)
-    _, url = start_server(engine, adapters)
+    port = free_port()
+    cmd = [sys.executable, "-m", "studio", "serve", "--model", args.model, "--quant", quant, "--host", "127.0.0.1",
+           "--port", str(port), "--max-batch", "8", "--adapters", *(f"{n}={path}" for n, path in adapters.items())]
+    print("[bench] $", " ".join(cmd), flush=True)
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log.open("w"), env=env)
+    url = f"http://127.0.0.1:{port}/v1"
+    for _ in range(1200):
+        try:
+            with urllib.request.urlopen(urllib.request.Request(f"{url}/models", headers={
+                    "Authorization": f"Bearer {_api_key()}"}), timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            if process.poll() is not None:
+                raise SystemExit(f"studio serve exited (see {log})") from None
+            time.sleep(0.5)
     base = Path(args.model).name if Path(args.model).exists() else args.model
-    return Server(f"studio serve ({engine.quant}, {args.threads} threads)", url, {"base": base, "A": "A", "B": "B"})
+    return Server(f"studio serve ({quant}, {args.threads} threads)", url, {"base": base, "A": "A", "B": "B"},
+                  process=process)
 
 
 def targets(args, workdir: Path) -> tuple[list, dict[str, Path]]:
@@ -308,7 +323,8 @@ def targets(args, workdir: Path) -> tuple[list, dict[str, Path]]:
 
 
 def _start_targets(args, workdir: Path, model_dir: Path, adapters: dict[str, Path], found: list) -> None:
-    found += [studio_server(args, quant, adapters) for quant in args.quant]
+    for quant in args.quant:
+        found.append(studio_server(args, quant, adapters, workdir / f"studio-serve.{quant}.log"))
     if args.llama_server:
         base, loras = gguf_files(model_dir, adapters, workdir)
         folder = llama_bin(args.llama_bin)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from studio.config import QUANTIZED
 from studio.errors import AdapterError, ConfigError, StudioError
+from studio.util import in_passing_thread
 
 MAX_PROMPT_CHARS = 32_000  # longer prompts are refused: they would only be truncated by the context
 
@@ -222,7 +223,8 @@ class Engine:
 
         from studio.models import load_model
 
-        self.loaded = load_model(ref, quant, device, progress=progress or (lambda f, m: None))
+        # loaded in a thread that ends, so that the scheduler's thread holds the only OpenMP pool (util.py)
+        self.loaded = in_passing_thread(load_model, ref, quant, device, progress=progress or (lambda f, m: None))
         self.ref, self.quant = ref, quant
         self.tokenizer = self.loaded.tokenizer
         self.model = self.loaded.model  # becomes a PeftModel when the first adapter is attached
@@ -319,7 +321,7 @@ class Engine:
                 peft_name = f"adapter_{self._loads}"  # PEFT names become module keys: no '.' or ':'
                 self._unfold()  # PEFT's load ends in set_adapter, which would unmerge by subtraction
                 self._drop_batched()
-                self._attach(folder, peft_name)
+                in_passing_thread(self._attach, folder, peft_name)  # PEFT's copies: no lasting OpenMP pool
                 self._peft_names[name], self._keys[name] = peft_name, key
             elapsed = (time.perf_counter() - start) * 1000
             self.load_ms[name] = elapsed

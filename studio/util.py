@@ -52,3 +52,32 @@ def read_json(path: str | Path, default=None):
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return default
+
+
+def in_passing_thread(fn: Callable, *args, **kwargs):
+    """`fn(*args, **kwargs)` in a thread that ends when it returns (its result returned, its exception raised).
+
+    For torch work outside the scheduler thread, such as loading a model: GNU OpenMP keeps a pool of worker
+    threads for every thread that ran a parallel region, for as long as that thread lives, and once the pools
+    hold more threads than there are cores its workers stop spinning between regions and sleep instead. A
+    decode step is thousands of short regions: on 2 cores, a one-row matmul took 170 us instead of 45 us in
+    the scheduler's thread while the loading thread's pool lived (benchmarks/decode_floor.py, docs/serving.md).
+    A thread that ends takes its pool with it.
+    """
+    import threading
+
+    result: list = []
+    error: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(fn(*args, **kwargs))
+        except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
+            error.append(exc)
+
+    thread = threading.Thread(target=run, name=f"studio-{getattr(fn, '__name__', 'work')}")
+    thread.start()
+    thread.join()
+    if error:
+        raise error[0]
+    return result[0]

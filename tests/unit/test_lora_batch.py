@@ -126,3 +126,16 @@ def test_one_adapter_on_int8_weights_takes_the_stacked_route(tiny_model_dir, ada
         reference = model(input_ids=ids).logits
     assert engine.stats()["folded"] is None
     torch.testing.assert_close(stacked, reference, rtol=1e-3, atol=1e-3)  # bf16 activations on int8 weights
+
+
+def test_work_in_a_passing_thread_returns_raises_and_leaves_no_thread_behind():
+    """Model loads and adapter attaches run in a thread that ends (studio/util.py: its OpenMP pool goes with it)."""
+    import threading
+
+    from studio.util import in_passing_thread
+
+    main = threading.get_ident()
+    assert in_passing_thread(lambda x, y=1: (threading.get_ident() != main, x + y), 2, y=3) == (True, 5)
+    with pytest.raises(ValueError, match="bad"):
+        in_passing_thread(lambda: (_ for _ in ()).throw(ValueError("bad")))
+    assert not [t for t in threading.enumerate() if t.name.startswith("studio-<lambda>")]
