@@ -182,6 +182,20 @@ def quantized(folder: Path, base: Path, kind: str) -> Path:
     return out
 
 
+def _wait_ready(request: urllib.request.Request, process: subprocess.Popen, log: Path, name: str) -> None:
+    """Poll `request` until it answers 200 (up to 10 minutes); stop if the server's process exits first."""
+    for _ in range(1200):
+        try:
+            with urllib.request.urlopen(request, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            if process.poll() is not None:
+                raise SystemExit(f"{name} exited (see {log})") from None
+            time.sleep(0.5)
+    raise SystemExit(f"{request.full_url} did not answer in 10 minutes (see {log})")
+
+
 def start_llama(folder: Path, base: Path, loras: list[Path], threads: int, log: Path, kind: str = "f16") -> Server:
     from studio.serving.local import free_port
 
@@ -193,15 +207,7 @@ def start_llama(folder: Path, base: Path, loras: list[Path], threads: int, log: 
            *([] if kind == "f16" else ["--no-repack"]), "--host", "127.0.0.1", "--port", str(port)]
     print("[bench] $", " ".join(cmd), flush=True)
     process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log.open("w"))
-    for _ in range(1200):
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            if process.poll() is not None:
-                raise SystemExit(f"llama-server exited (see {log})") from None
-            time.sleep(0.5)
+    _wait_ready(urllib.request.Request(f"http://127.0.0.1:{port}/health"), process, log, "llama-server")
     server = peer(f"http://127.0.0.1:{port}/v1")
     server.label, server.process = f"llama-server -np 8 ({kind}, -t {threads})", process
     if sorted(server.lora_ids or {}) != sorted(ADAPTERS):  # else a LoRA request would silently run the base
@@ -288,16 +294,8 @@ def studio_server(args, quant: str, adapters: dict[str, Path], log: Path) -> Ser
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log.open("w"), env=env)
     url = f"http://127.0.0.1:{port}/v1"
-    for _ in range(1200):
-        try:
-            with urllib.request.urlopen(urllib.request.Request(f"{url}/models", headers={
-                    "Authorization": f"Bearer {_api_key()}"}), timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            if process.poll() is not None:
-                raise SystemExit(f"studio serve exited (see {log})") from None
-            time.sleep(0.5)
+    _wait_ready(urllib.request.Request(f"{url}/models", headers={"Authorization": f"Bearer {_api_key()}"}),
+                process, log, "studio serve")
     base = Path(args.model).name if Path(args.model).exists() else args.model
     return Server(f"studio serve ({quant}, {args.threads} threads)", url, {"base": base, "A": "A", "B": "B"},
                   process=process)
