@@ -38,6 +38,9 @@ from studio.errors import ConfigError, StudioError
 
 STEP_TIMEOUT_S = 600  # a reader waiting this long for one token means the scheduler thread died
 WATCH_S = 1.0  # how often the attached adapters' files are checked (deleted or replaced: detached)
+IDLE_EXIT_S = 5.0  # an idle scheduler's thread ends, and the next submit starts another: a thread that ends takes
+# its OpenMP pool with it, so two engines in one process (the Chat tab's q8 beside the API's fp32) do not throttle
+# each other's decoding while one of them is idle (studio/util.py in_passing_thread says why)
 
 
 class Overloaded(StudioError):
@@ -129,6 +132,10 @@ class Scheduler:
         self.steps = 0  # decode forwards run so far
         self.rows_per_step: list[int] = []  # batch size of each decode step (for the bench and tests)
         self.isolated = 0  # failed forwards that were bisected to find their rows (for tests and the soak)
+        self._thread: threading.Thread | None = None  # None while idle (IDLE_EXIT_S)
+        self._start()
+
+    def _start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="studio-scheduler", daemon=True)
         self._thread.start()
 
@@ -144,6 +151,8 @@ class Scheduler:
                                  f"(the limit is {self.max_queue}).",
                                  "Retry in a few seconds, or start the server with a larger --max-queue.")
             self._waiting.extend(requests)
+            if self._thread is None:
+                self._start()
             self._cv.notify()
 
     def _check_budget(self, request: Request) -> None:
@@ -185,22 +194,30 @@ class Scheduler:
         """End the thread: every waiting and running request gets `reason`; later submits are refused."""
         with self._cv:
             self._stopped = reason
+            thread = self._thread
             self._cv.notify()
-        if threading.current_thread() is not self._thread:
-            self._thread.join(30)
+        if thread is not None and threading.current_thread() is not thread:
+            thread.join(30)
 
     @property
     def alive(self) -> bool:
-        return self._thread.is_alive()
+        """False when the thread died while it had work (an idle thread that ended is not dead)."""
+        thread = self._thread
+        return thread is None or thread.is_alive()
 
     def _run(self) -> None:
+        idle_since = time.monotonic()
         while True:
             self._watch()  # outside the queue's lock: a detach takes the engine's locks, then the queue's
             with self._cv:
                 stopped = self._stopped is not None
                 if not stopped and not self._waiting and not self._batch.rows:
+                    if time.monotonic() - idle_since >= IDLE_EXIT_S:
+                        self._thread = None  # the next submit starts another
+                        return
                     self._cv.wait(WATCH_S)
                     continue
+                idle_since = time.monotonic()
                 admit = [] if stopped else self._admissible()
             if stopped:
                 return self._close()

@@ -205,3 +205,25 @@ def test_engines_are_kept_by_last_use_and_a_load_keeps_no_one_else_waiting(tiny_
     assert inference.loaded_engines()[-1].ref == str(bundled_dir)
     get_engine(str(tiny_model_dir), "fp32")
     assert inference.loaded_engines()[-1] is tiny  # the last used is what the app's API serves
+
+
+def test_an_idle_scheduler_thread_ends_and_the_next_request_starts_another(tiny_model_dir, monkeypatch):
+    """Its OpenMP pool ends with it, so an idle engine does not slow another engine's decoding (util.py)."""
+    import time
+
+    from studio.serving import scheduler
+    from studio.serving.scheduler import Sampling
+
+    monkeypatch.setattr(scheduler, "IDLE_EXIT_S", 0.2)
+    monkeypatch.setattr(scheduler, "WATCH_S", 0.05)
+    engine = Engine(str(tiny_model_dir), "fp32")
+    ids = engine.tokenizer("Hello there")["input_ids"]
+    first = "".join(engine.submit(ids, None, Sampling(max_new_tokens=4)).stream())
+    thread = engine.scheduler._thread
+    deadline = time.monotonic() + 10
+    while thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not thread.is_alive() and engine.scheduler._thread is None and engine.scheduler.alive
+    assert "".join(engine.submit(ids, None, Sampling(max_new_tokens=4)).stream()) == first  # a new thread answers
+    assert engine.scheduler._thread is not thread
+    engine.close()
