@@ -243,7 +243,7 @@ def test_4_train_picks_the_dataset_and_runs_to_the_end(page, app):
     page.wait_for_function(  # the box renders a moment after its accordion opens
         "() => /max_steps\\W+5\\b/.test(document.querySelector('#train-settings')?.innerText || '')")
     page.click("#train-start")
-    wait_state(page, "run", RUNS[0])
+    wait_state(page, "run", RUNS[0], LONG_MS)  # Start checks the data and queues the run: minutes on a loaded machine
     page.wait_for_function("v => document.querySelector('#train-name textarea, #train-name input').value !== v",
                            arg=RUNS[0])  # a fresh name is suggested at once for the next run
     wait_progress(page, "completed")
@@ -281,7 +281,7 @@ def test_4b_a_second_run_without_typing_a_name_stopped_and_resumed(page, app):
     RUNS.append(name)
     fill(page, "train-max-steps", str(MAX_STEPS * 3))  # room to press Stop early, even on a loaded machine
     page.click("#train-start")
-    wait_state(page, "run", name)
+    wait_state(page, "run", name, LONG_MS)  # Start checks the data and queues the run: minutes on a loaded machine
     wait_progress(page, "running", 1)
     page.click("#train-stop")  # at once: on a loaded machine the run's steps may outpace a slow screenshot
     shot(page, "walk-06b-second-run-running", "#train-progress")
@@ -414,7 +414,7 @@ def test_9_preference_pairs_then_a_dpo_run(page, app):
     fill(page, "train-name", DPO_RUN)
     fill(page, "train-max-steps", "2")
     page.click("#train-start")
-    wait_state(page, "run", DPO_RUN)
+    wait_state(page, "run", DPO_RUN, LONG_MS)  # Start checks the data and queues the run: minutes on a loaded machine
     wait_progress(page, "completed", 2, run=DPO_RUN)  # this run's line, not the last run's still on screen
     page.wait_for_selector("#train-preference canvas, #train-preference svg")  # margin / accuracy, live
     assert "reward margin" in page.inner_text("#train-stats")
@@ -446,7 +446,7 @@ def test_10_a_grpo_run_from_the_train_tab_with_live_reward_curves(page, app):
     fill(page, "train-name", GRPO_RUN)
     fill(page, "train-max-steps", "2")
     page.click("#train-start")
-    wait_state(page, "run", GRPO_RUN)
+    wait_state(page, "run", GRPO_RUN, LONG_MS)  # Start checks the data and queues the run: minutes on a loaded machine
     wait_progress(page, "completed", 2, run=GRPO_RUN)  # not the DPO run's line, also completed at step 2
     page.wait_for_selector("#train-grpo-curves canvas, #train-grpo-curves svg")  # the reward curves
     page.wait_for_function(  # the newest answers and their scores, per reward function
