@@ -64,20 +64,7 @@ def in_passing_thread(fn: Callable, *args, **kwargs):
     the scheduler's thread while the loading thread's pool lived (benchmarks/decode_floor.py, docs/serving.md).
     A thread that ends takes its pool with it.
     """
-    import threading
+    from concurrent.futures import ThreadPoolExecutor
 
-    result: list = []
-    error: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            result.append(fn(*args, **kwargs))
-        except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
-            error.append(exc)
-
-    thread = threading.Thread(target=run, name=f"studio-{getattr(fn, '__name__', 'work')}")
-    thread.start()
-    thread.join()
-    if error:
-        raise error[0]
-    return result[0]
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="studio-passing") as pool:  # its thread ends on exit
+        return pool.submit(fn, *args, **kwargs).result()

@@ -138,4 +138,4 @@ def test_work_in_a_passing_thread_returns_raises_and_leaves_no_thread_behind():
     assert in_passing_thread(lambda x, y=1: (threading.get_ident() != main, x + y), 2, y=3) == (True, 5)
     with pytest.raises(ValueError, match="bad"):
         in_passing_thread(lambda: (_ for _ in ()).throw(ValueError("bad")))
-    assert not [t for t in threading.enumerate() if t.name.startswith("studio-<lambda>")]
+    assert not [t for t in threading.enumerate() if t.name.startswith("studio-passing")]
