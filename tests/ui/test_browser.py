@@ -373,6 +373,7 @@ def test_8_reload_keeps_everything_and_no_console_errors(page, app):
     page.goto(app[0])
     page.wait_for_selector("#current-state")
     wait_state(page, "run", run())
+    wait_state(page, "dataset", DATASET)  # the state line's attributes may arrive one render apart
     s = state(page)
     assert (s["dataset"], s["run"], s["adapter"]) == (DATASET, run(), adapter())
     tab(page, "Train")
