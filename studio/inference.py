@@ -248,6 +248,7 @@ class Engine:
         self._lora_off = False  # PEFT's LoRA layers switched off while the stacked LoRA serves a mixed batch
         self.mixed_steps = 0  # forwards that ran more than one adapter (or adapters and the base) together
         self.stacked_steps = 0  # mixed forwards served by the stacked LoRA (the others: PEFT's adapter_names)
+        self.lean_steps = 0  # decode steps through studio/serving/decode.py (the others: the model's own forward)
         self.stop_ids = frozenset(stop_token_ids(self.tokenizer, self.loaded.model))
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.stop_ids)
         self.cache_arg = _cache_arg(self.loaded.model)  # the forward's name for the KV cache

@@ -452,20 +452,35 @@ class _Batch:
         mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
         try:
             kwargs = self.engine.prepare_step([r.adapter for r in self.rows], [r.adapter for r in self.rows])
-            with torch.inference_mode():
-                out = self.engine.model(input_ids=self.last[:, None], attention_mask=mask,
-                                        position_ids=self.positions[:, None], use_cache=True, logits_to_keep=1,
-                                        cache_position=torch.tensor([length], device=mask.device),
-                                        **{self.engine.cache_arg: self.cache}, **kwargs)
+            logits = self._forward(mask, length, kwargs)
         except Exception:
             self._crop(length)
             raise
-        self.mask, self.cache = mask, _cache_of(out)
+        self.mask = mask
         self.positions = self.positions + 1
-        self.last = torch.tensor(self._pick_rows(self.rows, out.logits[:, -1], alone=True), device=self.mask.device)
+        self.last = torch.tensor(self._pick_rows(self.rows, logits[:, -1], alone=True), device=self.mask.device)
         for request in self.rows:
             if not request.done:
                 self._emit_alone(request)
+
+    def _forward(self, mask, length: int, kwargs: dict):
+        """The logits of one decode step, the cache extended: through studio/serving/decode.py's lean step
+        where it applies, else the model's own forward."""
+        import torch
+
+        from studio.serving import decode
+
+        lean = None if kwargs or not self.joinable() else decode.lean_model(self.engine.model)
+        with torch.inference_mode():
+            if lean is not None:
+                self.engine.lean_steps += 1
+                return decode.step(lean, self.cache.layers, self.last, self.positions, mask)
+            out = self.engine.model(input_ids=self.last[:, None], attention_mask=mask,
+                                    position_ids=self.positions[:, None], use_cache=True, logits_to_keep=1,
+                                    cache_position=torch.tensor([length], device=mask.device),
+                                    **{self.engine.cache_arg: self.cache}, **kwargs)
+        self.cache = _cache_of(out)
+        return out.logits
 
     def _crop(self, length: int) -> None:
         """Undo a failed forward's writes: every layer's cache back to `length` positions."""
