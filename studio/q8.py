@@ -71,7 +71,46 @@ def quantize(model: nn.Module) -> int:
     config = getattr(model, "config", None)
     if config is not None and getattr(config, "tie_word_embeddings", False):
         config.tie_word_embeddings = False  # the head is its own int8 copy now: nothing may re-tie it
+    for module in model.modules():
+        for names in FUSED:
+            fuse(module, names)
     return len(targets)
+
+
+FUSED = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))  # projections that read the same input
+
+
+class Fused:
+    """Sibling Int8Linears that read the same input (an attention's q, k and v; an MLP's gate and up) held in
+    one int8 matrix: each layer's codes and scales are views of its rows, so the layers work as before and a
+    decode step can multiply once for all of them (studio/serving/decode.py). Output rows are independent in
+    the kernel, so the split result equals the layers' own outputs bit for bit."""
+
+    def __init__(self, layers: list[Int8Linear]):
+        self.codes = torch.cat([layer.qweight for layer in layers])
+        self.scales = torch.cat([layer.scales for layer in layers])
+        self.bias = None if all(layer.bias is None for layer in layers) else torch.cat(
+            [layer.bias.detach() if layer.bias is not None else torch.zeros(layer.out_features) for layer in layers])
+        self.sizes = [layer.out_features for layer in layers]
+        start = 0
+        for layer, size in zip(layers, self.sizes, strict=True):
+            layer.qweight, layer.scales = self.codes[start:start + size], self.scales[start:start + size]
+            start += size
+
+    def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every layer's output for `x` [rows, in] (float32), as Int8Linear.forward computes it."""
+        out = torch._weight_int8pack_mm(x.to(torch.bfloat16), self.codes, self.scales).to(x.dtype)
+        if self.bias is not None:
+            out = out + self.bias
+        return list(out.split(self.sizes, dim=-1))
+
+
+def fuse(parent: nn.Module, names: tuple[str, ...]) -> None:
+    """Give `parent` a Fused of its children `names` (as `parent.int8_<first>`) when all are Int8Linears of
+    one input width."""
+    layers = [getattr(parent, name, None) for name in names]
+    if all(isinstance(layer, Int8Linear) for layer in layers) and len({lay.in_features for lay in layers}) == 1:
+        parent.__dict__[f"int8_{names[0]}"] = Fused(layers)  # not a submodule: state_dict and PEFT never see it
 
 
 def supported() -> str | None:

@@ -7,7 +7,8 @@ plumbing of four nested forwards. On a 135M model on a CPU that is about a tenth
 new token per row: it calls the model's own modules (embeddings, norms, rotary embedding, every projection,
 the MLP, the head), so whatever wraps them (PEFT's LoRA layers, merged or not, the stacked LoRA's hooks,
 q8's int8 linears) works unchanged, and its logits are bit-identical to the model's
-(tests/unit/test_decode.py). Anything else (another architecture, sliding windows, attention other than
+(tests/unit/test_decode.py). On a q8 base the projections that read one input are one int8 matmul
+where no adapter is in the step. Anything else (another architecture, sliding windows, attention other than
 SDPA, PEFT's `adapter_names` route, a cache that is not plain dynamic layers) goes through `model(...)`.
 """
 
@@ -29,10 +30,13 @@ def lean_model(model):
     return base
 
 
-def step(model, layers, last, positions, mask):
+def step(model, layers, last, positions, mask, base_only: bool = False):
     """Logits [rows, 1, vocab] for `last` [rows] at `positions` [rows], the cache `layers` (one DynamicLayer
     per decoder layer) extended by one position; `mask` [rows, cache length + 1] is 1 where a row has a token.
 
+    `base_only`: no adapter adds anything in this step (the engine routed every row to the base), so q8's
+    fused projections (studio/q8.py `Fused`) may stand in for the projection modules: one int8 matmul for
+    q, k and v, one for gate and up.
     The attention is transformers' SDPA call for one query token: GQA in the kernel when no row is padded,
     else the query heads packed by key head under the padding mask (its `pack_gqa`)."""
     import torch
@@ -48,10 +52,11 @@ def step(model, layers, last, positions, mask):
     for layer, cached in zip(inner.layers, layers, strict=True):
         attention = layer.self_attn
         head_dim, groups = attention.head_dim, attention.num_key_value_groups
-        normed = layer.input_layernorm(hidden)
-        query = _rotate(attention.q_proj(normed).view(rows, 1, -1, head_dim).transpose(1, 2), cos, sin)
-        key = _rotate(attention.k_proj(normed).view(rows, 1, -1, head_dim).transpose(1, 2), cos, sin)
-        value = attention.v_proj(normed).view(rows, 1, -1, head_dim).transpose(1, 2)
+        query, key, value = _projections(attention, "q_proj", ("q_proj", "k_proj", "v_proj"),
+                                         layer.input_layernorm(hidden), base_only)
+        query = _rotate(query.reshape(rows, 1, -1, head_dim).transpose(1, 2), cos, sin)
+        key = _rotate(key.reshape(rows, 1, -1, head_dim).transpose(1, 2), cos, sin)
+        value = value.reshape(rows, 1, -1, head_dim).transpose(1, 2)
         cached.keys = torch.cat([cached.keys, key], dim=-2)
         cached.values = torch.cat([cached.values, value], dim=-2)
         if padded and groups > 1:
@@ -61,9 +66,32 @@ def step(model, layers, last, positions, mask):
         else:
             out = sdpa(query, cached.keys, cached.values, attn_mask=attn_mask, scale=attention.scaling,
                        enable_gqa=groups > 1)
-        hidden = hidden + attention.o_proj(out.transpose(1, 2).reshape(rows, 1, -1))
-        hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
-    return model.lm_head(inner.norm(hidden))
+        hidden = hidden + _module(attention.o_proj, base_only)(out.transpose(1, 2).reshape(rows, 1, -1))
+        hidden = hidden + _mlp(layer.mlp, layer.post_attention_layernorm(hidden), base_only)
+    return _module(model.lm_head, base_only)(inner.norm(hidden))
+
+
+def _module(module, base_only: bool):
+    """The layer to call: in a base-only step, the base layer under PEFT's wrapper (the engine has switched
+    PEFT's layers off for it: the wrapper would only check that and call the base layer)."""
+    return getattr(module, "base_layer", module) if base_only else module
+
+
+def _projections(parent, fused_name: str, names: tuple[str, ...], x, base_only: bool) -> list:
+    """The outputs of `parent`'s projections `names` for x [rows, 1, hidden]: one fused int8 matmul where
+    q8 made one and the step is the base's alone, else each module (and whatever wraps or hooks it)."""
+    fused = parent.__dict__.get(f"int8_{fused_name}") if base_only else None
+    if fused is None:
+        return [_module(getattr(parent, name), base_only)(x) for name in names]
+    return [out[:, None] for out in fused(x[:, 0])]
+
+
+def _mlp(mlp, x, base_only: bool):
+    """`mlp(x)` (LlamaMLP's arithmetic), through `_projections` in a base-only step."""
+    if not base_only:
+        return mlp(x)
+    gate, up = _projections(mlp, "gate_proj", ("gate_proj", "up_proj"), x, base_only)
+    return _module(mlp.down_proj, base_only)(mlp.act_fn(gate) * up)
 
 
 def _rotate(x, cos, sin):

@@ -474,7 +474,8 @@ class _Batch:
         with torch.inference_mode():
             if lean is not None:
                 self.engine.lean_steps += 1
-                return decode.step(lean, self.cache.layers, self.last, self.positions, mask)
+                return decode.step(lean, self.cache.layers, self.last, self.positions, mask,
+                                   base_only=all(r.adapter is None for r in self.rows))
             out = self.engine.model(input_ids=self.last[:, None], attention_mask=mask,
                                     position_ids=self.positions[:, None], use_cache=True, logits_to_keep=1,
                                     cache_position=torch.tensor([length], device=mask.device),

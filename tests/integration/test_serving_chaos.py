@@ -164,7 +164,7 @@ def _until(condition, timeout: float = 60) -> None:
 
 
 def test_a_decode_step_that_fails_halfway_loses_no_answer_and_changes_none(tiny_model_dir):
-    """A forward that raises in its second layer's MLP (after two layers wrote their KV cache), as an
+    """A forward that raises in its second layer after its attention (two layers wrote their KV cache), as an
     out-of-memory would: the step is rolled back and retried in halves; every answer is its alone answer."""
     from studio.inference import encode_chat
     from studio.serving.scheduler import Sampling
@@ -183,7 +183,7 @@ def test_a_decode_step_that_fails_halfway_loses_no_answer_and_changes_none(tiny_
                 failures.append(1)
                 raise RuntimeError("simulated: out of memory in layer 1")
 
-    handle = engine.model.model.layers[1].mlp.register_forward_hook(fail_once)  # on every decode route
+    handle = engine.model.model.layers[1].post_attention_layernorm.register_forward_hook(fail_once)  # every route
     try:
         requests = [engine.submit(ids, None, sampling) for ids in prompts]
         answers = ["".join(r.stream()) for r in requests]

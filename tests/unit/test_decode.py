@@ -43,7 +43,7 @@ def _prefill(model, prompts: list[list[int]]):
     return cache, mask, mask.sum(-1), out.logits[:, -1].argmax(-1)
 
 
-def _both_steps(model, prompts, steps: int = 3):
+def _both_steps(model, prompts, steps: int = 3, base_only: bool = False):
     """Decode `steps` tokens twice from one prefill: the model's forward, then the lean step."""
     cache, mask, positions, last = _prefill(model, prompts)
     lean_cache = copy.deepcopy(cache)
@@ -56,7 +56,7 @@ def _both_steps(model, prompts, steps: int = 3):
             reference = model(input_ids=last[:, None], attention_mask=mask, position_ids=positions[:, None],
                               use_cache=True, past_key_values=cache, logits_to_keep=1,
                               cache_position=torch.tensor([mask.shape[1] - 1])).logits
-            mine = decode.step(lean, lean_cache.layers, last, positions, mask)
+            mine = decode.step(lean, lean_cache.layers, last, positions, mask, base_only=base_only)
         results.append((reference, mine))
         positions, last = positions + 1, reference[:, -1].argmax(-1)
     return results, cache, lean_cache
@@ -74,25 +74,35 @@ def test_the_lean_step_gives_the_models_logits_and_cache_bit_for_bit(tiny_model_
     model = _llama(tiny_model_dir) if arch == "llama" else _qwen2(tiny_model_dir)
     if quant == "q8":
         q8.quantize(model)
-    results, cache, lean_cache = _both_steps(model, PROMPTS[rows])
+    if quant == "q8":
+        assert "int8_q_proj" in model.model.layers[0].self_attn.__dict__  # the fused route below is q8's
+    results, cache, lean_cache = _both_steps(model, PROMPTS[rows], base_only=True)
     for reference, mine in results:
         assert torch.equal(reference, mine)
     for theirs, ours in zip(cache.layers, lean_cache.layers, strict=True):
         assert torch.equal(theirs.keys, ours.keys) and torch.equal(theirs.values, ours.values)
 
 
-def test_the_lean_step_runs_a_lora_adapter_through_peft_s_own_layers(tiny_model_dir):
+@pytest.mark.parametrize("quant", ["fp32", "q8"])
+def test_the_lean_step_runs_a_lora_adapter_through_peft_s_own_layers(tiny_model_dir, quant):
     from peft import LoraConfig, get_peft_model
 
+    from studio import q8
+
+    base = _llama(tiny_model_dir)
+    if quant == "q8":
+        q8.quantize(base)
     torch.manual_seed(3)
-    model = get_peft_model(_llama(tiny_model_dir), LoraConfig(r=8, lora_alpha=16, init_lora_weights=False,
-                                                             target_modules="all-linear")).eval()
+    model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, init_lora_weights=False,
+                                            target_modules="all-linear")).eval()
     results, _, _ = _both_steps(model, PROMPTS["padded rows"])
     for reference, mine in results:
         assert torch.equal(reference, mine)
-    with model.disable_adapter():  # the adapter really is in those logits
-        base, _, _ = _both_steps(model, PROMPTS["padded rows"], steps=1)
-    assert not torch.allclose(base[0][0], results[0][0])
+    with model.disable_adapter():  # the base's rows: q8's fused projections under PEFT's (idle) layers
+        base_results, _, _ = _both_steps(model, PROMPTS["padded rows"], base_only=True)
+    for reference, mine in base_results:
+        assert torch.equal(reference, mine)
+    assert not torch.allclose(base_results[0][0], results[0][0])  # the adapter really is in those logits
 
 
 def test_what_the_lean_step_does_not_cover_goes_through_the_models_forward(tiny_model_dir):
