@@ -305,20 +305,24 @@ def _call(data, names: set[str] | None) -> dict | None:
 
 class AsyncSink:
     """A request's events delivered into an asyncio queue on the server's loop: the scheduler thread puts,
-    the route awaits (no thread-pool poll per event)."""
+    the route awaits (no thread-pool poll per event). `pieces` False (an answer sent whole): the text events
+    are dropped, the request keeps its text, and the loop wakes once, at the end, instead of at every token
+    (each wake-up takes the GIL from the decoding thread)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.loop, self.queue = loop, asyncio.Queue()
+    def __init__(self, loop: asyncio.AbstractEventLoop, pieces: bool = True):
+        self.loop, self.queue, self.pieces = loop, asyncio.Queue(), pieces
 
     def put(self, item) -> None:  # called by the scheduler thread
+        if not self.pieces and item[1] == "text":
+            return
         try:
             self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
         except RuntimeError:
             pass  # the loop has closed: the server is shutting down and nobody reads any more
 
 
-async def _submit(engine, ids: list[int], adapter: str | None, sampling):
-    sink = AsyncSink(asyncio.get_running_loop())
+async def _submit(engine, ids: list[int], adapter: str | None, sampling, pieces: bool = True):
+    sink = AsyncSink(asyncio.get_running_loop(), pieces)
     try:
         return await asyncio.to_thread(engine.submit, ids, adapter, sampling, sink)
     except StudioError as exc:
@@ -427,7 +431,7 @@ async def _run(backend: Backend, http: HttpRequest, chat: bool):
         engine, adapter, ids, parsed = await asyncio.to_thread(_prepare, backend, body, chat)
     except StudioError as exc:
         raise _from_studio(exc) from exc
-    request = await _submit(engine, ids, adapter, parsed.sampling)
+    request = await _submit(engine, ids, adapter, parsed.sampling, pieces=parsed.stream)
     head = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}", "created": int(time.time()),
             "model": parsed.model}
     if parsed.stream:

@@ -143,3 +143,19 @@ def test_an_adapters_system_prompt_comes_from_its_card_whatever_the_dataset_fold
     (paths.datasets_dir() / "triage" / "meta.json").write_text(json.dumps(
         {"system_prompt": nurse, "source_sha256": "trained-on"}))
     assert adapter_system_turn("nurse") == {"role": "system", "content": "You are a careful nurse."}
+
+
+def test_an_answer_sent_whole_wakes_the_server_loop_once_not_at_every_token():
+    import asyncio
+
+    from studio.serving.api import AsyncSink
+
+    async def deliver(pieces: bool) -> list:
+        sink = AsyncSink(asyncio.get_running_loop(), pieces)
+        for item in [("r", "text", "Hel"), ("r", "text", "lo"), ("r", "done", "stop")]:
+            sink.put(item)  # as the scheduler thread does
+        await asyncio.sleep(0)
+        return [sink.queue.get_nowait() for _ in range(sink.queue.qsize())]
+
+    assert [kind for _, kind, _ in asyncio.run(deliver(pieces=True))] == ["text", "text", "done"]  # streamed
+    assert asyncio.run(deliver(pieces=False)) == [("r", "done", "stop")]  # whole: the request keeps its text
