@@ -25,7 +25,7 @@ def test_qlora_on_bundled_model_lowers_held_out_perplexity(bundled_dir):
     spec = RunSpec(name="medical-qlora", dataset="medical", model=ModelSpec(ref="bundled", quant="4bit"),
                    lora=LoraSpec(r=16, alpha=32, dropout=0.0),
                    train=TrainSpec(max_seq_len=STEPS_LEN, micro_batch=1, grad_accum=1, lr=1e-3, warmup_ratio=0.0,
-                                   max_steps=STEPS, save_steps=STEPS // 2, eval_steps=STEPS // 2,
+                                   max_steps=STEPS, save_steps=STEPS, eval_steps=STEPS,  # once, at the end
                                    gradient_checkpointing=False,
                                    optimizer="adamw_torch", precision="fp32", packing=True))
     path = manager.start(spec)

@@ -279,7 +279,7 @@ def test_4b_a_second_run_without_typing_a_name_stopped_and_resumed(page, app):
     name = value(page, "train-name")
     assert name and name != RUNS[0], (name, RUNS)
     RUNS.append(name)
-    fill(page, "train-max-steps", str(MAX_STEPS * 3))  # room to press Stop early, even on a loaded machine
+    fill(page, "train-max-steps", str(MAX_STEPS + 3))  # room to press Stop at step 1 (it lands a step later)
     page.click("#train-start")
     wait_state(page, "run", name, LONG_MS)  # Start checks the data and queues the run: minutes on a loaded machine
     wait_progress(page, "running", 1)
