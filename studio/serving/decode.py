@@ -2,7 +2,7 @@
 
 A decode step feeds every running row its latest token. Through `model(...)` it pays, every step, for what
 only a prefill needs: the causal mask built from the 2-D mask, the cache's update bookkeeping, the keyword
-plumbing of four nested forwards. On a 135M model on a CPU that is about a tenth of a q8 step
+plumbing of four nested forwards. On a 135M model on a CPU that is about a fifth of a q8 step
 (`python -m benchmarks.decode_floor` times both). `step` below is the same arithmetic written out for one
 new token per row: it calls the model's own modules (embeddings, norms, rotary embedding, every projection,
 the MLP, the head), so whatever wraps them (PEFT's LoRA layers, merged or not, the stacked LoRA's hooks,
@@ -52,8 +52,8 @@ def step(model, layers, last, positions, mask, base_only: bool = False):
     for layer, cached in zip(inner.layers, layers, strict=True):
         attention = layer.self_attn
         head_dim, groups = attention.head_dim, attention.num_key_value_groups
-        query, key, value = _projections(attention, "q_proj", ("q_proj", "k_proj", "v_proj"),
-                                         layer.input_layernorm(hidden), base_only)
+        query, key, value = _projections(attention, ("q_proj", "k_proj", "v_proj"), layer.input_layernorm(hidden),
+                                         base_only)
         query = _rotate(query.reshape(rows, 1, -1, head_dim).transpose(1, 2), cos, sin)
         key = _rotate(key.reshape(rows, 1, -1, head_dim).transpose(1, 2), cos, sin)
         value = value.reshape(rows, 1, -1, head_dim).transpose(1, 2)
@@ -77,10 +77,11 @@ def _module(module, base_only: bool):
     return getattr(module, "base_layer", module) if base_only else module
 
 
-def _projections(parent, fused_name: str, names: tuple[str, ...], x, base_only: bool) -> list:
+def _projections(parent, names: tuple[str, ...], x, base_only: bool) -> list:
     """The outputs of `parent`'s projections `names` for x [rows, 1, hidden]: one fused int8 matmul where
-    q8 made one and the step is the base's alone, else each module (and whatever wraps or hooks it)."""
-    fused = parent.__dict__.get(f"int8_{fused_name}") if base_only else None
+    q8 made one (`q8.fuse` names it after the first) and the step is the base's alone, else each module (and
+    whatever wraps or hooks it)."""
+    fused = parent.__dict__.get(f"int8_{names[0]}") if base_only else None
     if fused is None:
         return [_module(getattr(parent, name), base_only)(x) for name in names]
     return [out[:, None] for out in fused(x[:, 0])]
@@ -90,7 +91,7 @@ def _mlp(mlp, x, base_only: bool):
     """`mlp(x)` (LlamaMLP's arithmetic), through `_projections` in a base-only step."""
     if not base_only:
         return mlp(x)
-    gate, up = _projections(mlp, "gate_proj", ("gate_proj", "up_proj"), x, base_only)
+    gate, up = _projections(mlp, ("gate_proj", "up_proj"), x, base_only)
     return _module(mlp.down_proj, base_only)(mlp.act_fn(gate) * up)
 
 
