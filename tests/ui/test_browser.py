@@ -315,7 +315,7 @@ def test_5_chat_offers_the_new_adapter_without_a_refresh(page):
     fill(page, "chat-prompt", PROMPT)
     page.click("#chat-send")
     # the question is in both panes at once, with a thinking marker until the first token (the base still loads)
-    page.wait_for_selector("#chat-right :text('thinking…')", timeout=60_000)  # a loaded CI machine: 10 s was short
+    page.wait_for_selector("#chat-right :text('thinking…')", timeout=LONG_MS)  # loaded CI: 60 s was short
     assert PROMPT in page.locator("#chat-right").inner_text() and PROMPT in page.locator("#chat-left").inner_text()
     assert "Both answers" not in page.inner_text("#chat-swap-ms")  # before the answer, not after it
     shot(page, "walk-07a-chat-thinking", "#chat-left-adapter")
